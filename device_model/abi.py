@@ -9,6 +9,15 @@ image build time, so the two sides can never drift. Documented for people in
 All integers are little-endian. Ring indices are free-running u32 counters
 (slot = index & (entries - 1)) kept in BAR2, because MSI-X interrupts can
 merge: a consumer always reads the producer index, never counts interrupts.
+
+Protocol in short (details in docs/device-abi.md): the guest fills SQ slots,
+advances ``sq_tail`` and rings ``doorbell_value(device_peer, VECTOR_SUBMIT)``;
+the device copies each descriptor out of BAR2, validates it, does the DMA,
+posts a completion, advances ``cq_tail`` and raises MSI-X VECTOR_COMPLETION.
+The device resets the rings (all indices 0) when a new guest peer connects and
+on AdminCommand.RESET (``admin_done`` then increments and VECTOR_COMPLETION is
+raised). When the CQ is full the device stops taking submissions until the
+next doorbell after the guest advanced ``cq_head``.
 """
 
 from __future__ import annotations
@@ -39,6 +48,22 @@ DATA_SIZE = BAR2_SIZE - DATA_OFFSET
 MAX_INLINE_SEGMENTS = 13
 MAX_SEGMENTS = 4096                 # per descriptor (inline or indirect)
 MAX_TRANSFER = DATA_SIZE            # bytes per descriptor
+# Completion request_id of the one error completion the device posts when the
+# guest corrupts the ring indices (ErrorReason.RING_INDEX); no real request.
+RING_ERROR_REQUEST_ID = (1 << 64) - 1
+
+# The PCI function QEMU presents (ivshmem-doorbell) and its BAR0 registers.
+PCI_VENDOR_ID = 0x1AF4
+PCI_DEVICE_ID = 0x1110
+BAR0_INTR_MASK = 0
+BAR0_INTR_STATUS = 4
+BAR0_IV_POSITION = 8     # the guest's own ivshmem peer id
+BAR0_DOORBELL = 12       # write doorbell_value(device_peer, vector)
+
+
+def doorbell_value(peer: int, vector: int) -> int:
+    """The u32 a guest writes to BAR0_DOORBELL to ring ``vector`` of ``peer``."""
+    return (peer << 16) | vector
 
 
 class Feature(enum.IntFlag):
@@ -50,7 +75,8 @@ class Feature(enum.IntFlag):
 class DeviceStatus(enum.IntEnum):
     RESETTING = 0
     READY = 1
-    FAILED = 2
+    FAILED = 2          # ring indices corrupted (last_error says why); admin RESET recovers
+    NO_GUEST_RAM = 3    # the host has not attached guest RAM yet: submissions are refused
 
 
 class AdminCommand(enum.IntEnum):
@@ -62,6 +88,7 @@ class Opcode(enum.IntEnum):
     NOP = 0     # completes at once (round-trip measurement)
     WRITE = 1   # device reads guest RAM (the segments) into device memory at device_offset
     READ = 2    # device writes device memory at device_offset into guest RAM (the segments)
+# device_offset is an offset into the data region (BAR2 + DATA_OFFSET), not into BAR2.
 
 
 class DescriptorFlag(enum.IntFlag):
@@ -89,6 +116,8 @@ class ErrorReason(enum.IntEnum):
     ZERO_SEGMENT = 10          # a segment of length 0
     RING_INDEX = 11            # the guest moved sq_tail more than RING_ENTRIES ahead
     SEGMENT_ALIGNMENT = 12     # a segment is not aligned as the device requires
+    DEVICE_NOT_READY = 13      # no guest RAM attached yet, or the device is FAILED
+    RESERVED_FIELD = 14        # a reserved field (descriptor, segment, unused indirect_gpa) is not 0
 
 
 # Header fields: name -> (offset, struct format). Writer: D = device, G = guest.
@@ -114,8 +143,10 @@ HEADER_FIELDS: dict[str, tuple[int, str]] = {
     "admin_cmd":     (0x50, "<I"),  # G: AdminCommand, then ring VECTOR_ADMIN
     "admin_done":    (0x54, "<I"),  # D: incremented when an admin command finished
     "completions":   (0x58, "<Q"),  # D: completions posted since reset (statistics)
+    "segment_align": (0x60, "<I"),  # D: every segment's gpa and length must be a multiple (1 = any)
+    "guest_peer":    (0x64, "<I"),  # D: ivshmem peer id of the guest being served (informational)
 }
-HEADER_SIZE = 0x60
+HEADER_SIZE = 0x80
 
 # Submission descriptor (SQE_SIZE bytes).
 SQE_FORMAT = "<HHIQQQQQ"  # opcode, flags, nseg, request_id, device_offset, length, indirect_gpa, reserved
@@ -209,9 +240,13 @@ def render_c_header() -> str:
         "MAX_TRANSFER": MAX_TRANSFER, "SEGMENT_SIZE": SEGMENT_SIZE,
         "VECTOR_SUBMIT": VECTOR_SUBMIT, "VECTOR_ADMIN": VECTOR_ADMIN,
         "VECTOR_COMPLETION": VECTOR_COMPLETION, "NUM_VECTORS": NUM_VECTORS,
+        "PCI_VENDOR_ID": PCI_VENDOR_ID, "PCI_DEVICE_ID": PCI_DEVICE_ID,
+        "BAR0_INTR_MASK": BAR0_INTR_MASK, "BAR0_INTR_STATUS": BAR0_INTR_STATUS,
+        "BAR0_IV_POSITION": BAR0_IV_POSITION, "BAR0_DOORBELL": BAR0_DOORBELL,
     }
     for name, value in scalars.items():
         lines.append(f"#define WH_{name} 0x{value:x}u")
+    lines.append(f"#define WH_RING_ERROR_REQUEST_ID 0x{RING_ERROR_REQUEST_ID:x}ull")
     for name, (offset, _fmt) in HEADER_FIELDS.items():
         lines.append(f"#define WH_HDR_{name.upper()} 0x{offset:x}u")
     for enum_cls, prefix in ((Feature, "FEATURE"), (DeviceStatus, "STATUS"),
