@@ -1,0 +1,242 @@
+"""Guest configurations: the machine a scenario runs on, read from YAML.
+
+A guest config names the QEMU machine (``pc`` or ``q35``), its RAM and CPUs,
+the accelerator, the IOMMU, extra kernel arguments, the image recipe, and
+the *pool window*: a range of guest RAM the guest kernel is told never to
+use (``memmap=SIZE$BASE``), where the emulated framework keeps its pools.
+The files live in ``ci/guests/NAME.yaml``; every mistake in one is reported
+with the file, the line and the field, and the pool window is checked
+against the RAM layout QEMU will give the guest, because a window outside
+RAM (or across the PCI hole) would silently reserve nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from orchestrator.ram_layout import DEFAULT_INITRD_ADDR_MAX, MACHINES, RamSplit
+from wdfhil.errors import ConfigError
+from wdfhil.units import format_size, parse_size
+from wdfhil.yamlfile import YamlMap, load_yaml_mapping, reject_unknown_keys, take
+
+GUESTS_DIR = Path(__file__).resolve().parent.parent / "ci" / "guests"
+DEFAULT_GUEST = "pc-256m"
+
+ACCELERATORS = ("auto", "tcg", "kvm")
+IOMMUS = ("none", "intel")
+PAGE_SIZE = 4096
+MIN_MEMORY = 64 << 20
+MAX_CPUS = 64
+# QEMU loads the compressed kernel at 1 MiB and the kernel decompresses to
+# 16 MiB; a pool window below that would be overwritten while booting.
+MIN_POOL_BASE = 16 << 20
+
+_FIELDS = ("description", "machine", "memory", "cpus", "accelerator", "iommu",
+           "kernel_args", "pool", "image")
+_POOL_FIELDS = ("base", "size")
+
+
+@dataclass(frozen=True)
+class PoolWindow:
+    """The reserved guest-physical range ``[base, base+size)``."""
+
+    base: int
+    size: int
+
+    @property
+    def end(self) -> int:
+        return self.base + self.size
+
+    def kernel_arg(self) -> str:
+        """``memmap=SIZE$BASE``: the guest kernel marks the range reserved."""
+        return f"memmap={format_size(self.size)}${self.base:#x}"
+
+    def overlaps(self, start: int, end: int) -> bool:
+        return self.base < end and start < self.end
+
+    def describe(self) -> str:
+        return f"{self.base:#x}-{self.end:#x} ({format_size(self.size)})"
+
+
+@dataclass(frozen=True)
+class GuestConfig:
+    """One guest configuration, validated when it is made.
+
+    Build it from YAML with :func:`load_guest_config`, or directly (tests,
+    scripts); either way an invalid combination raises ConfigError. ``source``
+    and ``field_lines`` only serve error messages and are not part of the
+    config's identity (two equal configs restore each other's snapshots).
+    """
+
+    name: str
+    machine: str
+    memory: int
+    pool: PoolWindow
+    cpus: int = 1
+    accelerator: str = "auto"
+    iommu: str = "none"
+    kernel_args: tuple[str, ...] = ()
+    image: str | None = None  # image recipe name or path; None = the builder's default
+    description: str = ""
+    source: str | None = field(default=None, compare=False, repr=False)
+    field_lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kernel_args", tuple(self.kernel_args))
+        self._validate()
+
+    # -- errors that point into the file ------------------------------------
+    def error(self, field_name: str, message: str, value: Any = None) -> ConfigError:
+        """A ConfigError naming this config's file, the field's line and the field."""
+        line = self.field_lines.get(field_name)
+        if line is None and "." in field_name:
+            line = self.field_lines.get(field_name.split(".")[0])
+        return ConfigError(message, file=self.source or f"<guest config {self.name}>",
+                           line=line, field=field_name, value=value)
+
+    # -- derived facts ------------------------------------------------------
+    @property
+    def ram_split(self) -> RamSplit:
+        """Where QEMU will put this guest's RAM (below 4 GiB / from 4 GiB up)."""
+        return RamSplit.for_machine(self.machine, self.memory)
+
+    def kernel_arguments(self) -> list[str]:
+        """Kernel arguments the config adds to the image's base command line."""
+        args = [self.pool.kernel_arg()]
+        if self.iommu == "intel":
+            args.append("intel_iommu=on")
+        args.extend(self.kernel_args)
+        return args
+
+    def with_changes(self, **changes: Any) -> "GuestConfig":
+        """A copy with some fields changed, validated again."""
+        return dataclasses.replace(self, **changes)
+
+    def check_pool_clear_of_initrd(self, initrd_size: int,
+                                   initrd_addr_max: int = DEFAULT_INITRD_ADDR_MAX) -> None:
+        """Refuse a pool window where QEMU will put the initramfs at boot.
+
+        Known only once the image is known (it depends on the initramfs size),
+        so the VM calls this before it launches QEMU.
+        """
+        start, end = self.ram_split.initrd_region(initrd_size, initrd_addr_max)
+        if self.pool.overlaps(start, end):
+            raise self.error(
+                "pool.base",
+                f"pool window {self.pool.describe()} overlaps {start:#x}-{end:#x}, where QEMU "
+                f"loads the {format_size(initrd_size)} initramfs and the firmware keeps its "
+                f"tables; move the window lower", self.pool.base)
+
+    # -- validation ---------------------------------------------------------
+    def _validate(self) -> None:
+        if self.machine not in MACHINES:
+            raise self.error("machine", f"{self.machine!r} is not one of "
+                             f"{', '.join(MACHINES)}", self.machine)
+        if self.accelerator not in ACCELERATORS:
+            raise self.error("accelerator", f"{self.accelerator!r} is not one of "
+                             f"{', '.join(ACCELERATORS)}", self.accelerator)
+        if self.iommu not in IOMMUS:
+            raise self.error("iommu", f"{self.iommu!r} is not one of {', '.join(IOMMUS)}",
+                             self.iommu)
+        if self.iommu == "intel" and self.machine != "q35":
+            raise self.error("iommu", "the intel IOMMU needs machine q35", self.iommu)
+        if self.memory < MIN_MEMORY or self.memory % (1 << 20):
+            raise self.error("memory", f"memory must be a whole number of MiB, at least "
+                             f"{format_size(MIN_MEMORY)} (got {self.memory})", self.memory)
+        if not 1 <= self.cpus <= MAX_CPUS:
+            raise self.error("cpus", f"cpus must be between 1 and {MAX_CPUS} "
+                             f"(got {self.cpus})", self.cpus)
+        for index, arg in enumerate(self.kernel_args):
+            where = f"kernel_args[{index}]"
+            if not isinstance(arg, str) or not arg or any(c.isspace() for c in arg):
+                raise self.error(where, "each kernel argument must be one non-empty word "
+                                 f"without spaces (got {arg!r})", arg)
+            if arg.startswith("memmap="):
+                raise self.error(where, "memmap= comes from the pool window; set "
+                                 "pool.base and pool.size instead", arg)
+        self._validate_pool()
+
+    def _validate_pool(self) -> None:
+        pool = self.pool
+        if pool.size <= 0 or pool.size % PAGE_SIZE:
+            raise self.error("pool.size", f"the pool size must be a positive multiple of "
+                             f"the {PAGE_SIZE}-byte page (got {pool.size:#x})", pool.size)
+        if pool.base % PAGE_SIZE:
+            raise self.error("pool.base", f"the pool base must be page aligned "
+                             f"(got {pool.base:#x})", pool.base)
+        if pool.base < MIN_POOL_BASE:
+            raise self.error("pool.base", f"the pool base must be at least "
+                             f"{MIN_POOL_BASE:#x} (16M): QEMU loads the kernel below that "
+                             f"(got {pool.base:#x})", pool.base)
+        split = self.ram_split
+        if not split.holds(pool.base, pool.size):
+            raise self.error("pool.base", f"pool window {pool.describe()} is not inside one "
+                             f"RAM range of this {self.machine} guest with "
+                             f"{format_size(self.memory)}: {split.describe()}", pool.base)
+
+
+def list_guest_configs(directory: Path = GUESTS_DIR) -> list[str]:
+    """Names of the guest configs shipped in ``ci/guests``."""
+    return sorted(path.stem for path in directory.glob("*.yaml"))
+
+
+def resolve_guest_config(name_or_path: str | Path, directory: Path = GUESTS_DIR) -> Path:
+    """The file of a guest config given by name (``q35-1g``) or path."""
+    text = str(name_or_path)
+    if isinstance(name_or_path, Path) or "/" in text or text.endswith((".yaml", ".yml")):
+        return Path(name_or_path)
+    path = directory / f"{text}.yaml"
+    if not path.is_file():
+        known = ", ".join(list_guest_configs(directory)) or "none"
+        raise ConfigError(f"no guest config named {text!r} in {directory} (known: {known})",
+                          value=text)
+    return path
+
+
+def load_guest_config(name_or_path: str | Path = DEFAULT_GUEST,
+                      directory: Path = GUESTS_DIR) -> GuestConfig:
+    """Read and validate a guest config by name or path."""
+    path = resolve_guest_config(name_or_path, directory)
+    data = load_yaml_mapping(path)
+    reject_unknown_keys(data, _FIELDS)
+    lines = {key: data.line_of(key) for key in data}
+
+    def size_field(mapping: YamlMap, key: str, default: Any = None) -> int:
+        kwargs = {} if default is None else {"default": default}
+        return take(mapping, key, (int, str), convert=parse_size, **kwargs)
+
+    pool_map = take(data, "pool", object)
+    if not isinstance(pool_map, YamlMap):
+        raise data.error("pool", "expected a mapping with 'base' and 'size'", pool_map)
+    reject_unknown_keys(pool_map, _POOL_FIELDS)
+    for key in pool_map:
+        lines[f"pool.{key}"] = pool_map.line_of(key)
+    pool = PoolWindow(base=size_field(pool_map, "base"), size=size_field(pool_map, "size"))
+
+    args = take(data, "kernel_args", object, default=[])
+    if not isinstance(args, list):
+        raise data.error("kernel_args", "expected a list of strings, one argument each", args)
+    for index, arg in enumerate(args):
+        lines[f"kernel_args[{index}]"] = args.line_of(index)
+        if not isinstance(arg, str):
+            raise ConfigError(f"expected a string, got {type(arg).__name__} {arg!r}",
+                              file=str(path), line=args.line_of(index),
+                              field=f"kernel_args[{index}]", value=arg)
+
+    return GuestConfig(
+        name=path.stem,
+        machine=take(data, "machine", str, choices=MACHINES),
+        memory=size_field(data, "memory"),
+        pool=pool,
+        cpus=take(data, "cpus", int, default=1),
+        accelerator=take(data, "accelerator", str, default="auto", choices=ACCELERATORS),
+        iommu=take(data, "iommu", str, default="none", choices=IOMMUS),
+        kernel_args=tuple(args),
+        image=take(data, "image", str, default=None),
+        description=take(data, "description", str, default=""),
+        source=str(path),
+        field_lines=lines,
+    )

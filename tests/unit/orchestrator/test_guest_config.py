@@ -1,0 +1,180 @@
+"""Guest configs: the shipped ones load, and every mistake names file, line and field."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from orchestrator.guest_config import (DEFAULT_GUEST, GuestConfig, PoolWindow, list_guest_configs,
+                                       load_guest_config)
+from wdfhil.errors import ConfigError
+
+GOOD = """\
+description: test guest
+machine: q35
+memory: 3G
+cpus: 2
+accelerator: auto
+iommu: none
+kernel_args:
+  - quiet
+  - loglevel=3
+pool:
+  base: 0x110000000
+  size: 256M
+image: debian12-cloud
+"""
+
+
+def write(tmp_path, text: str, name: str = "guest.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def replace_line(text: str, old: str, new: str) -> str:
+    assert old in text, old
+    return text.replace(old, new, 1)
+
+
+def test_shipped_configs_load_and_are_the_required_ones():
+    names = list_guest_configs()
+    assert {"pc-256m", "q35-1g", "q35-3g-highmem", "q35-iommu"} <= set(names)
+    for name in names:
+        config = load_guest_config(name)
+        assert config.name == name and config.source.endswith(f"{name}.yaml")
+        assert config.kernel_arguments()[0] == config.pool.kernel_arg()
+    assert load_guest_config().name == DEFAULT_GUEST
+
+
+def test_highmem_config_puts_the_pool_above_4g():
+    config = load_guest_config("q35-3g-highmem")
+    split = config.ram_split
+    assert config.pool.base >= 1 << 32
+    assert split.below_4g == 2 << 30 and split.above_4g == 1 << 30
+    assert split.file_offset(config.pool.base) == (2 << 30) + (config.pool.base - (1 << 32))
+
+
+def test_iommu_config_enables_the_guest_iommu():
+    config = load_guest_config("q35-iommu")
+    assert config.machine == "q35" and config.iommu == "intel"
+    assert "intel_iommu=on" in config.kernel_arguments()
+
+
+def test_good_file_reads_every_field(tmp_path):
+    config = load_guest_config(write(tmp_path, GOOD))
+    assert config.machine == "q35" and config.memory == 3 << 30 and config.cpus == 2
+    assert config.kernel_args == ("quiet", "loglevel=3")
+    assert config.pool == PoolWindow(0x110000000, 256 << 20)
+    assert config.kernel_arguments() == ["memmap=256M$0x110000000", "quiet", "loglevel=3"]
+    assert config.image == "debian12-cloud" and config.name == "guest"
+
+
+# (replace this line, with that, expected line, expected field, words in the message)
+BAD_CASES = [
+    ("machine: q35", "machin: q35", 2, "machin", "unknown field"),
+    ("machine: q35", "machine: isapc", 2, "machine", "isapc"),
+    ("memory: 3G", "memory: lots", 3, "memory", "not a size"),
+    ("memory: 3G", "memory: 32M", 3, "memory", "at least"),
+    ("memory: 3G", "memory: 1000000000", 3, "memory", "whole number of MiB"),
+    ("cpus: 2", "cpus: 0", 4, "cpus", "between 1"),
+    ("cpus: 2", "cpus: two", 4, "cpus", "expected int"),
+    ("cpus: 2", "cpus: yes", 4, "cpus", "expected int"),
+    ("accelerator: auto", "accelerator: xen", 5, "accelerator", "xen"),
+    ("iommu: none", "iommu: amd", 6, "iommu", "amd"),
+    ("  - loglevel=3", "  - memmap=1M$0x1000000", 9, "kernel_args[1]", "pool window"),
+    ("  - loglevel=3", "  - two words", 9, "kernel_args[1]", "without spaces"),
+    ("  - loglevel=3", "  - 3", 9, "kernel_args[1]", "expected a string"),
+    ("  base: 0x110000000", "  base: 0x110000800", 11, "pool.base", "page aligned"),
+    ("  base: 0x110000000", "  base: 8M", 11, "pool.base", "at least"),
+    ("  base: 0x110000000", "  base: 0x138000000", 11, "pool.base", "not inside"),
+    ("  base: 0x110000000", "  base: 0x7c000000", 11, "pool.base", "not inside"),  # across the hole
+    ("  base: 0x110000000", "  bass: 0x110000000", 11, "bass", "unknown field"),
+    ("  size: 256M", "  size: 0", 12, "pool.size", "positive multiple"),
+    ("  size: 256M", "  size: 1000", 12, "pool.size", "positive multiple"),
+    ("image: debian12-cloud", "image: [a, b]", 13, "image", "expected str"),
+]
+
+
+@pytest.mark.parametrize("old,new,line,field,words", BAD_CASES,
+                         ids=[f"{case[3]}:{case[1].strip()}" for case in BAD_CASES])
+def test_bad_field_names_file_line_and_field(tmp_path, old, new, line, field, words):
+    path = write(tmp_path, replace_line(GOOD, old, new))
+    with pytest.raises(ConfigError) as info:
+        load_guest_config(path)
+    error = info.value
+    assert (error.file, error.line, error.field) == (str(path), line, field), str(error)
+    assert words in str(error) and f"{path}:{line}:" in str(error)
+
+
+def test_iommu_on_pc_is_refused_at_its_line(tmp_path):
+    text = replace_line(GOOD, "machine: q35", "machine: pc")
+    text = replace_line(text, "memory: 3G", "memory: 1G")
+    text = replace_line(text, "  base: 0x110000000", "  base: 256M")
+    text = replace_line(text, "iommu: none", "iommu: intel")
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_guest_config(path)
+    assert (info.value.line, info.value.field) == (6, "iommu") and "q35" in str(info.value)
+
+
+POOL_BLOCK = "pool:\n  base: 0x110000000\n  size: 256M\n"
+ARGS_BLOCK = "kernel_args:\n  - quiet\n  - loglevel=3\n"
+# (text to replace, replacement, expected field, expected line, words in the message)
+SHAPE_CASES = [
+    (POOL_BLOCK, "", "pool", 1, "missing"),
+    (POOL_BLOCK, "pool: 64M\n", "pool", 10, "mapping"),
+    ("  size: 256M\n", "", "size", 11, "missing"),  # the pool mapping starts at 'base'
+    (ARGS_BLOCK, "kernel_args: quiet\n", "kernel_args", 7, "list of strings"),
+]
+
+
+@pytest.mark.parametrize("old,new,field,line,words", SHAPE_CASES,
+                         ids=["no-pool", "pool-scalar", "no-pool-size", "args-scalar"])
+def test_wrong_shape_names_the_field(tmp_path, old, new, field, line, words):
+    path = write(tmp_path, GOOD.replace(old, new))
+    with pytest.raises(ConfigError) as info:
+        load_guest_config(path)
+    assert (info.value.file, info.value.field, info.value.line) == (str(path), field, line)
+    assert words in str(info.value)
+
+
+def test_yaml_syntax_error_names_the_file(tmp_path):
+    path = write(tmp_path, GOOD + "oops: [\n")
+    with pytest.raises(ConfigError) as info:
+        load_guest_config(path)
+    assert info.value.file == str(path) and info.value.line is not None
+
+
+def test_unknown_name_lists_the_known_configs():
+    with pytest.raises(ConfigError) as info:
+        load_guest_config("pc-1t")
+    assert "pc-256m" in str(info.value) and "q35-iommu" in str(info.value)
+
+
+def test_programmatic_config_is_validated_too():
+    good = GuestConfig(name="t", machine="pc", memory=256 << 20,
+                       pool=PoolWindow(64 << 20, 64 << 20))
+    assert good.ram_split.above_4g == 0
+    with pytest.raises(ConfigError) as info:
+        good.with_changes(pool=PoolWindow(240 << 20, 64 << 20))
+    assert info.value.field == "pool.base" and info.value.line is None
+    with pytest.raises(ConfigError):
+        good.with_changes(machine="q35", iommu="intel", memory=32 << 20)
+
+
+def test_pool_over_the_initrd_is_refused_with_the_pool_line():
+    config = load_guest_config("pc-256m")
+    config.check_pool_clear_of_initrd(40 << 20)  # fits above the window
+    with pytest.raises(ConfigError) as info:
+        config.check_pool_clear_of_initrd(200 << 20)
+    assert info.value.field == "pool.base" and info.value.file.endswith("pc-256m.yaml")
+    assert info.value.line == config.field_lines["pool.base"] and "initramfs" in str(info.value)
+
+
+def test_config_identity_ignores_where_it_was_read(tmp_path):
+    first = load_guest_config(write(tmp_path, GOOD, "a.yaml"))
+    second = load_guest_config(write(tmp_path, "# a comment\n" + GOOD, "a2.yaml"))
+    assert first.with_changes(name="x") == second.with_changes(name="x")
+    assert hash(first.with_changes(name="x")) == hash(second.with_changes(name="x"))
