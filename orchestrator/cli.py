@@ -17,6 +17,7 @@ from wdfhil.errors import WdfhilError
 # Modules that add sub-commands; each has register(subparsers) -> None.
 COMMAND_MODULES = [
     "orchestrator.demo_command",
+    "guest_images.cli",
 ]
 
 

@@ -1,0 +1,235 @@
+"""Building a guest image from a recipe: :func:`build_image`.
+
+The steps, in order: pin the packages (lock), compute the content digest
+and return the cached image when there is one; otherwise fetch and check
+the .deb files, unpack them (nothing is installed on the host), pick the
+boot modules and their dependencies, compile the agent and the kernel
+module, generate the keys, assemble the root tree, write the initramfs and
+publish the image folder atomically. The work folder is private and always
+removed; a Ctrl-C leaves neither a half image nor a temporary folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from guest_images import apt
+from guest_images.cache import ImageStore, ensure_writable, image_digest
+from guest_images.cpio import write_initramfs
+from guest_images.guest_programs import (AGENT_BINARY, AGENT_SOURCES, MODULE_SOURCES,
+                                         compile_agent, compile_module, prepare_kernel_headers,
+                                         write_abi_header)
+from guest_images.image import CLIENT_KEY_FILE, INITRAMFS_FILE, KERNEL_FILE, GuestImage
+from guest_images.keys import generate_client_key, generate_host_key
+from guest_images.kmodules import KernelModule, ModuleTree, module_file_depends
+from guest_images.lockfile import Lock, PinnedPackage, locked, relock_hint
+from guest_images.recipe import Recipe, load_recipe
+from guest_images.rootfs import GuestTree, StagingTree
+from wdfhil.errors import ImageBuildError
+from wdfhil.private_dirs import cache_dir, private_dir
+
+log = logging.getLogger(__name__)
+
+READY_MARKER = "WDFHIL-READY"
+INIT_FAILED_MARKER = "WDFHIL-INIT-FAILED"
+SSH_USER = "root"
+SSH_PORT = 22
+AGENT_GUEST_PATH = "/usr/bin/wdfhil-agent"
+MODULE_GUEST_PATH = "/lib/modules/wdfhil/wdfhil_pci.ko"
+HOST_KEY_GUEST_PATH = "/etc/dropbear/dropbear_ed25519_host_key"
+BOOT_MODULES_GUEST_PATH = "/etc/wdfhil/boot-modules"
+IMAGE_CONF_GUEST_PATH = "/etc/wdfhil/image.conf"
+
+Progress = Callable[[str], None]
+
+
+def build_image(recipe: str | Path | None = None, *, cache_root: Path | None = None,
+                progress: Progress | None = None) -> GuestImage:
+    """The image of ``recipe`` (a name, a recipe file, or None for the default),
+    from the cache when its content digest is there, else built now.
+
+    ``cache_root`` defaults to ``cache_dir("images")``; downloaded packages are
+    always kept in ``cache_dir("debs")`` (checked by SHA256, so sharing them is
+    safe). ``progress`` receives one line per step.
+    """
+    say = progress or log.info
+    loaded = load_recipe(recipe)
+    lock = locked(loaded, say)
+    digest = image_digest(loaded, lock)
+    store = ImageStore(cache_root)
+    ensure_writable(store.root)
+    image = store.find(loaded.name, digest)
+    if image is not None:
+        say(f"image {loaded.name} {digest[:12]} is in the cache")
+        return image
+    with store.build_lock(loaded.name, digest):
+        image = store.find(loaded.name, digest)  # built by another process while we waited
+        if image is not None:
+            say(f"image {loaded.name} {digest[:12]} was built by another process")
+            return image
+        started = time.monotonic()
+        with store.new_image_folder(loaded.name, digest) as output, \
+                private_dir("wdfhil-image-") as work:
+            ImageBuild(loaded, lock, digest, work, output, say).run()
+            folder = store.publish(output, loaded.name, digest)
+        say(f"built image {loaded.name} {digest[:12]} in {time.monotonic() - started:.1f} s")
+    return GuestImage.from_folder(folder)
+
+
+class ImageBuild:
+    """One build of one image: each step a method, run in order by :meth:`run`."""
+
+    def __init__(self, recipe: Recipe, lock: Lock, digest: str, work: Path, output: Path,
+                 say: Progress) -> None:
+        self.recipe = recipe
+        self.lock = lock
+        self.digest = digest
+        self.work = work
+        self.output = output
+        self.say = say
+        self.release = lock.kernel_release
+        self.tree = GuestTree()
+
+    def run(self) -> None:
+        debs = self.fetch_packages()
+        kernel_root = self.unpack(debs, "kernel", self.work / "kernel")
+        headers_root = self.unpack(debs, "headers", self.work / "headers")
+        staging = StagingTree(self.unpack(debs, "userland", self.work / "staging"))
+        vmlinuz = kernel_root / "boot" / f"vmlinuz-{self.release}"
+        if not vmlinuz.is_file():
+            raise ImageBuildError(f"the kernel package has no boot/vmlinuz-{self.release}")
+        modules = ModuleTree(kernel_root, self.release)
+        boot_modules = self.boot_modules(modules)
+
+        self.say("compiling the guest agent and kernel module")
+        include_dir = self.work / "include"
+        write_abi_header(include_dir)
+        agent = compile_agent(AGENT_SOURCES, include_dir, self.work / AGENT_BINARY)
+        kbuild = prepare_kernel_headers(headers_root, self.release)
+        module = compile_module(MODULE_SOURCES, include_dir, kbuild, self.work / "module",
+                                self.release)
+        # What wdfhil_pci.ko itself needs is loaded at boot, so a plain insmod of it works.
+        loaded = {m.name for m in boot_modules}
+        boot_modules += [m for m in modules.load_order(module_file_depends(module))
+                         if m.name not in loaded]
+
+        self.say("assembling the root file system")
+        self.add_base_system(staging)
+        for kernel_module in boot_modules:
+            self.tree.add_file(kernel_module.guest_path, kernel_module.data)
+        self.tree.add_file(BOOT_MODULES_GUEST_PATH,
+                           "".join(f"{m.guest_path}\n" for m in boot_modules).encode())
+        self.tree.add_file(AGENT_GUEST_PATH, agent.read_bytes(), 0o755)
+        self.tree.add_file(MODULE_GUEST_PATH, module.read_bytes())
+        host_key = self.add_ssh_keys()
+
+        self.say(f"writing the initramfs ({len(self.tree.entries())} entries, "
+                 f"{self.tree.data_size / 2**20:.1f} MiB)")
+        write_initramfs(self.tree.entries(), self.output / INITRAMFS_FILE)
+        shutil.copyfile(vmlinuz, self.output / KERNEL_FILE)
+        image = GuestImage(
+            name=self.recipe.name, digest=self.digest, kernel=self.output / KERNEL_FILE,
+            initramfs=self.output / INITRAMFS_FILE, kernel_cmdline=self.recipe.kernel_cmdline,
+            client_key=self.output / CLIENT_KEY_FILE, host_key=host_key, ssh_user=SSH_USER,
+            ready_marker=READY_MARKER, kernel_version=self.release,
+            agent_path=AGENT_GUEST_PATH, module_path=MODULE_GUEST_PATH,
+            details={
+                "recipe": str(self.recipe.path),
+                "packages": {p.name: p.version for p in self.lock.packages},
+                "boot_modules": [m.guest_path for m in boot_modules],
+                "init_failed_marker": INIT_FAILED_MARKER,
+                "ssh_port": SSH_PORT,
+                "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            })
+        image.write_manifest()  # last: its presence marks a complete image
+
+    def fetch_packages(self) -> dict[str, Path]:
+        debs_dir = cache_dir("debs")
+        found = {}
+        for pin in self.lock.packages:
+            self.say(f"fetching {pin.name} {pin.version}")
+            found[pin.name] = apt.fetch_deb(pin.name, pin.version, pin.arch, pin.sha256,
+                                            debs_dir, relock_hint=relock_hint(self.recipe))
+        return found
+
+    def unpack(self, debs: dict[str, Path], role: str, dest: Path) -> Path:
+        pins: list[PinnedPackage] = self.lock.with_role(role)
+        self.say(f"unpacking {', '.join(p.name for p in pins)}")
+        for pin in pins:
+            apt.extract_deb(debs[pin.name], dest)
+        return dest
+
+    def boot_modules(self, modules: ModuleTree) -> list[KernelModule]:
+        for index, name in enumerate(self.recipe.boot_modules):
+            if name not in modules:
+                raise self.recipe.error(f"kernel.modules[{index}]", f"kernel module {name!r} "
+                                        f"is not in the kernel package of release "
+                                        f"{self.release}", name)
+        order = modules.load_order(self.recipe.boot_modules)
+        for kernel_module in order:
+            if kernel_module.vermagic.split(" ")[0] != self.release:
+                raise ImageBuildError(f"{kernel_module.source}: vermagic "
+                                      f"{kernel_module.vermagic!r} is not {self.release}")
+        return order
+
+    def add_base_system(self, staging: StagingTree) -> None:
+        tree = self.tree
+        for folder, mode in (("dev", 0o755), ("proc", 0o555), ("sys", 0o555), ("tmp", 0o1777),
+                             ("root", 0o700), ("root/.ssh", 0o700), ("run", 0o755),
+                             ("var/log", 0o755), ("etc/dropbear", 0o755)):
+            tree.add_dir(folder, mode)
+        # The kernel opens /dev/console for init before init can mount devtmpfs.
+        tree.add_char_device("dev/console", 5, 1, 0o600)
+        tree.add_char_device("dev/null", 1, 3, 0o666)
+
+        recipe = self.recipe
+        if not staging.exists(recipe.busybox):
+            raise recipe.error("busybox", f"{recipe.busybox} is in none of the recipe's "
+                               "packages", recipe.busybox)
+        staging.install(tree, recipe.busybox)
+        busybox_target = "/" + staging.resolve(recipe.busybox)
+        for applet in staging.busybox_applets(recipe.busybox):
+            if applet not in tree:
+                tree.add_symlink(applet, busybox_target)
+        for index, path in enumerate(recipe.files):
+            if not staging.exists(path):
+                raise recipe.error(f"files[{index}]", f"{path} is in none of the recipe's "
+                                   "packages", path)
+            staging.install(tree, path)
+
+        tree.add_file("init", recipe.init_script.read_bytes(), 0o755)
+        tree.add_file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
+        tree.add_file("etc/group", b"root:x:0:\ntty:x:5:\n")
+        tree.add_file("etc/shadow", b"root:*:19000:0:99999:7:::\n", 0o600)
+        tree.add_file("etc/shells", b"/bin/sh\n")
+        tree.add_file("etc/nsswitch.conf", b"passwd: files\ngroup: files\nshadow: files\n"
+                                           b"hosts: files dns\n")
+        tree.add_file("etc/hosts", b"127.0.0.1 localhost\n127.0.1.1 wdfhil\n")
+        settings = {
+            "WDFHIL_IMAGE": f"{recipe.name}@{self.digest}",
+            "WDFHIL_KERNEL_RELEASE": self.release,
+            "WDFHIL_ADDRESS": recipe.address,
+            "WDFHIL_GATEWAY": recipe.gateway,
+            "WDFHIL_SSH_PORT": str(SSH_PORT),
+            "WDFHIL_HOST_KEY": HOST_KEY_GUEST_PATH,
+            "WDFHIL_READY_MARKER": READY_MARKER,
+            "WDFHIL_AGENT": AGENT_GUEST_PATH,
+            "WDFHIL_MODULE": MODULE_GUEST_PATH,
+        }
+        tree.add_file(IMAGE_CONF_GUEST_PATH,
+                      "".join(f"{key}='{value}'\n" for key, value in settings.items()).encode())
+
+    def add_ssh_keys(self) -> str:
+        """Generate the image's keys; return the host key's public line (to pin)."""
+        client = generate_client_key(f"wdfhil-{self.recipe.name}-{self.digest[:12]}")
+        client.write(self.output / CLIENT_KEY_FILE)
+        self.tree.add_file("root/.ssh/authorized_keys", (client.public_line + "\n").encode(),
+                           0o600)
+        host = generate_host_key()
+        self.tree.add_file(HOST_KEY_GUEST_PATH, host.dropbear, 0o600)
+        (self.output / "host_key.pub").write_text(host.public_line + "\n")
+        return host.public_line

@@ -1,0 +1,127 @@
+"""``wdfhil image build|lock|list|clean``: the image builder on the command line."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from guest_images.builder import build_image
+from guest_images.cache import ImageStore, image_digest
+from guest_images.lockfile import check_lock, load_lock, resolve_lock, write_lock
+from guest_images.recipe import DEFAULT_RECIPE, available_recipes, load_recipe
+from wdfhil.errors import WdfhilError
+from wdfhil.private_dirs import cache_dir, remove_tree
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "image", help="build, pin, list and clean guest images",
+        description="Guest images are built from Debian packages by a recipe "
+                    "(guest_images/recipes/*.yaml) and cached by content digest.")
+    commands = parser.add_subparsers(dest="image_command", metavar="ACTION", required=True)
+
+    build = commands.add_parser("build", help="build an image (or find it in the cache)")
+    build.add_argument("recipe", nargs="?", default=None,
+                       help=f"recipe name or file (default: {DEFAULT_RECIPE})")
+    build.add_argument("--relock", action="store_true",
+                       help="re-pin the recipe's packages from apt before building")
+    build.set_defaults(func=_build)
+
+    lock = commands.add_parser("lock", help="re-pin a recipe's packages to apt's current "
+                                            "versions (writes <recipe>.lock)")
+    lock.add_argument("recipe", nargs="?", default=None,
+                      help=f"recipe name or file (default: {DEFAULT_RECIPE})")
+    lock.set_defaults(func=_lock)
+
+    listing = commands.add_parser("list", help="list the cached images")
+    listing.set_defaults(func=_list)
+
+    clean = commands.add_parser("clean", help="remove cached images that no recipe builds "
+                                              "any more, and abandoned build folders")
+    clean.add_argument("--all", action="store_true",
+                       help="remove every cached image and downloaded package")
+    clean.set_defaults(func=_clean)
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
+
+
+def _print(message: str) -> None:
+    print(message, flush=True)
+
+
+def _relock(recipe_arg: str | None) -> None:
+    recipe = load_recipe(recipe_arg)
+    lock = resolve_lock(recipe, _print)
+    write_lock(recipe.lock_path, recipe, lock)
+    _print(f"pinned {len(lock.packages)} packages (kernel {lock.kernel_release}) "
+           f"in {recipe.lock_path}")
+
+
+def _lock(args: argparse.Namespace) -> int:
+    _relock(args.recipe)
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    if args.relock:
+        _relock(args.recipe)
+    image = build_image(args.recipe, progress=_print)
+    _print(f"image:     {image.name} {image.digest}\n"
+           f"kernel:    {image.kernel} ({image.kernel_version})\n"
+           f"initramfs: {image.initramfs} ({_mib(image.initramfs.stat().st_size)})\n"
+           f"cmdline:   {' '.join(image.kernel_cmdline)}\n"
+           f"ssh:       {image.ssh_user} with {image.client_key}, host key {image.host_key}")
+    return 0
+
+
+def current_digests() -> dict[str, str]:
+    """Digest each shipped recipe builds now (recipes without a valid lock are left out;
+    nothing is asked of apt)."""
+    digests = {}
+    for name in available_recipes():
+        try:
+            recipe = load_recipe(name)
+            lock = load_lock(recipe.lock_path)
+            check_lock(recipe, lock)
+        except WdfhilError:
+            continue
+        digests[name] = image_digest(recipe, lock)
+    return digests
+
+
+def _list(_args: argparse.Namespace) -> int:
+    store = ImageStore()
+    current = current_digests()
+    images = store.images()
+    if not images:
+        _print(f"no images in {store.root}")
+        return 0
+    _print(f"{'NAME':<20} {'DIGEST':<14} {'SIZE':>9}  {'BUILT':<17} STATE")
+    for image in images:
+        state = ("current" if current.get(image.name) == image.digest
+                 else "stale" if image.name in current else "(recipe not shipped)")
+        built = time.strftime("%Y-%m-%d %H:%M", time.localtime(image.built_at))
+        _print(f"{image.name:<20} {image.digest[:12]:<14} {_mib(image.size):>9}  "
+               f"{built:<17} {state}")
+    return 0
+
+
+def _clean(args: argparse.Namespace) -> int:
+    store = ImageStore()
+    current = current_digests()
+    removed = 0
+    for image in store.images():
+        if args.all or (image.name in current and current[image.name] != image.digest):
+            store.remove(image.name, image.digest)
+            removed += 1
+    abandoned = store.remove_abandoned_builds()
+    _print(f"removed {removed} image(s) and {abandoned} abandoned build folder(s)")
+    if args.all:
+        debs = cache_dir("debs")
+        count = len(list(debs.glob("*.deb")))
+        remove_tree(debs)
+        _print(f"removed {count} downloaded package(s) from {debs}")
+    return 0
+
