@@ -101,10 +101,15 @@ const char *device_path(void);
 uint32_t header_read32(uint32_t offset);
 uint64_t header_read64(uint32_t offset);
 void device_report_header(struct json *j);
-/* Submits one descriptor and waits for its completion (timeout_ms per request). */
-int device_submit(uint16_t opcode, uint64_t device_offset, uint64_t length,
-		  const struct segment_list *segs, int force_indirect, int timeout_ms,
-		  struct completion_record *out, uint32_t *used_flags);
+struct submit_options {
+	int timeout_ms;		/* per request */
+	int indirect;		/* use an indirect table even when the segments fit inline */
+	uint64_t request_id;	/* 0: the agent picks one (pid << 32 | counter) */
+};
+/* Submits one descriptor and waits for its completion. */
+int device_submit(const struct submit_options *o, uint16_t opcode, uint64_t device_offset,
+		  uint64_t length, const struct segment_list *segs, struct completion_record *out,
+		  uint32_t *used_flags);
 int device_reset(int timeout_ms);
 /* Guest view of the device's own memory (BAR2 data area); NULL + fail() if out of range. */
 volatile uint8_t *device_data(uint64_t offset, uint64_t length);

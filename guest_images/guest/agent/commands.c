@@ -151,6 +151,19 @@ static int timeout_option(const struct args *a, int *timeout_ms)
 	return 0;
 }
 
+/* timeout=MS indirect=0|1 id=REQUEST_ID (a known id lets the host aim a fault at it). */
+static int submit_options(const struct args *a, struct submit_options *o)
+{
+	uint64_t indirect;
+
+	memset(o, 0, sizeof(*o));
+	if (timeout_option(a, &o->timeout_ms) || opt_num(a, "indirect", 0, &indirect) ||
+	    opt_num(a, "id", 0, &o->request_id))
+		return -1;
+	o->indirect = indirect != 0;
+	return 0;
+}
+
 /* ---------------------------------------------------------------- commands */
 
 static int cmd_version(const struct args *a, struct json *j)
@@ -323,7 +336,7 @@ static int cmd_watch(const struct args *a, struct json *j)
 	static const char *const allowed[] = { "timeout", "start", "length", NULL };
 	struct buffer *b = need_buffer(a->pos[0]);
 	uint64_t seed, start, len, mismatches = 0, first;
-	int timeout_ms;
+	int timeout_ms = DEFAULT_TIMEOUT_MS;
 	double t0 = monotonic_us();
 
 	if (!b || known_options(a, allowed) || num("seed", a->pos[1], &seed) ||
@@ -381,17 +394,17 @@ static int cmd_hexdump(const struct args *a, struct json *j)
 
 static int transfer(const struct args *a, struct json *j, uint16_t opcode)
 {
-	static const char *const allowed[] = { "timeout", "indirect", NULL };
+	static const char *const allowed[] = { "timeout", "indirect", "id", NULL };
 	struct buffer *b = need_buffer(a->pos[0]);
 	struct completion_record c;
-	uint64_t devoff, indirect;
+	struct submit_options o;
+	uint64_t devoff;
 	uint32_t flags = 0;
-	int timeout_ms;
 
 	if (!b || known_options(a, allowed) || num("device_offset", a->pos[1], &devoff) ||
-	    opt_num(a, "indirect", 0, &indirect) || timeout_option(a, &timeout_ms) || need_device())
+	    submit_options(a, &o) || need_device())
 		return -1;
-	if (device_submit(opcode, devoff, b->size, &b->segs, indirect != 0, timeout_ms, &c, &flags))
+	if (device_submit(&o, opcode, devoff, b->size, &b->segs, &c, &flags))
 		return -1;
 	json_kstr(j, "name", b->name);
 	report_completion(j, opcode, devoff, b->size, &b->segs, flags, &c);
@@ -424,13 +437,13 @@ static int cmd_submit(const struct args *a, struct json *j)
 	struct wh_segment seg[WH_MAX_SEGMENTS > 256 ? 256 : WH_MAX_SEGMENTS];
 	struct segment_list segs = { seg, 0 };
 	struct completion_record c;
-	uint64_t devoff, length = 0, sum = 0, indirect;
+	struct submit_options o;
+	uint64_t devoff, length = 0, sum = 0;
 	uint16_t opcode = WH_OP_NOP;
 	uint32_t flags = 0;
-	int timeout_ms;
 
 	if (parse_opcode(a->pos[0], &opcode) || num("device_offset", a->pos[1], &devoff) ||
-	    opt_num(a, "indirect", 0, &indirect) || timeout_option(a, &timeout_ms))
+	    submit_options(a, &o))
 		return -1;
 	for (int i = 0; i < a->nopt; i++) {
 		char *colon;
@@ -438,7 +451,7 @@ static int cmd_submit(const struct args *a, struct json *j)
 
 		if (strcmp(a->key[i], "seg") != 0) {
 			if (strcmp(a->key[i], "length") && strcmp(a->key[i], "indirect") &&
-			    strcmp(a->key[i], "timeout"))
+			    strcmp(a->key[i], "timeout") && strcmp(a->key[i], "id"))
 				return fail("unknown option '%s'", a->key[i]);
 			continue;
 		}
@@ -463,7 +476,7 @@ static int cmd_submit(const struct args *a, struct json *j)
 	}
 	if (opt_num(a, "length", sum, &length) || need_device())
 		return -1;
-	if (device_submit(opcode, devoff, length, &segs, indirect != 0, timeout_ms, &c, &flags))
+	if (device_submit(&o, opcode, devoff, length, &segs, &c, &flags))
 		return -1;
 	report_completion(j, opcode, devoff, length, &segs, flags, &c);
 	return 0;
@@ -471,11 +484,12 @@ static int cmd_submit(const struct args *a, struct json *j)
 
 static int cmd_nop(const struct args *a, struct json *j)
 {
+	static const char *const allowed[] = { "timeout", "id", NULL };
 	struct completion_record c;
-	int timeout_ms;
+	struct submit_options o;
 
-	if (timeout_option(a, &timeout_ms) || need_device() ||
-	    device_submit(WH_OP_NOP, 0, 0, NULL, 0, timeout_ms, &c, NULL))
+	if (known_options(a, allowed) || submit_options(a, &o) || need_device() ||
+	    device_submit(&o, WH_OP_NOP, 0, 0, NULL, &c, NULL))
 		return -1;
 	report_completion(j, WH_OP_NOP, 0, 0, NULL, 0, &c);
 	return 0;
@@ -506,10 +520,10 @@ static int cmd_pingpong(const struct args *a, struct json *j)
 	static const char *const allowed[] = { "timeout", "warmup", NULL };
 	uint64_t n, warmup;
 	double *lat, sum = 0;
-	int timeout_ms;
+	struct submit_options o;
 
 	if (known_options(a, allowed) || num("count", a->pos[0], &n) ||
-	    opt_num(a, "warmup", 10, &warmup) || timeout_option(a, &timeout_ms) || need_device())
+	    opt_num(a, "warmup", 10, &warmup) || submit_options(a, &o) || need_device())
 		return -1;
 	if (n == 0 || n > PINGPONG_MAX || warmup > PINGPONG_MAX)
 		return fail("count %llu out of range (1 to %d)", (unsigned long long)n, PINGPONG_MAX);
@@ -519,7 +533,7 @@ static int cmd_pingpong(const struct args *a, struct json *j)
 	for (uint64_t i = 0; i < warmup + n; i++) {
 		struct completion_record c;
 
-		if (device_submit(WH_OP_NOP, 0, 0, NULL, 0, timeout_ms, &c, NULL)) {
+		if (device_submit(&o, WH_OP_NOP, 0, 0, NULL, &c, NULL)) {
 			free(lat);
 			return -1;
 		}
@@ -589,7 +603,7 @@ static int cmd_device_verify(const struct args *a, struct json *j)
 
 static int cmd_reset(const struct args *a, struct json *j)
 {
-	int timeout_ms;
+	int timeout_ms = DEFAULT_TIMEOUT_MS;
 
 	if (timeout_option(a, &timeout_ms) || need_device() || device_reset(timeout_ms))
 		return -1;
@@ -653,10 +667,10 @@ static const struct command commands[] = {
 	{ "watch", 2, 2, "watch NAME SEED [timeout=MS] [start=N] [length=N]", cmd_watch },
 	{ "hexdump", 1, 1, "hexdump NAME [start=N] [length=N]", cmd_hexdump },
 	{ "gpa", 2, 2, "gpa NAME OFFSET", cmd_gpa },
-	{ "write", 2, 2, "write NAME DEVICE_OFFSET [indirect=1] [timeout=MS]", cmd_write },
-	{ "read", 2, 2, "read NAME DEVICE_OFFSET [indirect=1] [timeout=MS]", cmd_read },
-	{ "submit", 2, 2, "submit OPCODE DEVICE_OFFSET seg=GPA:LEN... [length=N] [indirect=1]", cmd_submit },
-	{ "nop", 0, 0, "nop [timeout=MS]", cmd_nop },
+	{ "write", 2, 2, "write NAME DEVICE_OFFSET [indirect=1] [id=N] [timeout=MS]", cmd_write },
+	{ "read", 2, 2, "read NAME DEVICE_OFFSET [indirect=1] [id=N] [timeout=MS]", cmd_read },
+	{ "submit", 2, 2, "submit OPCODE DEVICE_OFFSET seg=GPA:LEN... [length=N] [indirect=1] [id=N] [timeout=MS]", cmd_submit },
+	{ "nop", 0, 0, "nop [id=N] [timeout=MS]", cmd_nop },
 	{ "pingpong", 1, 1, "pingpong COUNT [warmup=N] [timeout=MS]", cmd_pingpong },
 	{ "device-fill", 3, 3, "device-fill DEVICE_OFFSET LENGTH SEED", cmd_device_fill },
 	{ "device-verify", 3, 3, "device-verify DEVICE_OFFSET LENGTH SEED", cmd_device_verify },

@@ -383,9 +383,9 @@ static int reap(uint64_t request_id, struct wh_cqe *out)
 	return found;
 }
 
-int device_submit(uint16_t opcode, uint64_t device_offset, uint64_t length,
-		  const struct segment_list *segs, int force_indirect, int timeout_ms,
-		  struct completion_record *out, uint32_t *used_flags)
+int device_submit(const struct submit_options *o, uint16_t opcode, uint64_t device_offset,
+		  uint64_t length, const struct segment_list *segs, struct completion_record *out,
+		  uint32_t *used_flags)
 {
 	struct wh_sqe sqe;
 	uint32_t tail, status;
@@ -402,11 +402,11 @@ int device_submit(uint16_t opcode, uint64_t device_offset, uint64_t length,
 	}
 	memset(&sqe, 0, sizeof(sqe));
 	sqe.opcode = opcode;
-	sqe.request_id = ++request_counter;
+	sqe.request_id = o->request_id ? o->request_id : ++request_counter;
 	sqe.device_offset = device_offset;
 	sqe.length = length;
 	sqe.nseg = segs ? segs->count : 0;
-	if (sqe.nseg > WH_MAX_INLINE_SEGMENTS || (force_indirect && sqe.nseg)) {
+	if (sqe.nseg > WH_MAX_INLINE_SEGMENTS || (o->indirect && sqe.nseg)) {
 		if (indirect_table(segs, &sqe.indirect_gpa))
 			goto out;
 		sqe.flags = WH_DESC_INDIRECT;
@@ -416,11 +416,11 @@ int device_submit(uint16_t opcode, uint64_t device_offset, uint64_t length,
 	if (used_flags)
 		*used_flags = sqe.flags;
 
-	deadline = monotonic_us() + timeout_ms * 1000.0;
+	deadline = monotonic_us() + o->timeout_ms * 1000.0;
 	tail = header_read32(WH_HDR_SQ_TAIL);
 	while (tail - header_read32(WH_HDR_SQ_HEAD) >= WH_RING_ENTRIES) {
 		if (monotonic_us() > deadline) {
-			timeout_error("submission ring full", timeout_ms);
+			timeout_error("submission ring full", o->timeout_ms);
 			goto out;
 		}
 		if (wait_interrupt(deadline) < 0)
@@ -437,7 +437,7 @@ int device_submit(uint16_t opcode, uint64_t device_offset, uint64_t length,
 		if (found)
 			break;
 		if (monotonic_us() > deadline) {
-			timeout_error("waiting for a completion", timeout_ms);
+			timeout_error("waiting for a completion", o->timeout_ms);
 			goto out;
 		}
 		if (wait_interrupt(deadline) < 0)
