@@ -118,6 +118,7 @@ class ErrorReason(enum.IntEnum):
     SEGMENT_ALIGNMENT = 12     # a segment is not aligned as the device requires
     DEVICE_NOT_READY = 13      # no guest RAM attached yet, or the device is FAILED
     RESERVED_FIELD = 14        # a reserved field (descriptor, segment, unused indirect_gpa) is not 0
+    INTERNAL = 15              # the device hit a bug of its own (reported on the host side)
 
 
 # Header fields: name -> (offset, struct format). Writer: D = device, G = guest.

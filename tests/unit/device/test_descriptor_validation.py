@@ -1,0 +1,154 @@
+"""Descriptor validation: every refusal reason with its field, and what a valid plan holds."""
+
+from __future__ import annotations
+
+import pytest
+
+from device_model.abi import (
+    DATA_SIZE, MAX_INLINE_SEGMENTS, MAX_SEGMENTS, MAX_TRANSFER, Descriptor, DescriptorFlag,
+    ErrorReason, Opcode, Segment, pack_segment,
+)
+from device_model.descriptors import DescriptorValidator, RamWindows, Refusal, TransferPlan
+
+from device_helpers import GIB, HIGH, LOW, MIB, holey_memory
+
+W, R, NOP = Opcode.WRITE, Opcode.READ, Opcode.NOP
+IND = DescriptorFlag.INDIRECT
+
+
+@pytest.fixture
+def validator():
+    ram = RamWindows(holey_memory())
+    return DescriptorValidator(ram)
+
+
+def sqe(opcode=W, length=None, segments=(), *, flags=0, nseg=None, request_id=42,
+        device_offset=0, indirect_gpa=0, reserved=0) -> bytes:
+    segments = list(segments)
+    if length is None:
+        length = sum(s.length for s in segments)
+    if nseg is None:
+        nseg = len(segments)
+    return Descriptor(opcode, flags, nseg, request_id, device_offset, length,
+                      indirect_gpa, reserved).pack(segments if not flags & IND else None)
+
+
+def refused(result, reason: ErrorReason, field: str) -> None:
+    assert isinstance(result, Refusal), result
+    assert (result.reason, result.field) == (reason, field), str(result)
+    assert result.request_id == 42
+
+
+@pytest.mark.parametrize("raw,reason,field", [
+    (sqe(opcode=7, length=4096, segments=[Segment(0, 4096)]), ErrorReason.BAD_OPCODE, "opcode"),
+    (sqe(flags=0x80, segments=[Segment(0, 4096)]), ErrorReason.BAD_FLAGS, "flags"),
+    (sqe(reserved=1, segments=[Segment(0, 4096)]), ErrorReason.RESERVED_FIELD, "reserved"),
+    (sqe(NOP, length=0, nseg=1), ErrorReason.BAD_SEGMENT_COUNT, "nseg"),
+    (sqe(NOP, length=8), ErrorReason.LENGTH_MISMATCH, "length"),
+    (sqe(NOP, flags=IND, length=0), ErrorReason.BAD_FLAGS, "flags"),
+    (sqe(NOP, length=0, indirect_gpa=0x1000), ErrorReason.RESERVED_FIELD, "indirect_gpa"),
+    (sqe(W, length=4096, nseg=0), ErrorReason.BAD_SEGMENT_COUNT, "nseg"),
+    (sqe(W, length=4096, nseg=MAX_INLINE_SEGMENTS + 1), ErrorReason.BAD_SEGMENT_COUNT, "nseg"),
+    (sqe(W, flags=IND, length=4096, nseg=MAX_SEGMENTS + 1, indirect_gpa=0x1000),
+     ErrorReason.BAD_SEGMENT_COUNT, "nseg"),
+    (sqe(W, length=0, segments=[Segment(0, 4096)]), ErrorReason.LENGTH_MISMATCH, "length"),
+    (sqe(W, length=MAX_TRANSFER + 1, nseg=1), ErrorReason.TRANSFER_TOO_LARGE, "length"),
+    (sqe(W, device_offset=DATA_SIZE - 4095, segments=[Segment(0, 4096)]),
+     ErrorReason.DEVICE_RANGE, "device_offset"),
+    (sqe(W, device_offset=(1 << 64) - 1, segments=[Segment(0, 4096)]),
+     ErrorReason.DEVICE_RANGE, "device_offset"),
+    (sqe(W, segments=[Segment(0, 4096)], indirect_gpa=0x2000), ErrorReason.RESERVED_FIELD,
+     "indirect_gpa"),
+    (sqe(W, segments=[Segment(0, 4096), Segment(0x2000, 16, reserved=3)]),
+     ErrorReason.RESERVED_FIELD, "segments[1].reserved"),
+    (sqe(W, length=4096, segments=[Segment(0, 4096), Segment(0x2000, 0)]),
+     ErrorReason.ZERO_SEGMENT, "segments[1].length"),
+    (sqe(W, segments=[Segment(MIB - 16, 32)]), ErrorReason.SEGMENT_NOT_IN_RAM, "segments[0].gpa"),
+    (sqe(W, segments=[Segment(2 * GIB, 32)]), ErrorReason.SEGMENT_NOT_IN_RAM, "segments[0].gpa"),
+    (sqe(W, segments=[Segment(0, 16), Segment(HIGH[1] - 8, 16)]),
+     ErrorReason.SEGMENT_NOT_IN_RAM, "segments[1].gpa"),
+    (sqe(W, segments=[Segment((1 << 64) - 16, 32)]), ErrorReason.SEGMENT_NOT_IN_RAM,
+     "segments[0].gpa"),
+    (sqe(W, length=100, segments=[Segment(0, 64)]), ErrorReason.LENGTH_MISMATCH, "length"),
+], ids=lambda p: p.name if isinstance(p, ErrorReason) else "" if isinstance(p, bytes) else p)
+def test_refusals_name_reason_and_field(validator, raw, reason, field):
+    refused(validator.validate(raw), reason, field)
+
+
+def test_nop_is_a_plan_without_runs(validator):
+    plan = validator.validate(sqe(NOP, length=0))
+    assert isinstance(plan, TransferPlan) and plan.opcode is NOP and plan.runs == []
+
+
+def test_segments_in_both_ram_ranges_and_coalescing(validator):
+    segments = [Segment(0x1000, 0x1000), Segment(0x2000, 0x1000), Segment(4 * GIB, 0x800),
+                Segment(4 * GIB + 0x800, 0x800), Segment(0x8000, 0x10)]
+    plan = validator.validate(sqe(R, segments=segments, device_offset=0x100))
+    assert isinstance(plan, TransferPlan)
+    assert [(g, n) for g, n, _w, _o in plan.runs] == [
+        (0x1000, 0x2000), (4 * GIB, 0x1000), (0x8000, 0x10)]
+    assert plan.length == 0x3010 and plan.device_offset == 0x100 and plan.nseg == 5
+
+
+def test_contiguous_segments_across_the_hole_are_not_merged():
+    # Two RAM ranges that touch in guest-physical space but are separate windows.
+    from framework_emu.physical_memory import InProcessMemory
+    v = DescriptorValidator(RamWindows(InProcessMemory(ranges=[(0, 0x2000), (0x2000, 0x4000)])))
+    plan = v.validate(sqe(W, segments=[Segment(0x1000, 0x1000), Segment(0x2000, 0x1000)]))
+    assert [(g, n) for g, n, _w, _o in plan.runs] == [(0x1000, 0x1000), (0x2000, 0x1000)]
+
+
+def write_table(memory, gpa, segments):
+    memory.write(gpa, b"".join(pack_segment(s) for s in segments))
+
+
+def test_indirect_table_is_copied_then_validated():
+    memory = holey_memory()
+    v = DescriptorValidator(RamWindows(memory))
+    segments = [Segment(0x10000 + i * 0x2000, 0x1000) for i in range(100)]
+    write_table(memory, 0x8000, segments)
+    raw = sqe(W, flags=IND, nseg=100, length=100 * 0x1000, indirect_gpa=0x8000)
+    plan = v.validate(raw)
+    assert isinstance(plan, TransferPlan) and len(plan.runs) == 100
+    # The guest rewriting the table after validation changes nothing in the plan.
+    write_table(memory, 0x8000, [Segment(2 * GIB, 0x1000)] * 100)
+    assert plan.runs[0][0] == 0x10000
+
+
+@pytest.mark.parametrize("gpa,nseg,why", [
+    (0x8008, 1, "aligned"), (MIB - 16, 2, "inside guest RAM"), (3 * GIB, 1, "inside guest RAM"),
+])
+def test_bad_indirect_tables(gpa, nseg, why):
+    memory = holey_memory()
+    v = DescriptorValidator(RamWindows(memory))
+    result = v.validate(sqe(W, flags=IND, nseg=nseg, length=16, indirect_gpa=gpa))
+    refused(result, ErrorReason.INDIRECT_TABLE, "indirect_gpa")
+    assert why in result.message
+
+
+def test_indirect_segment_errors_name_the_table_entry():
+    memory = holey_memory()
+    v = DescriptorValidator(RamWindows(memory))
+    write_table(memory, 0x8000, [Segment(0, 16), Segment(0x20, 16), Segment(2 * GIB, 16)])
+    result = v.validate(sqe(W, flags=IND, nseg=3, length=48, indirect_gpa=0x8000))
+    refused(result, ErrorReason.SEGMENT_NOT_IN_RAM, "indirect[2].gpa")
+
+
+def test_dma_mask_keeps_a_32_bit_device_below_4g():
+    memory = holey_memory()
+    v = DescriptorValidator(RamWindows(memory), dma_mask=(1 << 32) - 1)
+    assert isinstance(v.validate(sqe(W, segments=[Segment(LOW[1] - 16, 16)])), TransferPlan)
+    refused(v.validate(sqe(W, segments=[Segment(0, 16), Segment(HIGH[0], 16)])),
+            ErrorReason.SEGMENT_ABOVE_DMA_MASK, "segments[1].gpa")
+    write_table(memory, HIGH[0], [Segment(0, 16)])
+    refused(v.validate(sqe(W, flags=IND, nseg=1, length=16, indirect_gpa=HIGH[0])),
+            ErrorReason.INDIRECT_TABLE, "indirect_gpa")
+
+
+def test_segment_alignment():
+    v = DescriptorValidator(RamWindows(holey_memory()), segment_align=512)
+    assert isinstance(v.validate(sqe(W, segments=[Segment(0x200, 0x400)])), TransferPlan)
+    refused(v.validate(sqe(W, segments=[Segment(0x200, 0x200), Segment(0x1001, 0x200)])),
+            ErrorReason.SEGMENT_ALIGNMENT, "segments[1].gpa")
+    refused(v.validate(sqe(W, segments=[Segment(0x200, 0x201)])),
+            ErrorReason.SEGMENT_ALIGNMENT, "segments[0].length")
