@@ -12,21 +12,25 @@ removed; a Ctrl-C leaves neither a half image nor a temporary folder.
 from __future__ import annotations
 
 import logging
+import threading
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 from guest_images import apt
-from guest_images.cache import ImageStore, ensure_writable, image_digest
+from guest_images.cache import (COMPLETE_MARKER, ImageStore, cached_folder,
+                                default_unpacked_root, image_digest, unpacked_key)
 from guest_images.cpio import write_initramfs
-from guest_images.guest_programs import (AGENT_BINARY, AGENT_SOURCES, MODULE_SOURCES,
-                                         compile_agent, compile_module, prepare_kernel_headers,
+from guest_images.guest_programs import (AGENT_BINARY, AGENT_SOURCES, HEADERS_PREPARATION,
+                                         MODULE_SOURCES, compile_agent, compile_module,
+                                         kernel_build_dir, prepare_kernel_headers,
                                          write_abi_header)
 from guest_images.image import CLIENT_KEY_FILE, INITRAMFS_FILE, KERNEL_FILE, GuestImage
 from guest_images.keys import generate_client_key, generate_host_key
 from guest_images.kmodules import KernelModule, ModuleTree, module_file_depends
-from guest_images.lockfile import Lock, PinnedPackage, locked, relock_hint
+from guest_images.lockfile import Lock, locked, relock_hint
 from guest_images.recipe import Recipe, load_recipe
 from guest_images.rootfs import GuestTree, StagingTree
 from wdfhil.errors import ImageBuildError
@@ -46,38 +50,53 @@ IMAGE_CONF_GUEST_PATH = "/etc/wdfhil/image.conf"
 
 Progress = Callable[[str], None]
 
+# How the unpacked tree of a role is changed after unpacking (part of its cache key).
+_PREPARATIONS = {"headers": HEADERS_PREPARATION}
+
+
+def unpacked_tree_key(lock: Lock, role: str) -> str:
+    """Key of the cached unpacked tree of ``role``'s packages in ``lock``."""
+    return unpacked_key(lock.with_role(role), _PREPARATIONS.get(role, ""))
+
 
 def build_image(recipe: str | Path | None = None, *, cache_root: Path | None = None,
                 progress: Progress | None = None) -> GuestImage:
     """The image of ``recipe`` (a name, a recipe file, or None for the default),
     from the cache when its content digest is there, else built now.
 
-    ``cache_root`` defaults to ``cache_dir("images")``; downloaded packages are
-    always kept in ``cache_dir("debs")`` (checked by SHA256, so sharing them is
-    safe). ``progress`` receives one line per step.
+    ``cache_root`` (default ``cache_dir("images")``) holds the images; the
+    downloaded packages (``cache_dir("debs")``, checked by SHA256) and the
+    unpacked package trees (``cache_dir("unpacked")``, keyed by SHA256) are
+    shared by every root. ``progress`` receives one line per step.
     """
-    say = progress or log.info
+    say = _serialized(progress or log.info)
     loaded = load_recipe(recipe)
     lock = locked(loaded, say)
     digest = image_digest(loaded, lock)
     store = ImageStore(cache_root)
-    ensure_writable(store.root)
-    image = store.find(loaded.name, digest)
-    if image is not None:
+    if store.is_built(loaded.name, digest):
         say(f"image {loaded.name} {digest[:12]} is in the cache")
-        return image
-    with store.build_lock(loaded.name, digest):
-        image = store.find(loaded.name, digest)  # built by another process while we waited
-        if image is not None:
-            say(f"image {loaded.name} {digest[:12]} was built by another process")
-            return image
-        started = time.monotonic()
-        with store.new_image_folder(loaded.name, digest) as output, \
-                private_dir("wdfhil-image-") as work:
+        return GuestImage.from_folder(store.folder(loaded.name, digest))
+    started = time.monotonic()
+
+    def fill(output: Path) -> None:
+        with private_dir("wdfhil-image-") as work:
             ImageBuild(loaded, lock, digest, work, output, say).run()
-            folder = store.publish(output, loaded.name, digest)
-        say(f"built image {loaded.name} {digest[:12]} in {time.monotonic() - started:.1f} s")
+
+    folder = store.build(loaded.name, digest, fill)
+    say(f"image {loaded.name} {digest[:12]} ready after {time.monotonic() - started:.1f} s")
     return GuestImage.from_folder(folder)
+
+
+def _serialized(progress: Progress) -> Progress:
+    """``progress`` made safe to call from the builder's worker threads (one call at a
+    time, so a callback that is not thread-safe still works)."""
+    guard = threading.Lock()
+
+    def say(message: str) -> None:
+        with guard:
+            progress(message)
+    return say
 
 
 class ImageBuild:
@@ -95,23 +114,29 @@ class ImageBuild:
         self.tree = GuestTree()
 
     def run(self) -> None:
-        debs = self.fetch_packages()
-        kernel_root = self.unpack(debs, "kernel", self.work / "kernel")
-        headers_root = self.unpack(debs, "headers", self.work / "headers")
-        staging = StagingTree(self.unpack(debs, "userland", self.work / "staging"))
-        vmlinuz = kernel_root / "boot" / f"vmlinuz-{self.release}"
-        if not vmlinuz.is_file():
-            raise ImageBuildError(f"the kernel package has no boot/vmlinuz-{self.release}")
-        modules = ModuleTree(kernel_root, self.release)
-        boot_modules = self.boot_modules(modules)
-
-        self.say("compiling the guest agent and kernel module")
-        include_dir = self.work / "include"
-        write_abi_header(include_dir)
-        agent = compile_agent(AGENT_SOURCES, include_dir, self.work / AGENT_BINARY)
-        kbuild = prepare_kernel_headers(headers_root, self.release)
-        module = compile_module(MODULE_SOURCES, include_dir, kbuild, self.work / "module",
-                                self.release)
+        # Unpacking and compiling wait on disk and compilers, not on Python: the
+        # independent steps run side by side (a cold build is about twice as fast).
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            kernel_root = pool.submit(self.unpacked, "kernel")
+            headers_root = pool.submit(self.unpacked, "headers", prepare=lambda root:
+                                       prepare_kernel_headers(root, self.release))
+            staging_root = pool.submit(self.unpacked, "userland")
+            include_dir = self.work / "include"
+            write_abi_header(include_dir)
+            self.say("compiling the guest agent")
+            agent_done = pool.submit(compile_agent, AGENT_SOURCES, include_dir,
+                                     self.work / AGENT_BINARY)
+            build_dir = kernel_build_dir(headers_root.result(), self.release)
+            self.say("compiling the guest kernel module")
+            module_done = pool.submit(compile_module, MODULE_SOURCES, include_dir, build_dir,
+                                      self.work / "module", self.release)
+            vmlinuz = kernel_root.result() / "boot" / f"vmlinuz-{self.release}"
+            if not vmlinuz.is_file():
+                raise ImageBuildError(f"the kernel package has no boot/vmlinuz-{self.release}")
+            modules = ModuleTree(kernel_root.result(), self.release)
+            boot_modules = self.boot_modules(modules)
+            staging = StagingTree(staging_root.result())
+            agent, module = agent_done.result(), module_done.result()
         # What wdfhil_pci.ko itself needs is loaded at boot, so a plain insmod of it works.
         loaded = {m.name for m in boot_modules}
         boot_modules += [m for m in modules.load_order(module_file_depends(module))
@@ -147,21 +172,26 @@ class ImageBuild:
             })
         image.write_manifest()  # last: its presence marks a complete image
 
-    def fetch_packages(self) -> dict[str, Path]:
+    def unpacked(self, role: str, *, prepare: Callable[[Path], None] | None = None) -> Path:
+        """The packages of ``role`` unpacked together (and prepared), from the shared
+        cache of unpacked trees; their .deb files are fetched only when it misses."""
+        pins = self.lock.with_role(role)
         debs_dir = cache_dir("debs")
-        found = {}
-        for pin in self.lock.packages:
-            self.say(f"fetching {pin.name} {pin.version}")
-            found[pin.name] = apt.fetch_deb(pin.name, pin.version, pin.arch, pin.sha256,
-                                            debs_dir, relock_hint=relock_hint(self.recipe))
-        return found
 
-    def unpack(self, debs: dict[str, Path], role: str, dest: Path) -> Path:
-        pins: list[PinnedPackage] = self.lock.with_role(role)
-        self.say(f"unpacking {', '.join(p.name for p in pins)}")
-        for pin in pins:
-            apt.extract_deb(debs[pin.name], dest)
-        return dest
+        def fill(folder: Path) -> None:
+            root = folder / "root"
+            for pin in pins:
+                self.say(f"fetching {pin.name} {pin.version}")
+                deb = apt.fetch_deb(pin.name, pin.version, pin.arch, pin.sha256, debs_dir,
+                                    relock_hint=relock_hint(self.recipe))
+                self.say(f"unpacking {pin.name}")
+                apt.extract_deb(deb, root)
+            if prepare is not None:
+                prepare(root)
+            (folder / COMPLETE_MARKER).touch()
+
+        return cached_folder(default_unpacked_root() / role, unpacked_tree_key(self.lock, role),
+                             COMPLETE_MARKER, fill) / "root"
 
     def boot_modules(self, modules: ModuleTree) -> list[KernelModule]:
         for index, name in enumerate(self.recipe.boot_modules):

@@ -1,13 +1,20 @@
-"""The content-addressed image cache.
+"""Content-addressed caches: built images, and unpacked package trees.
 
-An image's digest covers everything that shapes it: the recipe's fields,
-the lock's pins, the init script, the guest C sources, the generated ABI
-header and the builder's own source. Same digest, same image: the build is
-skipped. Layout: ``<root>/<recipe name>/<digest>/`` holding the image and
-its manifest. A build happens in ``<root>/<name>/.build-*`` (a private
-folder next to the final one, so publishing is one atomic rename) while an
-``fcntl`` lock on ``<root>/<name>/.<digest>.lock`` keeps two processes from
-building the same image at once: the second waits, then finds it built.
+A cached folder is named by a digest of everything that shapes it, and it is
+filled once: under an ``fcntl`` lock on ``.<key>.lock`` (a second process
+wanting the same folder waits, then finds it done), in a private
+``.build-*`` folder next to the final one, which is renamed into place only
+after a marker file (the image manifest, ``.complete``) is written. So a
+folder that has its marker is whole, and a Ctrl-C or a crash leaves at most
+a ``.build-*`` folder, which ``wdfhil image clean`` removes.
+
+An image's digest covers the recipe's fields, the lock's pins, the init
+script, the guest C sources, the generated ABI header and the builder's own
+source. Unpacked trees (the kernel package, the headers packages, the
+userland packages) are keyed by their packages' SHA256, so changing a guest
+C source rebuilds the image without unpacking 10,000 header files again.
+Layout: ``<images root>/<recipe>/<digest>/`` and ``cache_dir("unpacked")/
+<role>/<key>/``.
 """
 
 from __future__ import annotations
@@ -19,24 +26,29 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from device_model.abi import render_c_header
 from guest_images.guest_programs import GUEST_SOURCES
-from guest_images.image import MANIFEST, GuestImage
-from guest_images.lockfile import Lock
+from guest_images.image import MANIFEST
+from guest_images.lockfile import Lock, PinnedPackage
 from guest_images.recipe import Recipe
 from wdfhil.errors import ImageBuildError
 from wdfhil.private_dirs import cache_dir, make_private_dir, remove_tree
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
-# Builder modules whose code shapes an image (the command line does not).
+# Builder modules whose code does not shape an image (the command line).
 _NOT_BUILDER = {"cli.py"}
 BUILD_PREFIX = ".build-"
+COMPLETE_MARKER = ".complete"
 
 
-def default_root() -> Path:
+def default_images_root() -> Path:
     return cache_dir("images")
+
+
+def default_unpacked_root() -> Path:
+    return cache_dir("unpacked")
 
 
 def _files_under(folder: Path) -> list[Path]:
@@ -65,6 +77,73 @@ def image_digest(recipe: Recipe, lock: Lock) -> str:
     return digest.hexdigest()
 
 
+def unpacked_key(pins: list[PinnedPackage], preparation: str) -> str:
+    """Key of an unpacked tree: its packages' hashes and how it was prepared."""
+    text = json.dumps([[p.name, p.sha256] for p in pins] + [preparation])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@contextlib.contextmanager
+def exclusive(parent: Path, key: str, *, blocking: bool = True) -> Iterator[bool]:
+    """Hold the lock of ``parent/key``; yields False (without waiting) when ``blocking``
+    is False and another process holds it. The lock file stays: unlinking a file
+    others may be waiting to lock is a race."""
+    parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(parent / f".{key}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def cached_folder(parent: Path, key: str, marker: str, fill: Callable[[Path], None]) -> Path:
+    """``parent/key``, made by ``fill(folder)`` unless it is already there.
+
+    ``fill`` must write ``marker`` last; the folder is renamed into place
+    only then. A failure or Ctrl-C inside ``fill`` removes the half-made
+    folder and leaves the cache as it was.
+    """
+    final = parent / key
+    if (final / marker).exists():
+        return final
+    with exclusive(parent, key):
+        if (final / marker).exists():  # made by another process while we waited
+            return final
+        scratch = make_private_dir(f"{BUILD_PREFIX}{key[:16]}-", parent)
+        try:
+            fill(scratch)
+            if not (scratch / marker).exists():
+                raise ImageBuildError(f"internal error: {scratch} was filled without {marker}")
+            if final.exists():  # a folder without its marker: never complete
+                remove_tree(final)
+            os.rename(scratch, final)
+        finally:
+            remove_tree(scratch)
+    return final
+
+
+def remove_abandoned_builds(root: Path) -> int:
+    """Remove ``.build-*`` folders a killed process left under ``root`` (one whose key
+    is locked by a running build is kept)."""
+    removed = 0
+    for scratch in sorted(root.rglob(f"{BUILD_PREFIX}*")):
+        if not scratch.is_dir():
+            continue
+        prefix = scratch.name[len(BUILD_PREFIX):].split("-")[0]
+        keys = [lock.name[1:-len(".lock")] for lock in scratch.parent.glob(f".{prefix}*.lock")]
+        with contextlib.ExitStack() as held:
+            if all(held.enter_context(exclusive(scratch.parent, key, blocking=False))
+                   for key in keys):
+                remove_tree(scratch)
+                removed += 1
+    return removed
+
+
 @dataclass(frozen=True)
 class CachedImage:
     name: str
@@ -75,49 +154,24 @@ class CachedImage:
 
 
 class ImageStore:
-    """Images under one cache root."""
+    """Built images under one root: ``<root>/<recipe name>/<digest>/``."""
 
     def __init__(self, root: Path | None = None) -> None:
-        self.root = Path(root) if root is not None else default_root()
+        self.root = Path(root) if root is not None else default_images_root()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise ImageBuildError(f"cannot create the image cache {self.root}: {exc}") from None
 
     def folder(self, name: str, digest: str) -> Path:
         return self.root / name / digest
 
-    def find(self, name: str, digest: str) -> GuestImage | None:
-        """The published image, or None when it was never built."""
-        folder = self.folder(name, digest)
-        if not (folder / MANIFEST).is_file():
-            return None
-        return GuestImage.from_folder(folder)
+    def is_built(self, name: str, digest: str) -> bool:
+        return (self.folder(name, digest) / MANIFEST).is_file()
 
-    @contextlib.contextmanager
-    def build_lock(self, name: str, digest: str) -> Iterator[None]:
-        """Exclusive right to build ``name``/``digest`` (blocks while another process has it)."""
-        parent = self.root / name
-        parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(parent / f".{digest}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
-
-    @contextlib.contextmanager
-    def new_image_folder(self, name: str, digest: str) -> Iterator[Path]:
-        """A private folder to assemble the image in; :meth:`publish` moves it into place.
-        Removed on leaving if it was not published (failure, Ctrl-C)."""
-        folder = make_private_dir(f"{BUILD_PREFIX}{digest[:16]}-", self.root / name)
-        try:
-            yield folder
-        finally:
-            remove_tree(folder)
-
-    def publish(self, assembled: Path, name: str, digest: str) -> Path:
-        final = self.folder(name, digest)
-        if final.exists():  # left by a build whose manifest never got written
-            remove_tree(final)
-        os.rename(assembled, final)
-        return final
+    def build(self, name: str, digest: str, fill: Callable[[Path], None]) -> Path:
+        """The image folder, filled by ``fill`` (which writes the manifest last) if needed."""
+        return cached_folder(self.root / name, digest, MANIFEST, fill)
 
     def images(self) -> list[CachedImage]:
         found = []
@@ -129,38 +183,5 @@ class ImageStore:
         return found
 
     def remove(self, name: str, digest: str) -> None:
-        # The lock file stays: unlinking a file others may be waiting to flock is a race.
-        with self.build_lock(name, digest):
+        with exclusive(self.root / name, digest):
             remove_tree(self.folder(name, digest))
-
-    def remove_abandoned_builds(self) -> int:
-        """Remove build folders a killed process left (none is in use: each build
-        holds its digest's lock, which we take before removing)."""
-        removed = 0
-        for folder in self.root.glob(f"*/{BUILD_PREFIX}*"):
-            prefix = folder.name[len(BUILD_PREFIX):].split("-")[0]
-            locks = list(folder.parent.glob(f".{prefix}*.lock"))
-            fds = [os.open(lock, os.O_RDWR) for lock in locks]
-            try:
-                if all(_try_lock(fd) for fd in fds):
-                    remove_tree(folder)
-                    removed += 1
-            finally:
-                for fd in fds:
-                    os.close(fd)
-        return removed
-
-
-def _try_lock(fd: int) -> bool:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-
-
-def ensure_writable(root: Path) -> None:
-    try:
-        root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError as exc:
-        raise ImageBuildError(f"cannot create the image cache {root}: {exc}") from None

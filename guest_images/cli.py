@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from guest_images.builder import build_image
-from guest_images.cache import ImageStore, image_digest
-from guest_images.lockfile import check_lock, load_lock, resolve_lock, write_lock
+from guest_images.builder import build_image, unpacked_tree_key
+from guest_images.cache import (ImageStore, default_unpacked_root, image_digest,
+                                remove_abandoned_builds)
+from guest_images.lockfile import ROLES, Lock, check_lock, load_lock, resolve_lock, write_lock
 from guest_images.recipe import DEFAULT_RECIPE, available_recipes, load_recipe
 from wdfhil.errors import WdfhilError
 from wdfhil.private_dirs import cache_dir, remove_tree
@@ -76,10 +77,10 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
-def current_digests() -> dict[str, str]:
-    """Digest each shipped recipe builds now (recipes without a valid lock are left out;
-    nothing is asked of apt)."""
-    digests = {}
+def current_locks() -> dict[str, tuple[str, Lock]]:
+    """(digest, lock) of each shipped recipe as it builds now (recipes without a valid
+    lock are left out; nothing is asked of apt)."""
+    found = {}
     for name in available_recipes():
         try:
             recipe = load_recipe(name)
@@ -87,13 +88,13 @@ def current_digests() -> dict[str, str]:
             check_lock(recipe, lock)
         except WdfhilError:
             continue
-        digests[name] = image_digest(recipe, lock)
-    return digests
+        found[name] = (image_digest(recipe, lock), lock)
+    return found
 
 
 def _list(_args: argparse.Namespace) -> int:
     store = ImageStore()
-    current = current_digests()
+    current = {name: digest for name, (digest, _lock) in current_locks().items()}
     images = store.images()
     if not images:
         _print(f"no images in {store.root}")
@@ -110,18 +111,27 @@ def _list(_args: argparse.Namespace) -> int:
 
 def _clean(args: argparse.Namespace) -> int:
     store = ImageStore()
-    current = current_digests()
+    current = current_locks()
     removed = 0
     for image in store.images():
-        if args.all or (image.name in current and current[image.name] != image.digest):
+        if args.all or (image.name in current and current[image.name][0] != image.digest):
             store.remove(image.name, image.digest)
             removed += 1
-    abandoned = store.remove_abandoned_builds()
-    _print(f"removed {removed} image(s) and {abandoned} abandoned build folder(s)")
+    unpacked_root = default_unpacked_root()
+    keep = {(role, unpacked_tree_key(lock, role))
+            for _digest, lock in current.values() for role in ROLES}
+    trees = 0
+    for role in ROLES:
+        for tree in sorted((unpacked_root / role).glob("[!.]*")):
+            if args.all or (role, tree.name) not in keep:
+                remove_tree(tree)
+                trees += 1
+    abandoned = remove_abandoned_builds(store.root) + remove_abandoned_builds(unpacked_root)
+    _print(f"removed {removed} image(s), {trees} unpacked package tree(s) and {abandoned} "
+           "abandoned build folder(s)")
     if args.all:
         debs = cache_dir("debs")
         count = len(list(debs.glob("*.deb")))
         remove_tree(debs)
         _print(f"removed {count} downloaded package(s) from {debs}")
     return 0
-

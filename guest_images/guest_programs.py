@@ -64,24 +64,39 @@ def rebase_absolute_symlinks(root: Path) -> None:
                     link.symlink_to(os.path.relpath(inside, link.parent))
 
 
-def prepare_kernel_headers(root: Path, release: str) -> Path:
-    """Make the headers unpacked under ``root`` usable in place; return the build folder
-    to pass to ``make -C``.
+# Names how prepare_kernel_headers changes a headers tree; part of the key of the
+# cached prepared tree, so change it whenever that function changes.
+HEADERS_PREPARATION = "rebased-symlinks+relative-include/1"
+
+
+def kernel_build_dir(root: Path, release: str) -> Path:
+    """The folder to pass to ``make -C`` in headers unpacked under ``root``."""
+    return root / "usr" / "src" / f"linux-headers-{release}"
+
+
+def prepare_kernel_headers(root: Path, release: str) -> None:
+    """Make the headers unpacked under ``root`` usable where they are (and wherever the
+    folder is moved to later: every rewritten path is relative).
 
     The arch package's Makefile is one line, ``include /usr/src/linux-headers-
-    <abi>-common/Makefile``; it is pointed at the staged copy, and the
-    ``scripts``/``tools`` symlinks are rebased into ``root``.
+    <abi>-common/Makefile``, and make resolves a relative include against the
+    ``make -C`` folder; the ``scripts``/``tools`` symlinks into
+    ``/usr/lib/linux-kbuild-*`` are rebased into ``root``.
     """
-    build = root / "usr" / "src" / f"linux-headers-{release}"
+    build = kernel_build_dir(root, release)
     makefile = build / "Makefile"
     if not makefile.is_file():
         raise ImageBuildError(f"the headers packages have no usr/src/linux-headers-{release}/"
                               "Makefile (do they match the kernel release?)")
     rebase_absolute_symlinks(root)
-    text = makefile.read_text()
-    text = re.sub(r"^(\s*include\s+)/", lambda m: f"{m.group(1)}{root}/", text, flags=re.MULTILINE)
+
+    def relative_include(match: re.Match[str]) -> str:
+        target = root / match.group(2).lstrip("/")
+        return f"{match.group(1)}{os.path.relpath(target, build)}"
+
+    text = re.sub(r"^(\s*include\s+)(/\S+)", relative_include, makefile.read_text(),
+                  flags=re.MULTILINE)
     makefile.write_text(text)
-    return build
 
 
 def kernel_compiler(build: Path) -> str:
