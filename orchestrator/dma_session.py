@@ -1,0 +1,244 @@
+"""A guest VM with the wdfhil device in it, ready for DMA: :class:`DmaSession`.
+
+Everything the demo and the end-to-end tests need, started in the only
+order that works and stopped in the reverse one:
+
+1. the :class:`~device_model.device.EchoDevice` (its ivshmem server must
+   listen before QEMU starts);
+2. the :class:`~orchestrator.vm.VM` with the device's QEMU arguments;
+3. :class:`~device_model.guest_ram.GuestRam` mapped from the VM's RAM file
+   (layout read from QEMU) and attached to the device;
+4. ``wdfhil_pci.ko`` loaded in the guest, ``/dev/wdfhil0`` present.
+
+More devices can be hot-plugged into the running VM (:meth:`DmaSession.hotplug`),
+each with its own EchoDevice (e.g. a 32-bit DMA mask), and unplugged again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import shlex
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from device_model.descriptors import FULL_DMA_MASK
+from device_model.device import EchoDevice
+from device_model.faults import FaultPlan
+from device_model.guest_ram import GuestRam, read_ram_layout
+from device_model.hotplug import AUTO, DEVICE_ID, PciFunction
+from orchestrator.agent_client import AgentClient
+from orchestrator.guest_config import GuestConfig, load_guest_config
+from orchestrator.vm import VM
+from wdfhil.errors import GuestError
+
+if TYPE_CHECKING:
+    from guest_images import GuestImage
+
+log = logging.getLogger(__name__)
+
+GUEST_CLASS_DIR = "/sys/class/wdfhil"
+DEVICE_WAIT_S = 60.0
+XP_CHUNK = 4096
+_XP_LINE = re.compile(r"^[0-9a-fA-F]+:((?:\s+0x[0-9a-fA-F]{2})+)\s*$")
+
+
+def read_physical_xp(qmp: Any, gpa: int, length: int) -> bytes:
+    """Guest-physical memory as QEMU itself shows it (HMP ``xp``), independent
+    of the device's mapping of the RAM file: the host-side witness in tests."""
+    out = bytearray()
+    while len(out) < length:
+        count = min(XP_CHUNK, length - len(out))
+        text = qmp.hmp(f"xp /{count}xb {gpa + len(out):#x}")
+        chunk = bytearray()
+        for line in text.splitlines():
+            match = _XP_LINE.match(line.strip())
+            if match:
+                chunk += bytes(int(b, 16) for b in match.group(1).split())
+        if len(chunk) != count:
+            raise GuestError(f"QMP xp of {count} bytes at {gpa + len(out):#x} gave "
+                             f"{len(chunk)} bytes", stdout=text[-2000:])
+        out += chunk
+    return bytes(out[:length])
+
+
+def _guest_devices(vm: VM) -> set[str]:
+    """Names of the wdfhil character devices the guest has (wdfhil0, ...)."""
+    result = vm.run(f"ls {GUEST_CLASS_DIR} 2>/dev/null")
+    return set(result.stdout.split())
+
+
+def _wait_for_guest_device(vm: VM, known: set[str], timeout: float = DEVICE_WAIT_S) -> str:
+    """Poll until the guest shows a wdfhil device not in ``known``; its /dev path."""
+    deadline = time.monotonic() + timeout
+    while True:
+        new = sorted(_guest_devices(vm) - known)
+        if new:
+            return f"/dev/{new[0]}"
+        if time.monotonic() > deadline:
+            dmesg = vm.run("dmesg | tail -20").stdout
+            raise GuestError(f"no new wdfhil device in the guest within {timeout:.0f} s "
+                             "(see dmesg below: probe refused? hot-plug not seen?)", stdout=dmesg)
+        time.sleep(0.1)
+
+
+def _wait_for_guest_device_gone(vm: VM, path: str, timeout: float = DEVICE_WAIT_S) -> None:
+    name = Path(path).name
+    deadline = time.monotonic() + timeout
+    while name in _guest_devices(vm):
+        if time.monotonic() > deadline:
+            raise GuestError(f"{path} still present in the guest {timeout:.0f} s after unplug")
+        time.sleep(0.1)
+
+
+class HotpluggedDevice:
+    """A device added to a running session; :meth:`unplug` (or ``with``) removes it."""
+
+    def __init__(self, session: "DmaSession", device: EchoDevice, device_id: str,
+                 bus: str | None = AUTO) -> None:
+        self.session = session
+        self.device = device
+        self.device_id = device_id
+        self.bus = bus
+        self.chardev_id = f"{device_id}-chr"
+        self.function: PciFunction | None = None
+        self.guest_path: str | None = None
+        self._plugged = False
+
+    @property
+    def agent(self) -> AgentClient:
+        """An agent client that talks to this device (``--dev /dev/wdfhilN``)."""
+        if self.guest_path is None:
+            raise RuntimeError(f"{self.device_id} is not plugged in")
+        return AgentClient(self.session.vm, device=self.guest_path)
+
+    def plug(self) -> "HotpluggedDevice":
+        vm = self.session.vm
+        known = _guest_devices(vm)
+        try:
+            self.device.start()
+            self.device.attach_guest_ram(self.session.ram)
+            self.function = self.device.hotplug(vm.qmp, device_id=self.device_id,
+                                                chardev_id=self.chardev_id, bus=self.bus)
+            self._plugged = True
+            self.device.wait_for_peer()
+            self.guest_path = _wait_for_guest_device(vm, known)
+        except BaseException:
+            self.unplug()
+            raise
+        log.info("hot-plugged %s at %02x:%02x.%x, guest %s", self.device_id, self.function.bus,
+                 self.function.slot, self.function.function, self.guest_path)
+        return self
+
+    def unplug(self) -> None:
+        """device_del (the guest driver's remove() runs), then stop the device."""
+        try:
+            if self._plugged:
+                self._plugged = False
+                self.device.unplug(self.session.vm.qmp, device_id=self.device_id,
+                                   chardev_id=self.chardev_id)
+                if self.guest_path is not None:
+                    _wait_for_guest_device_gone(self.session.vm, self.guest_path)
+        finally:
+            self.guest_path = None
+            self.device.detach_guest_ram()
+            self.device.close()
+
+    def __enter__(self) -> "HotpluggedDevice":
+        return self.plug()
+
+    def __exit__(self, *exc: object) -> None:
+        self.unplug()
+
+
+class DmaSession:
+    """EchoDevice + VM + GuestRam + the guest driver, as one context manager.
+
+    ``config``: a GuestConfig or the name of one (``pc-256m``, ``q35-3g-highmem``).
+    ``device_at_boot``: False boots without the device (hot-plug it later).
+    ``dma_mask``, ``segment_align``, ``fault_plan``, ``trace_path``: the
+    boot device's EchoDevice settings.
+    """
+
+    def __init__(self, config: GuestConfig | str, image: "GuestImage", *,
+                 device_at_boot: bool = True, dma_mask: int = FULL_DMA_MASK,
+                 segment_align: int = 1, fault_plan: FaultPlan | None = None,
+                 trace_path: str | Path | None = None, extra_qemu_args: tuple[str, ...] = (),
+                 boot_timeout: float = 120.0) -> None:
+        self.config = load_guest_config(config) if isinstance(config, str) else config
+        self.image = image
+        self.device_at_boot = device_at_boot
+        self._device_settings = dict(dma_mask=dma_mask, segment_align=segment_align,
+                                     fault_plan=fault_plan, trace_path=trace_path)
+        self.extra_qemu_args = tuple(extra_qemu_args)
+        self.boot_timeout = boot_timeout
+        self.device: EchoDevice | None = None
+        self.vm: VM | None = None
+        self.ram: GuestRam | None = None
+        self.agent: AgentClient | None = None
+        self._stack = contextlib.ExitStack()
+        self._hotplug_ids = 0
+
+    def start(self) -> "DmaSession":
+        stack = self._stack
+        try:
+            qemu_args: list[str] = []
+            if self.device_at_boot:
+                self.device = EchoDevice(**self._device_settings)
+                stack.callback(self.device.close)
+                self.device.start()
+                qemu_args = self.device.qemu_args()
+            self.vm = VM(self.config, self.image,
+                         extra_qemu_args=(*qemu_args, *self.extra_qemu_args),
+                         boot_timeout=self.boot_timeout)
+            stack.enter_context(self.vm)
+            self.ram = GuestRam.open(self.vm.ram_file, read_ram_layout(self.vm.qmp))
+            stack.callback(self.ram.close)
+            if self.device is not None:
+                self.device.attach_guest_ram(self.ram)
+                stack.callback(self.device.detach_guest_ram)
+            self.load_module()
+            self.agent = AgentClient(self.vm)
+            if self.device is not None:
+                self.device.wait_for_peer()
+                if "wdfhil0" not in _guest_devices(self.vm):
+                    dmesg = self.vm.run("dmesg | tail -20").stdout
+                    raise GuestError("wdfhil_pci.ko loaded but /dev/wdfhil0 did not appear",
+                                     stdout=dmesg)
+        except BaseException:
+            stack.close()
+            raise
+        return self
+
+    def load_module(self) -> None:
+        """insmod the guest driver (once); it binds every device present and later ones."""
+        path = shlex.quote(self.image.module_path)
+        self.vm.run(f"grep -q '^wdfhil_pci ' /proc/modules || insmod {path}").check()
+
+    def hotplug(self, *, dma_mask: int = FULL_DMA_MASK, segment_align: int = 1,
+                fault_plan: FaultPlan | None = None,
+                trace_path: str | Path | None = None, bus: str | None = AUTO) -> HotpluggedDevice:
+        """A new EchoDevice hot-plugged into the running VM (use ``with``).
+
+        ``bus`` AUTO: on q35 behind the root port ``wdfhil-rp0`` (one device
+        at a time there), on pc onto the root bus (ACPI hot-plug)."""
+        self._hotplug_ids += 1
+        device_id = f"{DEVICE_ID}-hp{self._hotplug_ids}"
+        device = EchoDevice(dma_mask=dma_mask, segment_align=segment_align,
+                            fault_plan=fault_plan, trace_path=trace_path)
+        return HotpluggedDevice(self, device, device_id, bus)
+
+    def read_physical(self, gpa: int, length: int) -> bytes:
+        """Guest-physical bytes through QMP ``xp`` (QEMU's view, not the device's)."""
+        return read_physical_xp(self.vm.qmp, gpa, length)
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __enter__(self) -> "DmaSession":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
