@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import dataclass
 import re
 import shlex
 import time
@@ -29,7 +30,8 @@ from device_model.device import EchoDevice
 from device_model.faults import FaultPlan
 from device_model.guest_ram import GuestRam, read_ram_layout
 from device_model.hotplug import AUTO, DEVICE_ID, PciFunction
-from orchestrator.agent_client import AgentClient
+from orchestrator.agent_client import (AgentClient, CompletionRecord, GuestBuffer, Step,
+                                       Verification, pattern_bytes)
 from orchestrator.guest_config import GuestConfig, load_guest_config
 from orchestrator.vm import VM
 from wdfhil.errors import GuestError
@@ -242,3 +244,57 @@ class DmaSession:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class EchoRoundTrip:
+    """One WRITE-then-READ through the echo device and what each side saw."""
+
+    source: GuestBuffer
+    target: GuestBuffer
+    write: CompletionRecord
+    read: CompletionRecord
+    write_indirect: bool
+    read_indirect: bool
+    guest_verify: Verification      # the agent's check of the target buffer
+    host_target_bytes: bytes        # the target's bytes through QMP xp, segment by segment
+    device_bytes: bytes             # the device's data memory after the WRITE
+    expected: bytes                 # the pattern
+
+    @property
+    def ok(self) -> bool:
+        return (self.write.status == 0 and self.read.status == 0 and self.guest_verify.match
+                and self.host_target_bytes == self.expected and self.device_bytes == self.expected)
+
+
+def echo_roundtrip(session: DmaSession, *, size: int, seed: int, source_offset: int = 0,
+                   target_offset: int = 0, source: str | None = None, target: str | None = None,
+                   where: str = "any", target_where: str | None = None, merge: bool = True,
+                   device_offset: int = 0, agent: AgentClient | None = None,
+                   device: EchoDevice | None = None) -> EchoRoundTrip:
+    """The guest fills a buffer, WRITEs it to the device, READs it back into a
+    second buffer and verifies it, all in one agent process; then the host
+    reads the target through QMP ``xp`` at the GPAs the agent reported.
+
+    ``source``/``target``: agent commands that create buffers named ``src``
+    and ``dst`` (e.g. ``Step.phys(...)``) instead of ``alloc`` ones."""
+    agent = agent or session.agent
+    device = device or session.device
+    source = source or Step.alloc("src", size, offset=source_offset, where=where, merge=merge)
+    target = target or Step.alloc("dst", size, offset=target_offset,
+                                  where=target_where or where, merge=merge)
+    results = agent.run(source, target, Step.fill("src", seed), Step.memset("dst", 0),
+                        Step.write("src", device_offset), Step.read("dst", device_offset),
+                        Step.verify("dst", seed))
+    src, dst = GuestBuffer.from_result(results[0]), GuestBuffer.from_result(results[1])
+    host = b"".join(session.read_physical(seg.gpa, seg.length) for seg in dst.segments)
+    return EchoRoundTrip(
+        source=src, target=dst,
+        write=CompletionRecord.from_result(results[4]),
+        read=CompletionRecord.from_result(results[5]),
+        write_indirect=results[4]["descriptor"]["indirect"],
+        read_indirect=results[5]["descriptor"]["indirect"],
+        guest_verify=Verification.from_result(results[6]),
+        host_target_bytes=host,
+        device_bytes=device.read_data(device_offset, size) if device is not None else b"",
+        expected=pattern_bytes(seed, size))

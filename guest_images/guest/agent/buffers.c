@@ -16,8 +16,10 @@
 #define PAGEMAP_PRESENT (1ull << 63)
 #define PAGEMAP_PFN_MASK ((1ull << 55) - 1)
 #define FOUR_GIB (1ull << 32)
-/* How much memory a placement search may lock before it gives up. */
-#define PLACEMENT_BUDGET (512ull << 20)
+/* A placement search leaves this much (or 1/8 of RAM) available to the guest. */
+#define PLACEMENT_MARGIN (64ull << 20)
+/* and locks at most this much per region. */
+#define PLACEMENT_CHUNK (128ull << 20)
 
 static struct buffer buffers[AGENT_MAX_BUFFERS];
 
@@ -75,18 +77,25 @@ static int pagemap_fd = -1;
 static int read_frames(const void *va, uint64_t npages, uint64_t *frames)
 {
 	uint64_t vpn = (uintptr_t)va / AGENT_PAGE_SIZE;
+	uint64_t done = 0;
 
 	if (pagemap_fd < 0) {
 		pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 		if (pagemap_fd < 0)
 			return fail("open /proc/self/pagemap: %s", strerror(errno));
 	}
-	for (uint64_t i = 0; i < npages; i++) {
-		uint64_t entry;
-		ssize_t n = pread(pagemap_fd, &entry, sizeof(entry), (off_t)((vpn + i) * sizeof(entry)));
+	/* In bulk: placement searches read hundreds of thousands of entries. */
+	while (done < npages) {
+		ssize_t n = pread(pagemap_fd, frames + done, (npages - done) * sizeof(*frames),
+				  (off_t)((vpn + done) * sizeof(*frames)));
 
-		if (n != (ssize_t)sizeof(entry))
+		if (n <= 0 || n % sizeof(*frames))
 			return fail("read /proc/self/pagemap: %s", n < 0 ? strerror(errno) : "short read");
+		done += (uint64_t)n / sizeof(*frames);
+	}
+	for (uint64_t i = 0; i < npages; i++) {
+		uint64_t entry = frames[i];
+
 		if (!(entry & PAGEMAP_PRESENT))
 			return fail("page %llu of the buffer is not present although it is locked",
 				    (unsigned long long)i);
@@ -155,39 +164,75 @@ struct region {
 	size_t len;
 };
 
+/* A field of /proc/meminfo in bytes (0 if missing). */
+static uint64_t meminfo(const char *field)
+{
+	char line[256];
+	unsigned long long kib = 0;
+	size_t n = strlen(field);
+	FILE *f = fopen("/proc/meminfo", "r");
+
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f))
+		if (strncmp(line, field, n) == 0 && line[n] == ':')
+			sscanf(line + n + 1, "%llu", &kib);
+	fclose(f);
+	return (uint64_t)kib << 10;
+}
+
+/* Whether the guest has any RAM at or above 4 GiB (/proc/iomem, root sees addresses). */
+static int ram_above_4g(void)
+{
+	char line[256];
+	unsigned long long start, end;
+	int found = 0;
+	FILE *f = fopen("/proc/iomem", "r");
+
+	if (!f)
+		return 1;	/* cannot tell: let the search find out */
+	while (fgets(line, sizeof(line), f))
+		if (line[0] != ' ' && strstr(line, ": System RAM") &&
+		    sscanf(line, "%llx-%llx", &start, &end) == 2 && end >= FOUR_GIB)
+			found = 1;
+	fclose(f);
+	return found;
+}
+
 /*
- * Locks a region of pages and looks for npages consecutive virtual pages
- * whose frames all satisfy the placement; keeps searching in fresh regions
- * (holding the earlier ones so the allocator cannot hand their frames back)
- * until the budget is used up.
+ * Locks regions of pages and looks for npages consecutive virtual pages
+ * whose frames all satisfy the placement. The kernel hands out its highest
+ * zone first, so low pages on a guest with RAM above 4 GiB come only after
+ * most of that RAM is taken: regions grow and are held (so the allocator
+ * cannot hand their frames back) until a run is found or the guest would
+ * run short of memory (everything is released at the end either way).
  */
 static int alloc_placed(uint64_t npages, enum placement where, struct buffer *b)
 {
 	struct region tried[64];
 	int ntried = 0, ret = -1;
-	uint64_t budget_pages = PLACEMENT_BUDGET / AGENT_PAGE_SIZE;
-	uint64_t used = 0;
-
-	uint64_t grow = npages * 4 + 256;
+	uint64_t avail = meminfo("MemAvailable"), total = meminfo("MemTotal");
+	uint64_t margin = total / 8 > PLACEMENT_MARGIN ? total / 8 : PLACEMENT_MARGIN;
+	uint64_t budget_pages = (avail > margin ? avail - margin : 0) / AGENT_PAGE_SIZE;
+	uint64_t used = 0, grow = npages * 4 + 256;
 
 	agent_error[0] = '\0';
-	while (ntried < 64) {
+	if (where == PLACE_HIGH && !ram_above_4g())
+		return fail("the guest has no RAM above 4 GiB (see /proc/iomem)");
+	if (where == PLACE_ANY || budget_pages < npages)
+		budget_pages = npages;
+	while (ntried < 64 && used < budget_pages) {
 		uint64_t want = where == PLACE_ANY ? npages : grow;
 		uint64_t *frames;
 		uint8_t *base;
 		uint64_t run = 0;
 
-		if (where != PLACE_ANY && used + want > budget_pages) {
-			if (used >= budget_pages) {
-				fail("no %llu consecutive pages %s 4 GiB found in %llu MiB of locked memory",
-				     (unsigned long long)npages, where == PLACE_HIGH ? "above" : "below",
-				     (unsigned long long)(PLACEMENT_BUDGET >> 20));
-				break;
-			}
-			want = budget_pages - used;
-			if (want < npages)
-				want = npages;
-		}
+		if (want > PLACEMENT_CHUNK / AGENT_PAGE_SIZE)
+			want = PLACEMENT_CHUNK / AGENT_PAGE_SIZE;
+		if (want < npages)
+			want = npages;
+		if (used + want > budget_pages)
+			want = budget_pages - used > npages ? budget_pages - used : npages;
 		base = mmap(NULL, want * AGENT_PAGE_SIZE, PROT_READ | PROT_WRITE,
 			    MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
 		if (base == MAP_FAILED) {
@@ -249,9 +294,11 @@ static int alloc_placed(uint64_t npages, enum placement where, struct buffer *b)
 		grow *= 2;
 	}
 	if (ret && !agent_error[0])
-		fail("no %llu consecutive pages %s 4 GiB found in %llu MiB of locked memory",
-		     (unsigned long long)npages, where == PLACE_HIGH ? "above" : "below",
-		     (unsigned long long)(used * AGENT_PAGE_SIZE >> 20));
+		fail("no %llu consecutive pages %s 4 GiB found in %llu MiB of locked memory "
+		     "(MemAvailable was %llu MiB)", (unsigned long long)npages,
+		     where == PLACE_HIGH ? "above" : "below",
+		     (unsigned long long)(used * AGENT_PAGE_SIZE >> 20),
+		     (unsigned long long)(avail >> 20));
 	for (int i = 0; i < ntried; i++)
 		munmap(tried[i].base, tried[i].len);
 	return ret;
