@@ -9,6 +9,7 @@ are used, so a cached file can be trusted only as far as the hash allows.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -67,8 +68,9 @@ class PackageInfo:
     depends: tuple[str, ...]   # raw Depends alternatives, e.g. "linux-kbuild-6.1 (>= 6.1.1)"
 
 
+@functools.cache
 def native_arch() -> str:
-    return run_tool(["dpkg", "--print-architecture"], what="asking dpkg for the architecture").strip()
+    return run_tool(["dpkg", "--print-architecture"], what="asking dpkg the architecture").strip()
 
 
 def candidate_version(package: str) -> str:

@@ -86,8 +86,9 @@ def write_initramfs(entries: Iterable[CpioEntry], path: Path, *, compress: bool 
     """Write a (gzip-compressed) newc archive at ``path``; the kernel unpacks both."""
     with open(path, "wb") as raw:
         if compress:
-            # mtime=0 keeps the gzip header reproducible as well.
-            with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as packed:
+            # No file name and mtime=0 keep the gzip header reproducible as well.
+            with gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=6,
+                               mtime=0) as packed:
                 write_newc(entries, packed)
         else:
             write_newc(entries, raw)
