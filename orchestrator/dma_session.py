@@ -108,6 +108,7 @@ class HotpluggedDevice:
         self.function: PciFunction | None = None
         self.guest_path: str | None = None
         self._plugged = False
+        self._closed = False
 
     @property
     def agent(self) -> AgentClient:
@@ -135,7 +136,10 @@ class HotpluggedDevice:
         return self
 
     def unplug(self) -> None:
-        """device_del (the guest driver's remove() runs), then stop the device."""
+        """device_del (the guest driver's remove() runs), then stop the device (once)."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             if self._plugged:
                 self._plugged = False

@@ -174,8 +174,16 @@ int device_open(const char *path)
 	void *map;
 
 	if (dev_fd >= 0) {
+		struct pollfd p = { .fd = dev_fd, .events = POLLIN };
+
 		if (path && strcmp(path, dev_path) != 0)
 			return fail("device %s already open (one device per agent process)", dev_path);
+		/* After a hot-unplug BAR2 is gone from our mapping: never touch it again. */
+		if (poll(&p, 1, 0) > 0 && (p.revents & (POLLHUP | POLLERR))) {
+			device_close();
+			return fail("%s is gone (hot-unplugged); open it again once a device is back",
+				    dev_path);
+		}
 		return 0;
 	}
 	if (!path)
