@@ -28,6 +28,7 @@
 #define BAR2_RINGS_END (WH_CQ_OFFSET + WH_RING_ENTRIES * WH_CQE_SIZE)
 #define TABLE_SEGMENTS (AGENT_PAGE_SIZE / WH_SEGMENT_SIZE)
 #define TABLE_BUFFER "__indirect_table"
+#define WAIT_SLICE_MS 20
 
 static int dev_fd = -1;
 static const char *default_path = "/dev/wdfhil0";
@@ -291,17 +292,24 @@ static int ring(uint32_t vector)
 	return 0;
 }
 
-/* Blocks until an interrupt arrived since the last wait, or the deadline passed (returns 1). */
+/*
+ * Blocks until an interrupt arrived since the last wait, the deadline passed
+ * (returns 1), or a slice of WAIT_SLICE_MS ended: the caller looks at the
+ * ring again then, so a lost interrupt costs a slice, not the whole timeout.
+ */
 static int wait_interrupt(double deadline_us)
 {
 	struct pollfd p = { .fd = dev_fd, .events = POLLIN };
 	uint64_t count;
 	double left = deadline_us - monotonic_us();
-	int n;
+	int n, slice;
 
 	if (left <= 0)
 		return 1;
-	n = poll(&p, 1, (int)(left / 1000.0) + 1);
+	slice = (int)(left / 1000.0) + 1;
+	if (slice > WAIT_SLICE_MS)
+		slice = WAIT_SLICE_MS;
+	n = poll(&p, 1, slice);
 	if (n < 0 && errno != EINTR)
 		return fail("poll %s: %s", dev_path, strerror(errno));
 	if (n <= 0)
