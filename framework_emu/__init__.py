@@ -1,1 +1,39 @@
-"""(placeholder, filled by its issue)"""
+"""framework_emu: the WDF framework's memory objects, emulated over real (guest) memory.
+
+Public API: :class:`Framework` and the WDF types and constants a driver uses.
+See docs/framework-emu.md.
+"""
+
+from .api.driver_api import DRIVER_OBJECT, LeakReport
+from .api.mdl_api import HighPagePriority, LowPagePriority, MdlMappingNoExecute, NormalPagePriority
+from .api.memory_api import WDF_ALIGN_SIZE_DOWN, WDF_ALIGN_SIZE_UP
+from .api.pool_api import (POOL_FLAG_CACHE_ALIGNED, POOL_FLAG_NON_PAGED, POOL_FLAG_NON_PAGED_EXECUTE,
+                           POOL_FLAG_PAGED, POOL_FLAG_UNINITIALIZED)
+from .attributes import (WDF_DECLARE_CONTEXT_TYPE, WDF_EXECUTION_LEVEL, WDF_OBJECT_ATTRIBUTES,
+                         WDF_OBJECT_ATTRIBUTES_INIT_CONTEXT_TYPE, WDF_OBJECT_CONTEXT_TYPE_INFO,
+                         WDF_SYNCHRONIZATION_SCOPE)
+from .bugcheck import WDF_VIOLATION, BugCheck
+from .callsite import CallSite, format_site
+from .core import KVA_DIRECT_MAP_BASE, OUT
+from .descriptor import (WDF_MEMORY_DESCRIPTOR, WDF_MEMORY_DESCRIPTOR_INIT_BUFFER, WDF_MEMORY_DESCRIPTOR_INIT_HANDLE,
+                         WDF_MEMORY_DESCRIPTOR_INIT_MDL, WDF_MEMORY_DESCRIPTOR_TYPE, WDFMEMORY_OFFSET,
+                         DescribedBuffer, MemoryDescriptorNoBufferAllowed, MemoryDescriptorNullAllowed)
+from .driver import WDF_DRIVER_CONFIG, WdfDriverInitNoDispatchOverride, WdfDriverInitNonPnpDriver
+from .errors import ArgumentError, FrameworkStateError
+from .framework import Framework
+from .irql import APC_LEVEL, DISPATCH_LEVEL, HIGH_LEVEL, KIRQL, PASSIVE_LEVEL
+from .mdl import (ADDRESS_AND_SIZE_TO_SPAN_PAGES, BYTE_OFFSET, MDL_ALLOCATED_FIXED_SIZE, MDL_IO_SPACE,
+                  MDL_MAPPED_TO_SYSTEM_VA, MDL_PAGES_LOCKED, MDL_PARTIAL, MDL_PARTIAL_HAS_BEEN_MAPPED,
+                  MDL_SOURCE_IS_NONPAGED_POOL, MDL_WRITE_OPERATION, PAGE_ALIGN, Mdl, MmSizeOfMdl, iter_mdl_chain)
+from .ntstatus import HRESULT, NT_SUCCESS, NTSTATUS, SUCCEEDED
+from .objects import (FX_TYPE_LOOKASIDE, FX_TYPE_MEMORY_PREALLOCATED, FX_TYPE_OBJECT, FX_TYPE_REQUEST,
+                      FX_TYPE_REQUEST_MEMORY, IFX_TYPE_MEMORY)
+from .physical_memory import PAGE_SHIFT, PAGE_SIZE, InProcessMemory, PhysicalMemory, PhysicalMemoryError
+from .pool import PoolType
+from .request import (CTL_CODE, FILE_ANY_ACCESS, FILE_READ_ACCESS, FILE_WRITE_ACCESS, IRP_MJ_DEVICE_CONTROL,
+                      IRP_MJ_INTERNAL_DEVICE_CONTROL, IRP_MJ_READ, IRP_MJ_WRITE, KPROCESSOR_MODE, METHOD_BUFFERED,
+                      METHOD_IN_DIRECT, METHOD_NEITHER, METHOD_OUT_DIRECT, IoRequest, WDF_REQUEST_TYPE)
+from .umdf1 import IObjectCleanup, IWDFDriver, IWDFMemory, IWDFObject
+from .verifier import Finding
+
+__all__ = [name for name in dir() if not name.startswith("_")]

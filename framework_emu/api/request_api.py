@@ -1,0 +1,213 @@
+"""Requests as far as memory goes (fxrequestapi.cpp), and presenting them to the driver."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..bugcheck import WDF_VERIFIER_FATAL_ERROR, BugCheck, wdf_violation
+from ..callsite import driver_site, format_site
+from ..core import OUT
+from ..errors import ArgumentError
+from ..mdl import Mdl
+from ..ntstatus import NTSTATUS
+from ..objects import FX_TYPE_REQUEST, ObjectState
+from ..request import (IRP_MJ_DEVICE_CONTROL, IRP_MJ_INTERNAL_DEVICE_CONTROL, IRP_MJ_READ, IRP_MJ_WRITE,
+                       METHOD_BUFFERED, METHOD_IN_DIRECT, METHOD_OUT_DIRECT, KPROCESSOR_MODE, IoRequest, Request)
+from ..verifier import finding_for
+from .validation import check_size
+
+MULTIPLE_IRP_COMPLETE_REQUESTS = 0x44
+
+
+class RequestApi:
+    """WdfRequestRetrieve*, WdfRequestComplete*, and the I/O manager side (present_request)."""
+
+    def present_request(self, RequestType: int, *, input_data: bytes = b"", input_length: int | None = None,
+                        output_length: int = 0, ioctl_code: int = 0, method: int | None = None,
+                        direct: bool = False, requestor_mode: int = KPROCESSOR_MODE.UserMode) -> IoRequest:
+        """Play the I/O manager and the queue: build a request with its buffers and hand it
+        to the driver. Returns the originator's view; the driver's handle is ``.handle``.
+
+        ``RequestType`` is IRP_MJ_READ / WRITE / DEVICE_CONTROL / INTERNAL_DEVICE_CONTROL;
+        the IOCTL transfer method comes from ``ioctl_code`` (its low two bits) unless
+        ``method`` is given; ``direct`` selects direct I/O for reads and writes.
+        """
+        self._require_driver()
+        major = int(RequestType)
+        if major not in (IRP_MJ_READ, IRP_MJ_WRITE, IRP_MJ_DEVICE_CONTROL, IRP_MJ_INTERNAL_DEVICE_CONTROL):
+            raise ArgumentError("RequestType is IRP_MJ_READ, IRP_MJ_WRITE, IRP_MJ_DEVICE_CONTROL or"
+                                " IRP_MJ_INTERNAL_DEVICE_CONTROL", field="RequestType", value=RequestType)
+        data = bytes(input_data)
+        in_len = len(data) if input_length is None else check_size(input_length, "input_length")
+        if in_len < len(data):
+            raise ArgumentError("input_length is shorter than input_data", field="input_length", value=in_len)
+        check_size(output_length, "output_length")
+        if major == IRP_MJ_READ and in_len:
+            raise ArgumentError("a read carries no input", field="input_data", value=in_len)
+        if major == IRP_MJ_WRITE and output_length:
+            raise ArgumentError("a write carries no output", field="output_length", value=output_length)
+        ioctl = major in (IRP_MJ_DEVICE_CONTROL, IRP_MJ_INTERNAL_DEVICE_CONTROL)
+        io = IoRequest(major, in_len, output_length, ioctl_code,
+                       (ioctl_code & 3 if method is None else method) if ioctl else METHOD_BUFFERED,
+                       bool(direct) and not ioctl, int(requestor_mode))
+        site = driver_site()
+        request = Request(self, site, io)
+        request.tag = self._driver_tag
+        if not request.allocate_buffers(data, site):
+            io.completed = True
+            io.status = NTSTATUS.STATUS_INSUFFICIENT_RESOURCES
+            return io
+        self._commit(request, None, None, default_parent=False)
+        io.handle = request.handle
+        return io
+
+    # -- retrieving buffers ---------------------------------------------------------------
+
+    def _request_for_buffer(self, handle: int, call: str, rule_prefix: str) -> Request | None:
+        """The request; None (after a finding) if it already completed and the verifier is on."""
+        request = self._object(handle, FX_TYPE_REQUEST)
+        self._check_dispatch(call)
+        if request.completed and self._verifier_on:
+            self._verifier.report(finding_for(
+                f"{rule_prefix}{request.io.kind}A", "error",
+                f"{call} on {request.describe()} after it completed", driver_site(), request,
+                status=NTSTATUS.STATUS_INVALID_DEVICE_STATE), fatal=True,
+                bugcheck=(0x10D, (WDF_VERIFIER_FATAL_ERROR, request.handle, 0, 0)))
+            return None
+        return request
+
+    def _input(self, request: Request) -> tuple[int, int, int, bool, str]:
+        if request.io.major == IRP_MJ_READ:
+            return NTSTATUS.STATUS_INVALID_DEVICE_REQUEST, 0, 0, False, "system"
+        return (*request.input_buffer(), "system")
+
+    def _output(self, request: Request) -> tuple[int, int, int, bool, str]:
+        major = request.io.major
+        if major == IRP_MJ_WRITE:
+            return NTSTATUS.STATUS_INVALID_DEVICE_REQUEST, 0, 0, False, "system"
+        if major == IRP_MJ_READ:
+            return (*request.input_buffer(), "system")
+        return (*request.output_buffer(), "output")
+
+    def _memory_handle(self, request: Request, found: tuple[int, int, int, bool, str]) -> tuple[int, int | None]:
+        status, va, length, read_only, slot = found
+        if status:
+            return status, None
+        label = "output" if slot == "output" or request.io.major == IRP_MJ_READ else "input"
+        mem = request.memory_object(slot, label, va, length, read_only, driver_site())
+        return NTSTATUS.STATUS_SUCCESS, mem.handle
+
+    def _retrieve_memory(self, handle: int, memory_out: Any, call: str, which: str) -> tuple[int, int | None]:
+        request = self._request_for_buffer(handle, call, "MemAfterReqCompleted")
+        if memory_out is None:
+            raise self._null("Memory")
+        if request is None:
+            return NTSTATUS.STATUS_INVALID_DEVICE_STATE, None
+        return self._memory_handle(request, (self._input if which == "input" else self._output)(request))
+
+    def WdfRequestRetrieveInputMemory(self, Request: int, *, Memory: Any = OUT) -> tuple[int, int | None]:
+        """-> (status, memory). A read has no input (STATUS_INVALID_DEVICE_REQUEST)."""
+        return self._retrieve_memory(Request, Memory, "WdfRequestRetrieveInputMemory", "input")
+
+    def WdfRequestRetrieveOutputMemory(self, Request: int, *, Memory: Any = OUT) -> tuple[int, int | None]:
+        """-> (status, memory). A write has no output (STATUS_INVALID_DEVICE_REQUEST)."""
+        return self._retrieve_memory(Request, Memory, "WdfRequestRetrieveOutputMemory", "output")
+
+    def _retrieve_buffer(self, handle: int, minimum: int, buffer_out: Any, call: str,
+                         which: str) -> tuple[int, int | None, int | None]:
+        request = self._request_for_buffer(handle, call, "BufAfterReqCompleted")
+        if buffer_out is None:
+            raise self._null("Buffer")
+        check_size(minimum, "MinimumRequiredSize")
+        if request is None:
+            return NTSTATUS.STATUS_INVALID_DEVICE_STATE, None, None
+        status, va, length, _read_only, _slot = (self._input if which == "input" else self._output)(request)
+        if status:
+            return status, None, None
+        if length < minimum:
+            return NTSTATUS.STATUS_BUFFER_TOO_SMALL, None, None
+        return NTSTATUS.STATUS_SUCCESS, va, length
+
+    def WdfRequestRetrieveInputBuffer(self, Request: int, MinimumRequiredSize: int, *,
+                                      Buffer: Any = OUT, Length: Any = OUT) -> tuple[int, int | None, int | None]:
+        """-> (status, buffer, length); shorter than MinimumRequiredSize: STATUS_BUFFER_TOO_SMALL."""
+        return self._retrieve_buffer(Request, MinimumRequiredSize, Buffer, "WdfRequestRetrieveInputBuffer", "input")
+
+    def WdfRequestRetrieveOutputBuffer(self, Request: int, MinimumRequiredSize: int, *,
+                                       Buffer: Any = OUT, Length: Any = OUT) -> tuple[int, int | None, int | None]:
+        """-> (status, buffer, length); shorter than MinimumRequiredSize: STATUS_BUFFER_TOO_SMALL."""
+        return self._retrieve_buffer(Request, MinimumRequiredSize, Buffer, "WdfRequestRetrieveOutputBuffer",
+                                     "output")
+
+    def WdfRequestRetrieveOutputWdmMdl(self, Request: int, *, Mdl: Any = OUT) -> tuple[int, Mdl | None]:
+        """-> (status, mdl) of a direct-I/O request's data; buffered requests have none."""
+        request = self._request_for_buffer(Request, "WdfRequestRetrieveOutputWdmMdl", "BufAfterReqCompleted")
+        if Mdl is None:
+            raise self._null("Mdl")
+        if request is None:
+            return NTSTATUS.STATUS_INVALID_DEVICE_STATE, None
+        io = request.io
+        if io.major == IRP_MJ_WRITE:
+            return NTSTATUS.STATUS_INVALID_DEVICE_REQUEST, None
+        if request.mdl is None or (request.is_ioctl and io.method not in (METHOD_IN_DIRECT, METHOD_OUT_DIRECT)):
+            return NTSTATUS.STATUS_BUFFER_TOO_SMALL, None
+        return NTSTATUS.STATUS_SUCCESS, request.mdl
+
+    # -- completion ---------------------------------------------------------------------------
+
+    def WdfRequestSetInformation(self, Request: int, Information: int) -> None:
+        request = self._object(Request, FX_TYPE_REQUEST)
+        request.io.information = check_size(Information, "Information")
+
+    def WdfRequestGetInformation(self, Request: int) -> int:
+        return self._object(Request, FX_TYPE_REQUEST).io.information
+
+    def WdfRequestComplete(self, Request: int, Status: int) -> None:
+        request = self._object(Request, FX_TYPE_REQUEST)
+        self._complete(request, Status, request.io.information)
+
+    def WdfRequestCompleteWithInformation(self, Request: int, Status: int, Information: int) -> None:
+        request = self._object(Request, FX_TYPE_REQUEST)
+        self._complete(request, Status, check_size(Information, "Information"))
+
+    def _complete(self, request: Request, status: int, information: int) -> None:
+        """Complete: the request's memory objects and children are deleted, its buffers
+        go back (to the verifier's quarantine first), the originator gets the data."""
+        self._check_dispatch("WdfRequestComplete")
+        site = driver_site()
+        if request.completed:
+            raise BugCheck(MULTIPLE_IRP_COMPLETE_REQUESTS, (request.handle, 0, 0, 0),
+                           f"{request.describe()} completed a second time at {format_site(site)}",
+                           details=request.format_history())
+        if request.irp_references:
+            raise wdf_violation(WDF_VERIFIER_FATAL_ERROR, request.handle, request.irp_references, 0,
+                                f"{request.describe()} completed at {format_site(site)} while its buffers still"
+                                f" hold {request.irp_references} reference(s)", details=request.format_history())
+        io = request.io
+        request.completed = True
+        request.note("completed", site)
+        io.completed = True
+        io.completed_at = site
+        io.status = int(status)
+        io.information = information
+        io.output_data = request.output_for_originator(information)
+        self._deleting_site = site
+        try:
+            if request.children:
+                for child in list(request.children):
+                    child.delete(site)
+            for mem in (request.system_memory, request.output_memory):
+                if mem is not None:
+                    mem.retire_with_request(site)
+            if request.mdl is not None:
+                self._free_mdl(request.mdl, site)
+                request.mdl = None
+            if self._verifier_on:
+                ranges = request.buffer_ranges()
+                request.system_buffer = request.data_buffer = 0
+                self._verifier.quarantine(request, ranges, self._pool.free)
+            else:
+                request.free_buffers()
+            request.release()
+        finally:
+            self._deleting_site = None

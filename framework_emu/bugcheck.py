@@ -1,0 +1,86 @@
+"""Bug checks of the emulated machine.
+
+A bug check stops the emulated "driver": it is raised as :class:`BugCheck`
+with the Windows code and its four parameters, and a message that names the
+violation, the object and the driver's file:line. Where the verifier runs in
+"record" mode, rule findings are recorded instead; a bug check that the real
+framework raises unconditionally (invalid handle, NULL required pointer,
+object freed by dereference) is always raised.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+from wdfhil.errors import WdfhilError
+
+if TYPE_CHECKING:
+    from .verifier import Finding
+
+# Bug check codes.
+IRQL_NOT_GREATER_OR_EQUAL = 0x09
+IRQL_NOT_LESS_OR_EQUAL = 0x0A
+PAGE_FAULT_IN_NONPAGED_AREA = 0x50
+DRIVER_VERIFIER_DETECTED_VIOLATION = 0xC4
+BAD_POOL_CALLER = 0xC2
+DRIVER_PAGE_FAULT_IN_FREED_SPECIAL_POOL = 0xD5
+DRIVER_VERIFIER_DMA_VIOLATION = 0xE6
+WDF_VIOLATION = 0x10D
+
+BUGCHECK_NAMES = {
+    IRQL_NOT_GREATER_OR_EQUAL: "IRQL_NOT_GREATER_OR_EQUAL",
+    IRQL_NOT_LESS_OR_EQUAL: "IRQL_NOT_LESS_OR_EQUAL",
+    PAGE_FAULT_IN_NONPAGED_AREA: "PAGE_FAULT_IN_NONPAGED_AREA",
+    DRIVER_VERIFIER_DETECTED_VIOLATION: "DRIVER_VERIFIER_DETECTED_VIOLATION",
+    BAD_POOL_CALLER: "BAD_POOL_CALLER",
+    DRIVER_PAGE_FAULT_IN_FREED_SPECIAL_POOL: "DRIVER_PAGE_FAULT_IN_FREED_SPECIAL_POOL",
+    DRIVER_VERIFIER_DMA_VIOLATION: "DRIVER_VERIFIER_DMA_VIOLATION",
+    WDF_VIOLATION: "WDF_VIOLATION",
+}
+
+# WDF_VIOLATION parameter 1.
+WDF_VERIFIER_FATAL_ERROR = 0x3
+WDF_REQUIRED_PARAMETER_IS_NULL = 0x4
+WDF_INVALID_HANDLE = 0x5
+WDF_REQUEST_FATAL_ERROR = 0x6
+WDF_OBJECT_ERROR = 0x7
+WDF_DMA_FATAL_ERROR = 0x8
+
+WDF_P1_NAMES = {
+    WDF_VERIFIER_FATAL_ERROR: "WDF_VERIFIER_FATAL_ERROR",
+    WDF_REQUIRED_PARAMETER_IS_NULL: "WDF_REQUIRED_PARAMETER_IS_NULL",
+    WDF_INVALID_HANDLE: "WDF_INVALID_HANDLE",
+    WDF_REQUEST_FATAL_ERROR: "WDF_REQUEST_FATAL_ERROR",
+    WDF_OBJECT_ERROR: "WDF_OBJECT_ERROR",
+    WDF_DMA_FATAL_ERROR: "WDF_DMA_FATAL_ERROR",
+}
+
+
+class BugCheck(WdfhilError):
+    """The emulated machine stopped: ``code`` and four ``params`` as KeBugCheckEx got them.
+
+    ``violation`` is a one-line description; ``finding`` is the verifier
+    finding that caused it, when a rule did.
+    """
+
+    def __init__(self, code: int, params: Sequence[int], violation: str,
+                 *, finding: "Finding | None" = None, details: str = "") -> None:
+        p = [int(x) & 0xFFFFFFFFFFFFFFFF for x in params]
+        p = (p + [0, 0, 0, 0])[:4]
+        self.code = code
+        self.params = tuple(p)
+        self.violation = violation
+        self.finding = finding
+        self.details = details
+        self.name = BUGCHECK_NAMES.get(code, f"BUGCHECK_0x{code:X}")
+        head = f"{self.name} (0x{code:X}) P1=0x{p[0]:X} P2=0x{p[1]:X} P3=0x{p[2]:X} P4=0x{p[3]:X}"
+        text = f"{head}: {violation}"
+        if details:
+            text += "\n" + details
+        super().__init__(text)
+
+
+def wdf_violation(p1: int, p2: int, p3: int, p4: int, violation: str, **kw) -> BugCheck:
+    """A 0x10D bug check whose message starts with the P1 name."""
+    name = WDF_P1_NAMES.get(p1, f"0x{p1:X}")
+    return BugCheck(WDF_VIOLATION, (p1, p2, p3, p4), f"{name}: {violation}", **kw)

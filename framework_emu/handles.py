@@ -1,0 +1,55 @@
+"""Handles: the opaque values a driver holds, and the memory of dead ones.
+
+The real framework hands out a scrambled object pointer and never checks
+it: a stale handle crashes "at random". Here every handle is unique for the
+life of the framework (never reused), so a handle that is not live is
+always recognised: either it belonged to an object that is gone (kept in a
+bounded graveyard with its history: what it was, where it was created and
+deleted) or it was never issued at all.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .objects import FxObject
+
+HANDLE_BASE = 0x0000_7FF2_0000_0000
+HANDLE_STRIDE = 8  # real handles keep their low three bits for flags
+GRAVEYARD_SIZE = 100_000
+
+
+class HandleTable:
+    """Live handles and a graveyard of the last ``graveyard_size`` destroyed objects."""
+
+    def __init__(self, graveyard_size: int = GRAVEYARD_SIZE) -> None:
+        self.live: dict[int, "FxObject"] = {}
+        self.graveyard: dict[int, "FxObject"] = {}
+        self._burial_order: collections.deque[int] = collections.deque()
+        self._graveyard_size = graveyard_size
+        self._next = HANDLE_BASE + HANDLE_STRIDE
+
+    def issue(self, obj: "FxObject") -> int:
+        handle = self._next
+        self._next = handle + HANDLE_STRIDE
+        obj.handle = handle
+        self.live[handle] = obj
+        return handle
+
+    def retire(self, obj: "FxObject") -> None:
+        """Move a destroyed object's handle from the live table to the graveyard."""
+        handle = obj.handle
+        if self.live.pop(handle, None) is None:
+            return
+        self.graveyard[handle] = obj
+        order = self._burial_order
+        order.append(handle)
+        if len(order) > self._graveyard_size:
+            self.graveyard.pop(order.popleft(), None)
+
+    def was_issued(self, handle: int) -> bool:
+        """Whether ``handle`` is a value this table handed out at some point."""
+        return (isinstance(handle, int) and HANDLE_BASE < handle < self._next
+                and (handle - HANDLE_BASE) % HANDLE_STRIDE == 0)

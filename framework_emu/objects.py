@@ -1,0 +1,287 @@
+"""The framework's object model: lifetimes, parents, references, callbacks.
+
+This module knows nothing of argument validation (the ``api`` package does
+that, in the framework's order); it implements the object state machine of
+the real framework (fxobjectstatemachine.cpp), reduced to one thread:
+
+- an object is created with one reference; a parent does not add one;
+- WdfObjectDelete disposes the children first (their EvtCleanupCallback,
+  grandchildren before children), then the object's own cleanup, then tells
+  each child its parent is gone (each drops its creation reference), then
+  drops the object's own creation reference;
+- EvtDestroyCallback runs when the reference count reaches zero, always
+  after cleanup (cleanup is run then if it had not been);
+- an object whose count reaches zero through WdfObjectDereference while it
+  was never deleted and still has a parent or children is a WDF_VIOLATION
+  0x7, as in the framework's destructor;
+- an object whose dispose must run at PASSIVE_LEVEL (paged-pool memory,
+  ExecutionLevel Passive) deleted above PASSIVE_LEVEL is queued and disposed
+  when the IRQL comes back down, as the framework's dispose list does.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from .bugcheck import WDF_OBJECT_ERROR, wdf_violation
+from .callsite import CallSite, format_site
+
+if TYPE_CHECKING:
+    from .attributes import WDF_OBJECT_CONTEXT_TYPE_INFO
+
+# WDFTYPE values (fxtypes.h), used as P3 of an invalid-handle bug check.
+FX_TYPE_OBJECT = 0x1000
+FX_TYPE_DRIVER = 0x1001
+FX_TYPE_REQUEST = 0x1008
+FX_TYPE_LOOKASIDE = 0x1009
+IFX_TYPE_MEMORY = 0x100A
+FX_TYPE_USEROBJECT = 0x100C
+FX_TYPE_MEMORY_PREALLOCATED = 0x1022
+FX_TYPE_REQUEST_MEMORY = 0x1032
+
+TYPE_NAMES = {
+    FX_TYPE_OBJECT: "WDFOBJECT",
+    FX_TYPE_DRIVER: "WDFDRIVER",
+    FX_TYPE_REQUEST: "WDFREQUEST",
+    FX_TYPE_LOOKASIDE: "WDFLOOKASIDE",
+    IFX_TYPE_MEMORY: "WDFMEMORY",
+    FX_TYPE_USEROBJECT: "WDFOBJECT (general)",
+    FX_TYPE_MEMORY_PREALLOCATED: "WDFMEMORY (preallocated)",
+    FX_TYPE_REQUEST_MEMORY: "WDFMEMORY (request memory)",
+}
+
+
+class ObjectState(enum.IntEnum):
+    CREATED = 0
+    DISPOSING = 1          # children being disposed, cleanup running
+    DISPOSED = 2           # disposed by its parent, waiting for the parent's delete
+    DELETED = 3            # deleted and disposed, waiting for the last reference
+    DELETE_DEFERRED = 4    # WdfObjectDelete above PASSIVE_LEVEL, waiting for PASSIVE_LEVEL
+    DESTROYED = 5          # last reference gone; the handle is dead
+
+
+class FxObject:
+    """Base of every framework object.
+
+    Rarely used fields are class-level defaults so that creating an object
+    only sets what every object has (creation is on the hot path).
+    """
+
+    WDF_TYPE = FX_TYPE_OBJECT
+    HANDLE_NAME = "WDFOBJECT"
+    DESCRIPTION = "framework object"
+    QI_TYPES: frozenset[int] = frozenset({FX_TYPE_OBJECT})
+    NO_DELETE_DDI = False     # WdfObjectDelete logs STATUS_CANNOT_DELETE and ignores the call
+    passive_dispose = False   # dispose/destroy must run at PASSIVE_LEVEL
+
+    handle = 0
+    state = ObjectState.CREATED
+    parent: "FxObject | None" = None
+    children: "dict[FxObject, None] | None" = None
+    cleanup_callback: Callable[[int], Any] | None = None
+    destroy_callback: Callable[[int], Any] | None = None
+    context_type: "WDF_OBJECT_CONTEXT_TYPE_INFO | None" = None
+    context_va = 0
+    context_size = 0
+    storage_va = 0            # pool block holding the object (and its context), 0: none
+    deleted_at: CallSite | None = None
+    destroyed_at: CallSite | None = None
+    events: list[tuple[str, CallSite | None]] | None = None  # extra history (completion, ...)
+    ref_tags: dict[Any, list] | None = None                  # tag -> [count, last site]
+    tag = b""
+
+    def __init__(self, fx: Any, site: CallSite | None) -> None:
+        self.fx = fx
+        self.refcount = 1
+        self.created_at = site
+
+    # -- description --------------------------------------------------------------
+
+    def history(self) -> list[tuple[str, CallSite | None]]:
+        """(event, driver call site) pairs: created, extra events, deleted, destroyed."""
+        out: list[tuple[str, CallSite | None]] = [("created", self.created_at)]
+        if self.events:
+            out.extend(self.events)
+        if self.deleted_at is not None:
+            out.append(("deleted", self.deleted_at))
+        if self.destroyed_at is not None and self.destroyed_at != self.deleted_at:
+            out.append(("freed", self.destroyed_at))
+        return out
+
+    def note(self, event: str, site: CallSite | None) -> None:
+        if self.events is None:
+            self.events = []
+        self.events.append((event, site))
+
+    def describe(self) -> str:
+        return f"{self.HANDLE_NAME} 0x{self.handle:x} ({self.DESCRIPTION})"
+
+    def format_history(self, indent: str = "    ") -> str:
+        return "\n".join(f"{indent}{event} at {format_site(site)}" for event, site in self.history())
+
+    def __repr__(self) -> str:
+        return f"<{self.describe()} {self.state.name} refs={self.refcount}>"
+
+    # -- parent and children --------------------------------------------------------
+
+    def add_child(self, child: "FxObject") -> bool:
+        """AddChildObjectInternal: False (STATUS_DELETE_PENDING) unless this object is live."""
+        if self.state != ObjectState.CREATED:
+            return False
+        children = self.children
+        if children is None:
+            children = self.children = {}
+        children[child] = None
+        child.parent = self
+        return True
+
+    def iter_descendants(self) -> Iterator["FxObject"]:
+        stack = list(self.children or ())
+        while stack:
+            obj = stack.pop()
+            yield obj
+            if obj.children:
+                stack.extend(obj.children)
+
+    # -- deletion ---------------------------------------------------------------------
+
+    def needs_passive_dispose(self) -> bool:
+        if self.passive_dispose:
+            return True
+        return any(obj.passive_dispose for obj in self.iter_descendants())
+
+    def delete(self, site: CallSite | None) -> bool:
+        """WdfObjectDelete on this object; False if it was already being deleted."""
+        if self.state is not ObjectState.CREATED:
+            return False
+        self.deleted_at = site
+        fx = self.fx
+        if fx._irql.current and self.needs_passive_dispose():
+            self.state = ObjectState.DELETE_DEFERRED
+            fx._irql.defer_until_passive(self._delete_now)
+            return True
+        if (self.children or self.refcount != 1 or self.cleanup_callback is not None
+                or self.destroy_callback is not None):
+            self._delete_now()
+            return True
+        # The common case, in one step: a leaf with no callbacks and no extra reference
+        # is detached, disposed and destroyed at once.
+        parent = self.parent
+        if parent is not None:
+            self.parent = None
+            parent.children.pop(self, None)
+        self.refcount = 0
+        self.state = ObjectState.DESTROYED
+        self.destroyed_at = site
+        self.free_storage()
+        fx._handles.retire(self)
+        return True
+
+    def _delete_now(self) -> None:
+        fx = self.fx
+        outer = fx._deleting_site
+        fx._deleting_site = self.deleted_at
+        try:
+            parent = self.parent
+            if parent is not None:
+                self.parent = None
+                if parent.children is not None:
+                    parent.children.pop(self, None)
+            self.state = ObjectState.DISPOSING
+            if self.children:
+                for child in list(self.children):
+                    child.dispose_by_parent()
+            self.dispose()
+            self.state = ObjectState.DELETED
+            if self.children:
+                self.destroy_children()
+            self.release()
+        finally:
+            fx._deleting_site = outer
+
+    def dispose_by_parent(self) -> None:
+        """PerformEarlyDispose: children's cleanup, then this object's own."""
+        if self.state != ObjectState.CREATED and self.state != ObjectState.DELETE_DEFERRED:
+            return
+        self.state = ObjectState.DISPOSING
+        if self.children:
+            for child in list(self.children):
+                child.dispose_by_parent()
+        self.dispose()
+        self.state = ObjectState.DISPOSED
+
+    def dispose(self) -> None:
+        """Dispose: what the object does when it is deleted (before its references go)."""
+        callback = self.cleanup_callback
+        if callback is not None:
+            self.cleanup_callback = None
+            callback(self.handle)
+
+    def destroy_children(self) -> None:
+        children = self.children
+        self.children = None
+        for child in list(children):
+            child.parent = None
+            child.parent_deleted()
+
+    def parent_deleted(self) -> None:
+        """ParentDeleteEvent: the parent is gone; drop the creation reference."""
+        if self.state == ObjectState.DESTROYED:
+            return
+        if self.deleted_at is None:
+            self.deleted_at = self.fx._deleting_site
+        self.state = ObjectState.DELETED
+        if self.children:
+            self.destroy_children()
+        self.release()
+
+    # -- references ---------------------------------------------------------------------
+
+    def add_reference(self) -> None:
+        self.refcount += 1
+
+    def release(self) -> None:
+        count = self.refcount - 1
+        self.refcount = count
+        if count:
+            return
+        if self.state == ObjectState.CREATED and (self.parent is not None or self.children):
+            why = "a parent" if self.parent is not None else "children"
+            raise wdf_violation(
+                WDF_OBJECT_ERROR, self.handle, self.storage_va or id(self), 0,
+                f"{self.describe()} was freed by WdfObjectDereference while it still had {why};"
+                f" it must be deleted with WdfObjectDelete",
+                details=self.format_history())
+        if self.passive_dispose and self.fx._irql.current:
+            self.fx._irql.defer_until_passive(self.destroy)
+            return
+        self.destroy()
+
+    def destroy(self) -> None:
+        """ProcessDestroy: cleanup if it never ran, then EvtDestroyCallback, then free."""
+        callback = self.cleanup_callback
+        if callback is not None:
+            self.cleanup_callback = None
+            callback(self.handle)
+        callback = self.destroy_callback
+        if callback is not None:
+            self.destroy_callback = None
+            callback(self.handle)
+        self.state = ObjectState.DESTROYED
+        self.destroyed_at = self.fx._deleting_site or self.deleted_at
+        self.free_storage()
+        self.fx._handles.retire(self)
+
+    def free_storage(self) -> None:
+        """Give back the pool memory behind the object (subclasses add their buffers)."""
+        if self.storage_va:
+            self.fx._pool.free(self.storage_va)
+
+
+class GeneralObject(FxObject):
+    """WdfObjectCreate: an object with no behaviour of its own (a parent, a context holder)."""
+
+    WDF_TYPE = FX_TYPE_USEROBJECT
+    DESCRIPTION = "general object from WdfObjectCreate"
+    QI_TYPES = frozenset({FX_TYPE_OBJECT, FX_TYPE_USEROBJECT})
