@@ -1,0 +1,100 @@
+"""The QEMU command line for a guest config and image: a pure function.
+
+Everything about how a guest is wired lives here, so it can be read and
+unit-tested in one place:
+
+- guest RAM is a ``memory-backend-file`` with ``share=on`` in the run
+  folder, so the device model can map the very pages the guest uses;
+- the serial console and QMP are sockets QEMU inherits (``fd=N``), one end
+  of a socket pair each: nothing to race for or clean up in the file system;
+- SSH is forwarded from a port the host picks (``hostfwd=...:0-:22``) and
+  read back from ``info usernet`` (:func:`parse_hostfwd_port`), so two VMs
+  never collide on a port;
+- on q35 one ``pcie-root-port`` (id :data:`HOTPLUG_ROOT_PORT`) is always
+  added so a device can be hot-plugged later; an Intel IOMMU comes first
+  among the devices and needs the split IRQ chip;
+- ``-incoming defer`` starts a VM that waits for a saved state.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from orchestrator.guest_config import GuestConfig
+
+if TYPE_CHECKING:
+    from guest_images import GuestImage
+
+DEFAULT_QEMU = "qemu-system-x86_64"
+RAM_BACKEND_ID = "ram0"
+CONSOLE_ID = "wdfhil-console"
+QMP_ID = "wdfhil-qmp"
+NETDEV_ID = "n0"
+HOTPLUG_ROOT_PORT = "wdfhil-rp0"
+GUEST_SSH_PORT = 22
+
+
+def kernel_command_line(config: GuestConfig, image: "GuestImage") -> str:
+    """The image's base arguments, then the config's (pool window, IOMMU, extras)."""
+    return " ".join([*image.kernel_cmdline, *config.kernel_arguments()])
+
+
+def build_qemu_argv(config: GuestConfig, image: "GuestImage", *, accelerator: str,
+                    ram_file: Path, console_fd: int, qmp_fd: int, name: str = "wdfhil",
+                    extra_args: Sequence[str] = (), incoming: bool = False,
+                    qemu_binary: str = DEFAULT_QEMU) -> list[str]:
+    """The full argv of a QEMU that runs ``config`` with ``image``."""
+    if accelerator not in ("kvm", "tcg"):
+        raise ValueError(f"accelerator must be kvm or tcg, got {accelerator!r}")
+    machine = [config.machine, f"memory-backend={RAM_BACKEND_ID}"]
+    if config.iommu == "intel":
+        machine.append("kernel-irqchip=split")
+    argv = [
+        qemu_binary,
+        "-name", f"{name},debug-threads=on",
+        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-accel", accelerator,
+        "-machine", ",".join(machine),
+    ]
+    if accelerator == "kvm":
+        argv += ["-cpu", "host"]
+    argv += [
+        "-m", str(config.memory // (1 << 20)) + "M",
+        "-smp", str(config.cpus),
+        "-object", f"memory-backend-file,id={RAM_BACKEND_ID},size={config.memory},"
+                   f"mem-path={ram_file},share=on",
+        "-kernel", str(image.kernel),
+        "-initrd", str(image.initramfs),
+        "-append", kernel_command_line(config, image),
+        "-chardev", f"socket,id={CONSOLE_ID},fd={console_fd}",
+        "-serial", f"chardev:{CONSOLE_ID}",
+        "-chardev", f"socket,id={QMP_ID},fd={qmp_fd}",
+        "-mon", f"chardev={QMP_ID},mode=control",
+    ]
+    if config.iommu == "intel":
+        argv += ["-device", "intel-iommu,intremap=on"]
+    if config.machine == "q35":
+        argv += ["-device", f"pcie-root-port,id={HOTPLUG_ROOT_PORT},chassis=1"]
+    argv += [
+        "-netdev", f"user,id={NETDEV_ID},hostfwd=tcp:127.0.0.1:0-:{GUEST_SSH_PORT}",
+        "-device", f"virtio-net-pci,netdev={NETDEV_ID}",
+    ]
+    argv += list(extra_args)
+    if incoming:
+        argv += ["-incoming", "defer"]
+    return argv
+
+
+_USERNET_HOSTFWD = re.compile(
+    r"TCP\[HOST_FORWARD\]\s+\d+\s+(?P<host>[\d.]+)\s+(?P<port>\d+)\s+[\d.]+\s+(?P<guest>\d+)")
+
+
+def parse_hostfwd_port(usernet_text: str, guest_port: int = GUEST_SSH_PORT) -> int:
+    """The host port forwarded to ``guest_port``, from HMP ``info usernet``."""
+    for match in _USERNET_HOSTFWD.finditer(usernet_text):
+        if int(match.group("guest")) == guest_port and int(match.group("port")) != 0:
+            return int(match.group("port"))
+    raise ValueError(f"no host forwarding to guest port {guest_port} in 'info usernet':\n"
+                     f"{usernet_text}")

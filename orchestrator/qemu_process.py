@@ -1,0 +1,156 @@
+"""One QEMU process: spawned so it cannot outlive us, stopped by a ladder.
+
+QEMU must never outlive the Python process that started it, even when that
+process is killed with SIGKILL and no cleanup code runs. The kernel can do
+that for us: ``PR_SET_PDEATHSIG`` (set in the child between fork and exec)
+sends QEMU SIGKILL when the thread that forked it dies. QEMU also gets its
+own session so a Ctrl-C at the terminal reaches only the test process, which
+then shuts QEMU down in order (QMP ``quit``, SIGTERM, SIGKILL) instead of
+QEMU dying half-way through a migration.
+
+Caveat of the kernel mechanism: the death signal follows the *thread* that
+spawned QEMU. Start VMs from a thread that lives as long as they do (the
+main thread, normally).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+_prctl = _libc.prctl
+_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                   ctypes.c_ulong]
+_prctl.restype = ctypes.c_int
+
+
+def die_with_parent() -> None:
+    """``preexec_fn``: ask the kernel to SIGKILL this child when its parent dies.
+
+    Runs in the forked child before exec; it only calls prctl (prepared in
+    the parent) so it is safe in a threaded parent. If the parent is already
+    gone (it died between fork and prctl) the child kills itself.
+    """
+    parent = os.getppid()
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def tail_of_file(path: Path, max_chars: int = 4000) -> str:
+    """The last ``max_chars`` characters of a text file ('' if unreadable)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - max_chars * 4))
+            data = handle.read()
+    except OSError:
+        return ""
+    return data.decode("utf-8", "replace")[-max_chars:]
+
+
+class QemuProcess:
+    """A spawned QEMU with its stdout/stderr in ``log_path``."""
+
+    def __init__(self, argv: Sequence[str], *, log_path: Path,
+                 pass_fds: Sequence[int] = ()) -> None:
+        self.argv = list(argv)
+        self.log_path = Path(log_path)
+        self._pass_fds = tuple(pass_fds)
+        self._popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Spawn QEMU; raises OSError when the binary cannot be run."""
+        with open(self.log_path, "ab") as log_file:
+            self._popen = subprocess.Popen(
+                self.argv, stdin=subprocess.DEVNULL, stdout=log_file,
+                stderr=subprocess.STDOUT, pass_fds=self._pass_fds, close_fds=True,
+                start_new_session=True, preexec_fn=die_with_parent)
+        log.debug("started QEMU pid %d: %s", self._popen.pid, " ".join(self.argv))
+
+    @property
+    def pid(self) -> int | None:
+        return self._popen.pid if self._popen else None
+
+    @property
+    def started(self) -> bool:
+        return self._popen is not None
+
+    def poll(self) -> int | None:
+        """QEMU's exit code, or None while it runs (or was never started)."""
+        return self._popen.poll() if self._popen else None
+
+    def alive(self) -> bool:
+        return self._popen is not None and self._popen.poll() is None
+
+    def wait(self, timeout: float) -> int | None:
+        """Wait up to ``timeout`` seconds; the exit code, or None if still running."""
+        if self._popen is None:
+            return None
+        try:
+            return self._popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def log_tail(self, max_chars: int = 4000) -> str:
+        return tail_of_file(self.log_path, max_chars)
+
+    def stop(self, ask_to_quit: Callable[[], None] | None = None, *,
+             quit_grace: float = 10.0, term_grace: float = 5.0) -> int | None:
+        """Stop QEMU politely, then firmly: ``ask_to_quit`` (QMP quit), SIGTERM, SIGKILL.
+
+        Each step gets its grace period; errors of the polite steps are logged
+        and the ladder goes on. Returns QEMU's exit code.
+        """
+        if self._popen is None:
+            return None
+        if self.alive() and ask_to_quit is not None:
+            try:
+                ask_to_quit()
+            except Exception as exc:  # the process may be wedged or already gone
+                log.debug("QMP quit failed (%s); sending SIGTERM", exc)
+            self.wait(quit_grace)
+        for sig, grace in ((signal.SIGTERM, term_grace), (signal.SIGKILL, 30.0)):
+            if not self.alive():
+                break
+            log.debug("sending %s to QEMU pid %d", sig.name, self._popen.pid)
+            self._signal(sig)
+            self.wait(grace)
+        return self.poll()
+
+    def kill_now(self) -> None:
+        """SIGKILL without ceremony (last resort at interpreter exit)."""
+        if self.alive():
+            self._signal(signal.SIGKILL)
+            self.wait(10.0)
+
+    def _signal(self, sig: int) -> None:
+        assert self._popen is not None
+        try:
+            os.kill(self._popen.pid, sig)
+        except OSError as exc:
+            if exc.errno != errno.ESRCH:
+                raise
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.01) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` passes; whether it held."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if condition():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)

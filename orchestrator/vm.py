@@ -1,0 +1,359 @@
+"""A QEMU virtual machine running a guest image, as a context manager.
+
+``with VM(config, image) as vm:`` boots the guest (or restores a saved one)
+and, whatever happens inside, leaves nothing behind: no QEMU process, no
+run folder, no RAM file. What it wires together:
+
+- a private run folder (0700, under /dev/shm when it exists) holding the
+  shared RAM file (``vm.ram_file``, for the device model to map), QEMU's
+  log and the console log; removed on close;
+- QEMU itself (:mod:`orchestrator.qemu_process`), killed by the kernel if
+  this process dies; the accelerator chosen by probing KVM
+  (:mod:`orchestrator.kvm_probe`);
+- the serial console reader, which fails the boot at once on a kernel panic
+  or QEMU exiting; QMP (``vm.qmp``); SSH over one long-lived shell channel
+  (``vm.run``), with SFTP (``vm.put`` / ``vm.get``);
+- :meth:`VM.save` / ``VM(..., restore_from=snapshot)`` for fast resets.
+
+Every launch failure is one :class:`~wdfhil.errors.LaunchError` with QEMU's
+exit code, command line, log tail and console tail.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from orchestrator.cleanup import (folder_parent, install_sigterm_handler, signals_deferred,
+                                  sweep_stale_folders, track)
+from orchestrator.guest_config import GuestConfig
+from orchestrator.kvm_probe import choose_accelerator
+from orchestrator.machine import GuestMachine
+from orchestrator.qemu_command import DEFAULT_QEMU, build_qemu_argv, parse_hostfwd_port
+from orchestrator.qemu_process import QemuProcess, tail_of_file
+from orchestrator.qmp_session import QmpSession
+from orchestrator.ram_layout import DEFAULT_INITRD_ADDR_MAX
+from orchestrator.serial_console import ConsoleWait, SerialConsole
+from orchestrator.snapshot import Snapshot, load_state, save_state
+from orchestrator.ssh_session import (DEFAULT_COMMAND_TIMEOUT, CommandResult, SshSession,
+                                      wait_for_ssh_banner)
+from wdfhil.errors import ConfigError, LaunchError, WdfhilError
+from wdfhil.private_dirs import make_private_dir, remove_tree
+
+if TYPE_CHECKING:
+    from guest_images import GuestImage
+
+log = logging.getLogger(__name__)
+
+SSH_HOST = "127.0.0.1"
+RAM_FILE = "ram"
+QEMU_LOG = "qemu.log"
+CONSOLE_LOG = "console.log"
+_names = itertools.count(1)
+
+
+def read_initrd_addr_max(kernel: Path) -> int:
+    """The highest initrd address a bzImage accepts (boot header 0x22c), as QEMU reads it."""
+    try:
+        with open(kernel, "rb") as handle:
+            header = handle.read(0x230)
+    except OSError:
+        return DEFAULT_INITRD_ADDR_MAX
+    if len(header) < 0x230 or header[0x202:0x206] != b"HdrS":
+        return DEFAULT_INITRD_ADDR_MAX
+    protocol = struct.unpack_from("<H", header, 0x206)[0]
+    if protocol < 0x203:
+        return 0x37FFFFFF
+    return struct.unpack_from("<I", header, 0x22C)[0]
+
+
+class _HostResources:
+    """What a VM holds on the host; released by the VM, or as a last resort
+    by the garbage collector / interpreter exit (without QMP, which may be gone)."""
+
+    def __init__(self) -> None:
+        self.run_dir: Path | None = None
+        self.process: QemuProcess | None = None
+        self.console: SerialConsole | None = None
+        self.qmp: QmpSession | None = None
+        self.ssh: SshSession | None = None
+        self.sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._released = False
+
+    def release(self, graceful: bool = True) -> None:
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+        steps = [
+            ("SSH", lambda: self.ssh and self.ssh.close()),
+            ("QEMU", lambda: self._stop_qemu(graceful)),
+            ("QMP", lambda: self.qmp and self.qmp.close()),
+            ("console", lambda: self.console and self.console.close()),
+            ("sockets", self._close_sockets),
+            ("run folder", lambda: self.run_dir and self._remove_run_dir()),
+        ]
+        for what, step in steps:
+            try:
+                step()
+            except Exception as exc:  # one failing step must not keep the others from running
+                log.warning("releasing the VM's %s failed: %s", what, exc)
+
+    def release_last_resort(self) -> None:
+        self.release(graceful=False)
+
+    def _stop_qemu(self, graceful: bool) -> None:
+        if self.process is None:
+            return
+        if not graceful:
+            self.process.kill_now()
+            return
+        qmp = self.qmp
+        quit_command = (lambda: qmp.command("quit", timeout=5.0)) if qmp else None
+        self.process.stop(quit_command)
+
+    def _close_sockets(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+    def _remove_run_dir(self) -> None:
+        assert self.run_dir is not None
+        try:  # QEMU leaves its RAM file behind; unlink it explicitly, then the folder
+            (self.run_dir / RAM_FILE).unlink()
+        except FileNotFoundError:
+            pass
+        remove_tree(self.run_dir)
+
+
+class VM(GuestMachine):
+    """One guest in QEMU; start with ``with VM(config, image) as vm:``."""
+
+    def __init__(self, config: GuestConfig, image: "GuestImage", *,
+                 extra_qemu_args: Sequence[str] = (), name: str | None = None,
+                 restore_from: Snapshot | None = None, boot_timeout: float = 120.0,
+                 qemu_binary: str = DEFAULT_QEMU) -> None:
+        self.config = config
+        self.image = image
+        self.extra_qemu_args = tuple(extra_qemu_args)
+        self.name = name or f"{config.name}-{os.getpid()}-{next(_names)}"
+        self.restore_from = restore_from
+        self.boot_timeout = boot_timeout
+        self.qemu_binary = qemu_binary
+        self.accelerator: str | None = None
+        self.ssh_port: int | None = None
+        self.start_seconds: float | None = None  # launch to first SSH login
+        self._host = _HostResources()
+        self._finalizer = track(self, self._host.release_last_resort)
+        self._state = "new"
+
+    # -- the public view ----------------------------------------------------
+    @property
+    def run_dir(self) -> Path:
+        return self._need(self._host.run_dir, "run folder")
+
+    @property
+    def ram_file(self) -> Path:
+        """The shared RAM file (``memory-backend-file``, ``share=on``) to map."""
+        return self.run_dir / RAM_FILE
+
+    @property
+    def qmp(self) -> QmpSession:
+        return self._need(self._host.qmp, "QMP session")
+
+    @property
+    def ssh(self) -> SshSession:
+        return self._need(self._host.ssh, "SSH session")
+
+    @property
+    def qemu_pid(self) -> int | None:
+        process = self._host.process
+        return process.pid if process else None
+
+    @property
+    def command_line(self) -> list[str]:
+        process = self._host.process
+        return list(process.argv) if process else []
+
+    @property
+    def pool_window(self) -> tuple[int, int]:
+        return self.config.pool.base, self.config.pool.size
+
+    @property
+    def running(self) -> bool:
+        process = self._host.process
+        return self._state == "running" and process is not None and process.alive()
+
+    def _need(self, value, what: str):
+        if value is None:
+            raise RuntimeError(f"the VM {self.name} has no {what}: it is {self._state}")
+        return value
+
+    # -- guest access -------------------------------------------------------
+    def run(self, command: str, timeout: float = DEFAULT_COMMAND_TIMEOUT) -> CommandResult:
+        return self.ssh.run(command, timeout)
+
+    def run_exec(self, command: str, timeout: float = DEFAULT_COMMAND_TIMEOUT) -> CommandResult:
+        """Run a command on a fresh SSH exec channel (slow; the benchmark's reference)."""
+        return self.ssh.run_exec(command, timeout)
+
+    def put(self, local: str | Path, remote: str) -> None:
+        self.ssh.put(local, remote)
+
+    def get(self, remote: str, local: str | Path) -> None:
+        self.ssh.get(remote, local)
+
+    def console_text(self) -> str:
+        console = self._host.console
+        return console.text() if console else ""
+
+    # -- lifecycle ------------------------------------------------------------
+    def start(self) -> None:
+        if self._state != "new":
+            raise RuntimeError(f"the VM {self.name} was already started (it is {self._state})")
+        self._state = "starting"
+        install_sigterm_handler()
+        sweep_stale_folders()
+        began = time.monotonic()
+        deadline = began + self.boot_timeout
+        try:
+            self._launch(deadline)
+        except BaseException as exc:
+            error = None
+            if isinstance(exc, LaunchError):
+                error = self._launch_error(str(exc))
+            elif isinstance(exc, (WdfhilError, OSError, ValueError, TimeoutError)) \
+                    and not isinstance(exc, ConfigError):
+                error = self._launch_error(f"{type(exc).__name__}: {exc}")
+            self.close()  # a failed __enter__ gets no __exit__: clean up here
+            if error is not None:
+                raise error from (None if isinstance(exc, LaunchError) else exc)
+            raise
+        self.start_seconds = time.monotonic() - began
+        self._state = "running"
+        log.info("VM %s up in %.2f s (%s, ssh port %d)", self.name, self.start_seconds,
+                 self.accelerator, self.ssh_port)
+
+    def _launch(self, deadline: float) -> None:
+        host = self._host
+        snapshot = self.restore_from
+        if snapshot is not None:
+            snapshot.check_compatible(self.config, self.image)
+            self.accelerator = snapshot.accelerator
+        else:
+            self.accelerator = choose_accelerator(self.config.accelerator, self.qemu_binary)
+        self.config.check_pool_clear_of_initrd(self.image.initramfs.stat().st_size,
+                                               read_initrd_addr_max(self.image.kernel))
+        host.run_dir = make_private_dir(f"wdfhil-vm-{os.getpid()}-", folder_parent())
+        console_ours, console_theirs = socket.socketpair()
+        qmp_ours, qmp_theirs = socket.socketpair()
+        host.sockets += [console_ours, console_theirs, qmp_ours, qmp_theirs]
+        argv = build_qemu_argv(
+            self.config, self.image, accelerator=self.accelerator,
+            ram_file=host.run_dir / RAM_FILE, console_fd=console_theirs.fileno(),
+            qmp_fd=qmp_theirs.fileno(), name=self.name, extra_args=self.extra_qemu_args,
+            incoming=snapshot is not None, qemu_binary=self.qemu_binary)
+        host.process = QemuProcess(argv, log_path=host.run_dir / QEMU_LOG,
+                                   pass_fds=(console_theirs.fileno(), qmp_theirs.fileno()))
+        try:
+            host.process.start()
+        except OSError as exc:
+            raise LaunchError(f"cannot run {self.qemu_binary}: {exc.strerror}") from None
+        console_theirs.close()  # QEMU has its copies; EOF on ours now means QEMU is gone
+        qmp_theirs.close()
+        host.console = SerialConsole(console_ours, host.run_dir / CONSOLE_LOG).start()
+        host.qmp = QmpSession(self.name)
+        host.qmp.connect(qmp_ours, timeout=max(1.0, deadline - time.monotonic()))
+        self.ssh_port = parse_hostfwd_port(host.qmp.hmp("info usernet"))
+        if snapshot is not None:
+            load_state(host.qmp, snapshot.path, timeout=max(1.0, deadline - time.monotonic()))
+        else:
+            self._wait_for_ready_marker(deadline)
+        banner = wait_for_ssh_banner(SSH_HOST, self.ssh_port, deadline - time.monotonic(),
+                                     alive=host.process.alive)
+        if banner is None:
+            if not host.process.alive():
+                raise LaunchError("QEMU exited before the guest's SSH server answered")
+            raise LaunchError(f"the guest's SSH server did not answer on {SSH_HOST}:"
+                              f"{self.ssh_port} within {self.boot_timeout:g} s")
+        host.ssh = SshSession.connect(
+            SSH_HOST, self.ssh_port, user=self.image.ssh_user, client_key=self.image.client_key,
+            host_key=self.image.host_key, timeout=max(5.0, deadline - time.monotonic()))
+        if snapshot is not None:
+            self._set_guest_clock()
+
+    def _wait_for_ready_marker(self, deadline: float) -> None:
+        console = self._host.console
+        assert console is not None
+        outcome = console.wait_for(self.image.ready_marker, max(0.0, deadline - time.monotonic()))
+        if outcome is ConsoleWait.FOUND:
+            return
+        if outcome is ConsoleWait.PANIC:
+            raise LaunchError("the guest kernel panicked while booting")
+        if outcome is ConsoleWait.CLOSED:
+            self._host.process.wait(5.0)  # type: ignore[union-attr]
+            raise LaunchError("QEMU exited before the guest was ready")
+        raise LaunchError(f"the guest printed no {self.image.ready_marker!r} on its serial "
+                          f"console within {self.boot_timeout:g} s")
+
+    def _set_guest_clock(self) -> None:
+        """A restored guest's clock stands where it was saved; set it to now."""
+        self.ssh.run_checked(f"date -s @{int(time.time())} >/dev/null")
+
+    def _launch_error(self, message: str) -> LaunchError:
+        """A LaunchError with everything that explains a failed start (read
+        before close() removes the run folder)."""
+        host = self._host
+        process = host.process
+        exit_code = process.poll() if process else None
+        log_tail = process.log_tail() if process else ""
+        if not log_tail and host.run_dir is not None:
+            log_tail = tail_of_file(host.run_dir / QEMU_LOG)
+        console_tail = host.console.tail() if host.console else ""
+        return LaunchError(f"VM {self.name} ({self.config.name}, {self.accelerator or '?'}) "
+                           f"did not start: {message}", exit_code=exit_code,
+                           command=process.argv if process else (), log_tail=log_tail,
+                           console_tail=console_tail)
+
+    def save(self, path: str | Path | None = None) -> Snapshot:
+        """Save the running guest to a file (it runs on); new VMs can start from it.
+
+        Without ``path`` the state goes to a private folder the snapshot owns.
+        Close the snapshot (or use it as a context manager) to remove it.
+        """
+        if not self.running:
+            raise RuntimeError(f"the VM {self.name} is not running (it is {self._state})")
+        target, folder = Snapshot.new_path(path)
+        snapshot = Snapshot(target, config=self.config, image_digest=self.image.digest,
+                            accelerator=self.accelerator or "tcg",
+                            extra_qemu_args=self.extra_qemu_args, folder=folder)
+        try:
+            save_state(self.qmp, target)
+        except BaseException:
+            snapshot.close()
+            raise
+        return snapshot
+
+    def close(self) -> None:
+        """Stop QEMU (QMP quit, SIGTERM, SIGKILL) and remove the run folder; idempotent."""
+        if self._state == "closed":
+            return
+        self._state = "closing"
+        with signals_deferred():
+            self._host.release(graceful=True)
+            self._finalizer.detach()
+            self._state = "closed"
+
+    def __enter__(self) -> "VM":
+        self.start()
+        return self
+
+    def __repr__(self) -> str:
+        return f"VM({self.name}, {self._state}, {self.accelerator or 'accelerator unknown'})"

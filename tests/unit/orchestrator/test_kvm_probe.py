@@ -1,0 +1,62 @@
+"""The KVM probe: its guest really runs 64-bit code, and the fallback rules."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from orchestrator import kvm_probe
+from orchestrator.kvm_probe import (PROBE_ASSEMBLY, PROBE_BOOT_SECTOR, KvmProbeResult,
+                                    choose_accelerator, run_probe_guest)
+from wdfhil.errors import LaunchError
+
+
+def test_probe_guest_reaches_its_end_under_tcg():
+    """The probe's verdict means something: under TCG it finishes and exits."""
+    result = run_probe_guest("tcg", timeout=60)
+    assert result.usable, result.reason
+
+
+def test_probe_boot_sector_is_its_assembly(tmp_path):
+    if shutil.which("as") is None or shutil.which("ld") is None:
+        pytest.skip("binutils not installed")
+    source = tmp_path / "probe.S"
+    source.write_text(PROBE_ASSEMBLY)
+    subprocess.run(["as", "--32", "-o", tmp_path / "probe.o", source], check=True)
+    subprocess.run(["ld", "-m", "elf_i386", "-Ttext=0x7c00", "--oformat=binary", "-o",
+                    tmp_path / "probe.bin", tmp_path / "probe.o"], check=True)
+    assert (tmp_path / "probe.bin").read_bytes() == PROBE_BOOT_SECTOR
+    assert len(PROBE_BOOT_SECTOR) == 512 and PROBE_BOOT_SECTOR.endswith(b"\x55\xaa")
+
+
+def test_probe_never_hangs_past_its_timeout():
+    result = run_probe_guest("tcg", qemu_binary="/nonexistent/qemu", timeout=1)
+    assert not result.usable and "cannot run" in result.reason
+
+
+@pytest.fixture
+def probe_answer(monkeypatch):
+    def set_answer(usable: bool):
+        monkeypatch.setitem(kvm_probe._cache, "qemu-for-test",
+                            KvmProbeResult(usable, "set by the test"))
+        monkeypatch.setattr(kvm_probe, "_warned", False)
+    return set_answer
+
+
+def test_auto_falls_back_to_tcg_with_one_warning(probe_answer, caplog):
+    probe_answer(False)
+    assert choose_accelerator("auto", "qemu-for-test") == "tcg"
+    assert choose_accelerator("auto", "qemu-for-test") == "tcg"
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "set by the test" in warnings[0].getMessage()
+
+
+def test_kvm_when_usable_and_insisting_on_kvm_fails_clearly(probe_answer):
+    probe_answer(True)
+    assert choose_accelerator("auto", "qemu-for-test") == "kvm"
+    probe_answer(False)
+    with pytest.raises(LaunchError, match="KVM is not usable"):
+        choose_accelerator("kvm", "qemu-for-test")
+    assert choose_accelerator("tcg", "qemu-for-test") == "tcg"

@@ -1,0 +1,222 @@
+"""The SSH session's command protocol, against a local SSH server running /bin/sh.
+
+The server is paramiko's own server side running real shell processes on
+this host, so the end markers, exit codes, stream separation, timeouts and
+host-key pinning are exercised for real without booting a guest (the
+end-to-end tests do that against dropbear in the guest).
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+
+import paramiko
+import pytest
+
+from orchestrator.ssh_session import (GuestCommandTimeout, SshSession, parse_host_key,
+                                      wait_for_ssh_banner)
+from wdfhil.errors import GuestError
+
+
+def _copy_out(stream, send) -> None:
+    for chunk in iter(lambda: stream.read1(65536), b""):
+        send(chunk)
+
+
+class _ShellServer(paramiko.ServerInterface):
+    """Accepts one client key; each exec request runs ``sh -c COMMAND`` locally."""
+
+    def __init__(self, client_key: paramiko.PKey) -> None:
+        self.client_key = client_key
+        self.execs: list[str] = []
+
+    def get_allowed_auths(self, username):
+        return "publickey"
+
+    def check_auth_publickey(self, username, key):
+        ok = username == "root" and key.asbytes() == self.client_key.asbytes()
+        return paramiko.AUTH_SUCCESSFUL if ok else paramiko.AUTH_FAILED
+
+    def check_channel_request(self, kind, chanid):
+        return paramiko.OPEN_SUCCEEDED if kind == "session" else \
+            paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+
+    def check_channel_exec_request(self, channel, command):
+        self.execs.append(command.decode())
+        process = subprocess.Popen(["sh", "-c", command.decode()], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+        def feed_stdin():
+            try:
+                for chunk in iter(lambda: channel.recv(65536), b""):
+                    process.stdin.write(chunk)
+                    process.stdin.flush()
+            except (OSError, ValueError):
+                pass
+            finally:
+                try:
+                    process.stdin.close()
+                except OSError:
+                    pass
+
+        def run():
+            pumps = [threading.Thread(target=_copy_out, args=(process.stdout, channel.sendall)),
+                     threading.Thread(target=_copy_out,
+                                      args=(process.stderr, channel.sendall_stderr))]
+            for pump in pumps:
+                pump.start()
+            for pump in pumps:
+                pump.join()
+            try:
+                channel.send_exit_status(process.wait())
+                channel.close()
+            except (EOFError, OSError):
+                pass  # the client hung up first
+
+        threading.Thread(target=feed_stdin, daemon=True).start()
+        threading.Thread(target=run, daemon=True).start()
+        return True
+
+
+@pytest.fixture(scope="module")
+def ssh_server():
+    host = paramiko.RSAKey.generate(2048)
+    client = paramiko.RSAKey.generate(2048)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    servers: list[_ShellServer] = []
+    transports: list[paramiko.Transport] = []
+
+    def accept_loop():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            transport = paramiko.Transport(conn)
+            transport.add_server_key(host)
+            server = _ShellServer(client)
+            servers.append(server)
+            transports.append(transport)
+            threading.Thread(target=serve, args=(transport, server), daemon=True).start()
+
+    def serve(transport, server):
+        try:
+            transport.start_server(server=server)
+        except (paramiko.SSHException, EOFError, OSError):
+            pass  # a banner probe hangs up early; that is its job
+
+    threading.Thread(target=accept_loop, daemon=True).start()
+    yield {"port": port, "host_key": f"{host.get_name()} {host.get_base64()}", "client": client,
+           "servers": servers}
+    listener.close()
+    for transport in transports:
+        transport.close()
+
+
+@pytest.fixture
+def session(ssh_server, tmp_path):
+    key_file = tmp_path / "client_key"
+    ssh_server["client"].write_private_key_file(str(key_file))
+    ssh = SshSession.connect("127.0.0.1", ssh_server["port"], user="root", client_key=key_file,
+                             host_key=ssh_server["host_key"], timeout=20)
+    yield ssh
+    ssh.close()
+
+
+def test_exit_code_and_streams_are_kept_apart(session):
+    result = session.run("echo out; echo err >&2; printf 'no newline'; false")
+    assert (result.exit_code, result.stdout, result.stderr) == (1, "out\nno newline", "err\n")
+    assert session.run("exit 7").exit_code == 7
+
+
+def test_many_commands_share_one_channel(session, ssh_server):
+    for number in range(50):
+        assert session.run(f"echo {number}").stdout == f"{number}\n"
+    assert ssh_server["servers"][-1].execs == ["exec /bin/sh"]
+
+
+def test_commands_start_in_home_and_have_no_stdin(session):
+    session.run("cd /tmp")
+    assert session.run("pwd").stdout.strip() != "/tmp"
+    assert session.run("cat").stdout == ""  # stdin is /dev/null, not the command stream
+
+
+def test_quoting_and_multiline_commands_pass_unchanged(session):
+    command = "x='it'\"'\"'s'; echo \"$x\" 'a  b' $((6*7))\nif true; then echo two; fi"
+    assert session.run(command).stdout == "it's a  b 42\ntwo\n"
+
+
+def test_output_cannot_fake_the_end_marker(session):
+    result = session.run("echo __wdfhil_end_0000000000000000_1__ 0; echo real")
+    assert result.stdout.endswith("real\n") and result.exit_code == 0
+
+
+def test_exit_and_syntax_errors_end_only_their_command(session):
+    assert session.run("echo bye; exit 3").exit_code == 3
+    broken = session.run("if then")
+    assert broken.exit_code != 0 and "syntax" in broken.stderr.lower()
+    assert session.run("echo alive").stdout == "alive\n"
+
+
+def test_large_output_arrives_whole(session):
+    result = session.run("head -c 3000000 /dev/zero | tr '\\0' a; echo; seq 1 20000 >&2")
+    assert len(result.stdout) == 3000001 and result.stderr.splitlines()[-1] == "20000"
+
+
+def test_non_utf8_output_is_replaced_not_fatal(session):
+    assert session.run("printf '\\377ok'").stdout == "\ufffdok"
+
+
+def test_timeout_raises_and_the_next_command_works(session):
+    with pytest.raises(GuestCommandTimeout) as info:
+        session.run("echo started; sleep 30", timeout=1.0)
+    assert info.value.command.startswith("echo started")
+    assert session.run("echo next").stdout == "next\n"
+
+
+def test_run_checked_raises_guest_error_with_everything(session):
+    assert session.run_checked("echo fine") == "fine\n"
+    with pytest.raises(GuestError) as info:
+        session.run_checked("echo partial; echo why >&2; exit 5")
+    error = info.value
+    assert (error.exit_code, error.stdout, error.stderr) == (5, "partial\n", "why\n")
+    assert "exit code: 5" in str(error)
+
+
+def test_exec_channel_gives_the_same_answers(session):
+    result = session.run_exec("echo out; echo err >&2; exit 4")
+    assert (result.exit_code, result.stdout, result.stderr) == (4, "out\n", "err\n")
+
+
+def test_a_different_host_key_is_refused(ssh_server, tmp_path):
+    key_file = tmp_path / "client_key"
+    ssh_server["client"].write_private_key_file(str(key_file))
+    other = paramiko.RSAKey.generate(2048)
+    with pytest.raises(GuestError, match="host key"):
+        SshSession.connect("127.0.0.1", ssh_server["port"], user="root", client_key=key_file,
+                           host_key=f"{other.get_name()} {other.get_base64()}", timeout=20)
+
+
+def test_host_key_lines_are_parsed_or_refused():
+    key = paramiko.Ed25519Key.generate() if hasattr(paramiko.Ed25519Key, "generate") else None
+    if key is not None:
+        assert parse_host_key(f"ssh-ed25519 {key.get_base64()} comment").asbytes() == key.asbytes()
+    with pytest.raises(ValueError):
+        parse_host_key("ssh-ed25519")
+    with pytest.raises(ValueError):
+        parse_host_key("ssh-ed25519 not-base64!")
+
+
+def test_banner_wait_sees_a_server_and_gives_up_on_silence(ssh_server):
+    assert wait_for_ssh_banner("127.0.0.1", ssh_server["port"], 10).startswith(b"SSH-")
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts, never speaks
+    try:
+        port = silent.getsockname()[1]
+        assert wait_for_ssh_banner("127.0.0.1", port, 0.5) is None
+        assert wait_for_ssh_banner("127.0.0.1", port, 30, alive=lambda: False) is None
+    finally:
+        silent.close()
