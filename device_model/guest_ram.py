@@ -14,7 +14,6 @@ import mmap
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from framework_emu.physical_memory import PAGE_SIZE, PhysicalMemory, PhysicalMemoryError

@@ -8,14 +8,13 @@ a fraction of a second. Everything it starts or creates is gone after
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
-
-import pytest
 
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
@@ -122,9 +121,10 @@ def qemu_available() -> bool:
     return any(os.access(Path(d) / QEMU, os.X_OK) for d in os.environ.get("PATH", "").split(":"))
 
 
-@pytest.fixture
-def device(tmp_path) -> Iterator[EchoDevice]:
-    """A started EchoDevice with its socket in a private folder (import into a test module)."""
+
+@contextlib.contextmanager
+def started_device(tmp_path: Path) -> Iterator[EchoDevice]:
+    """A started EchoDevice with its socket in a private folder; checks it had no internal error."""
     run_dir = tmp_path / "dev"
     run_dir.mkdir(mode=0o700)
     with EchoDevice(run_dir) as dev:

@@ -12,14 +12,20 @@ from device_model.abi import (
     ABI_VERSION, BAR0_IV_POSITION, BAR2_SIZE, HEADER_FIELDS, MAGIC, PCI_DEVICE_ID, PCI_VENDOR_ID,
     RING_ENTRIES,
 )
-from device_model.device import EchoDevice
 from device_model.guest_ram import GuestRam, read_ram_layout
 from device_model.hotplug import find_pci_function
 
-from device_paused_qemu import PausedQemu, device, qemu_available  # noqa: F401 (fixture)
+from device_paused_qemu import PausedQemu, qemu_available, started_device
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(not qemu_available(), reason="qemu-system-x86_64 not installed")]
+
+
+@pytest.fixture
+def device(tmp_path):
+    with started_device(tmp_path) as dev:
+        yield dev
+
 
 MIB, GIB = 1 << 20, 1 << 30
 
