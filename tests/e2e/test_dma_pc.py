@@ -11,7 +11,6 @@ import pytest
 
 from device_model.abi import CompletionStatus, ErrorReason, Opcode, Segment
 from device_model.faults import STALE_DMA_POISON, FaultKind, FaultPlan, FaultRule
-from guest_images import build_image
 from orchestrator.agent_client import (CompletionRecord, GuestBuffer, Step, Verification,
                                        pattern_bytes)
 from orchestrator.dma_session import DmaSession, echo_roundtrip
@@ -25,7 +24,7 @@ DUPLICATE_ID = 0xD0B2
 
 
 @pytest.fixture(scope="module")
-def session():
+def session(guest_image):
     plan = FaultPlan([
         FaultRule(FaultKind.STALE_DMA, request_ids=frozenset({STALE_REQUEST_ID}),
                   delay_us=STALE_DELAY_US),
@@ -34,7 +33,7 @@ def session():
         FaultRule(FaultKind.DUPLICATE_COMPLETION, request_ids=frozenset({DUPLICATE_ID}),
                   opcodes=frozenset({Opcode.NOP})),
     ])
-    with DmaSession("pc-256m", build_image(), fault_plan=plan) as s:
+    with DmaSession("pc-256m", guest_image, fault_plan=plan) as s:
         yield s
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import pytest
 
 from device_model.abi import CompletionStatus, ErrorReason
-from guest_images import build_image
 from orchestrator.agent_client import CompletionRecord, GuestBuffer, Step, Verification
 from orchestrator.dma_session import DmaSession, echo_roundtrip
 
@@ -27,8 +26,8 @@ HOTPLUG_PORT_ARGS = ("-device", f"pcie-root-port,id={HOTPLUG_PORT},chassis=2,slo
 
 
 @pytest.fixture(scope="module")
-def session():
-    with DmaSession("q35-3g-highmem", build_image(), extra_qemu_args=HOTPLUG_PORT_ARGS) as s:
+def session(guest_image):
+    with DmaSession("q35-3g-highmem", guest_image, extra_qemu_args=HOTPLUG_PORT_ARGS) as s:
         yield s
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import pytest
 
 from device_model.hotplug import unplug_device
-from guest_images import build_image
 from orchestrator.agent_client import Step
 from orchestrator.dma_session import DmaSession, echo_roundtrip
 from wdfhil.errors import GuestError
@@ -21,8 +20,8 @@ HOSTILE_MEM = "not-wdfhil-mem"
 
 
 @pytest.fixture(scope="module")
-def session():
-    with DmaSession("pc-256m", build_image(), device_at_boot=False) as s:
+def session(guest_image):
+    with DmaSession("pc-256m", guest_image, device_at_boot=False) as s:
         yield s
 
 
