@@ -214,6 +214,9 @@ static int wdfhil_mmap(struct file *filp, struct vm_area_struct *vma)
 	struct wdfhil_dev *wdev = wf->wdev;
 	int ret;
 
+	/* A private (copy-on-write) mapping of device memory makes no sense. */
+	if (!(vma->vm_flags & VM_SHARED))
+		return -EINVAL;
 	down_read(&wdev->hw_lock);
 	if (wdev->dead) {
 		ret = -ENODEV;
