@@ -149,8 +149,7 @@ class HotpluggedDevice:
                     _wait_for_guest_device_gone(self.session.vm, self.guest_path)
         finally:
             self.guest_path = None
-            self.device.detach_guest_ram()
-            self.device.close()
+            self.device.close()     # also lets go of guest RAM
 
     def __enter__(self) -> "HotpluggedDevice":
         return self.plug()

@@ -66,6 +66,15 @@ def test_driver_refuses_an_ivshmem_device_without_the_wdfhil_header(session):
     assert kernel_trouble(session) == []
 
 
+def test_a_dead_device_server_is_a_timeout_not_a_hang(session):
+    with session.hotplug() as plugged:
+        plugged.agent.command("nop")
+        plugged.device.close()      # the host side dies; QEMU keeps the PCI function
+        with pytest.raises(GuestError, match="no answer from the device within 2000 ms"):
+            plugged.agent.command("nop timeout=2000")
+    assert kernel_trouble(session) == []
+
+
 def test_a_new_device_binds_after_the_old_one_left(session):
     with session.hotplug() as plugged:
         assert plugged.guest_path == "/dev/wdfhil0"     # the minor was given back
