@@ -12,7 +12,7 @@ from guest_images.elf import ElfFile, is_elf, module_depends
 from guest_images.kmodules import ModuleTree, canonical_module_name
 from wdfhil.errors import ImageBuildError
 
-from conftest import compile_c, fake_module
+from image_test_helpers import compile_c, fake_module
 
 HELLO = "#include <stdio.h>\nint main(void) { puts(\"hi\"); return 0; }\n"
 RELEASE = "6.1.0-99-test"

@@ -9,7 +9,7 @@ import pytest
 from guest_images import DEFAULT_RECIPE, load_recipe, recipe_path
 from wdfhil.errors import ConfigError
 
-from conftest import VALID_RECIPE, write_recipe
+from image_test_helpers import VALID_RECIPE, write_recipe
 
 
 def test_default_recipe_loads() -> None:

@@ -11,7 +11,7 @@ import pytest
 from guest_images.rootfs import GuestTree, StagingTree
 from wdfhil.errors import ImageBuildError
 
-from conftest import compile_c
+from image_test_helpers import compile_c
 
 LIB = "int foo(void) { return 42; }\n"
 PROGRAM = "int foo(void);\nint main(void) { return foo() == 42 ? 0 : 1; }\n"
