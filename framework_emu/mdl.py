@@ -81,7 +81,7 @@ class Mdl:
         self.freed_at: CallSite | None = None
         self._next: "Mdl | None" = None
         self.capacity = ADDRESS_AND_SIZE_TO_SPAN_PAGES(virtual_address, length)  # PFN slots
-        self.Size = SIZEOF_MDL + 8 * self.capacity
+        self.Size = SIZEOF_MDL + 8 * self.capacity  # a CSHORT in C: stored truncated, as MmInitializeMdl does
         self.MdlFlags = MDL_ALLOCATED_FIXED_SIZE if self.capacity <= IOP_FIXED_SIZE_MDL_PFNS else 0
         self.StartVa = PAGE_ALIGN(virtual_address)
         self.ByteOffset = BYTE_OFFSET(virtual_address)
@@ -109,7 +109,7 @@ class Mdl:
 
     def store(self) -> None:
         """Write the header fields into the MDL's memory."""
-        header = _HEADER.pack(self._next.address if self._next else 0, self.Size, self.MdlFlags, 0, 0, 0,
+        header = _HEADER.pack(self._next.address if self._next else 0, self.Size & 0xFFFF, self.MdlFlags, 0, 0, 0,
                               self.MappedSystemVa & 0xFFFFFFFFFFFFFFFF, self.StartVa & 0xFFFFFFFFFFFFFFFF,
                               self.ByteCount & 0xFFFFFFFF, self.ByteOffset)
         self._fx._memory.write(self.address - self._fx.kva_base, header)

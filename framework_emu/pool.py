@@ -245,10 +245,15 @@ class SmallBlockHeap:
                 page = block & ~(PAGE_SIZE - 1)
                 free_units[page] = free_units.get(page, 0) + units
         current = self._bump_end - PAGE_SIZE if self._bump_end else None
+        if current is not None:
+            # The page being carved counts its uncarved rest as free.
+            free_units[current] = free_units.get(current, 0) + ((self._bump_end - self._bump) >> 4)
         empty = {page for page, n in free_units.items()
-                 if n == self._carved.get(page) and page != current}
+                 if n == self._carved.get(page, 0) + (((self._bump_end - self._bump) >> 4) if page == current else 0)}
         if not empty:
             return 0
+        if current in empty:
+            self._bump = self._bump_end = 0
         for bucket in self.free_lists.values():
             for block in [b for b in bucket if b & ~(PAGE_SIZE - 1) in empty]:
                 del bucket[block]
