@@ -6,22 +6,28 @@ guest switches to 64-bit mode. So the probe boots a 512-byte boot sector
 that enters long mode, does some 64-bit arithmetic, prints a marker on the
 debug console and makes QEMU exit through ``isa-debug-exit``. Working KVM
 finishes in a fraction of a second; anything else within the timeout is
-"not usable". The answer is cached for the process; the first fallback to
-TCG logs one warning.
+"not usable". A hanging probe costs its whole timeout, so the answer is
+kept for the process and also on disk (``cache_dir()/kvm-probe.json``) for
+the rest of the host's uptime: the key holds the boot id, the QEMU binary
+and /dev/kvm, so a reboot, another QEMU or a reloaded KVM module probes
+again. The first fallback to TCG in a process logs one warning.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import subprocess
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from orchestrator.qemu_process import die_with_parent
 from wdfhil.errors import LaunchError
+from wdfhil.private_dirs import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -160,12 +166,53 @@ def run_probe_guest(accel: str, qemu_binary: str = DEFAULT_QEMU,
                           f"{done.returncode}: {detail[0]})")
 
 
+def _host_key(qemu_binary: str) -> str | None:
+    """What the answer depends on: this boot, this QEMU, this /dev/kvm (None: unknown)."""
+    try:
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        binary = Path(shutil.which(qemu_binary) or qemu_binary).resolve()
+        qemu = binary.stat()
+        kvm = os.stat("/dev/kvm") if os.path.exists("/dev/kvm") else None
+    except OSError:
+        return None
+    kvm_part = f"{kvm.st_rdev}:{kvm.st_ctime_ns}" if kvm else "none"
+    return f"{boot_id}|{binary}:{qemu.st_size}:{qemu.st_mtime_ns}|{kvm_part}"
+
+
+def _disk_cache() -> Path:
+    return cache_dir() / "kvm-probe.json"
+
+
+def _read_disk_cache(key: str) -> KvmProbeResult | None:
+    try:
+        entry = json.loads(_disk_cache().read_text()).get(key)
+        return KvmProbeResult(bool(entry["usable"]), str(entry["reason"])) if entry else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _write_disk_cache(key: str, result: KvmProbeResult) -> None:
+    path = _disk_cache()
+    try:
+        temporary = path.with_name(f".{path.name}.{os.getpid()}")
+        temporary.write_text(json.dumps({key: asdict(result)}))  # one host: one entry
+        temporary.replace(path)
+    except OSError as exc:
+        log.debug("cannot keep the KVM probe answer in %s: %s", path, exc)
+
+
 def kvm_usable(qemu_binary: str = DEFAULT_QEMU) -> KvmProbeResult:
-    """The probe's answer, computed once per process and QEMU binary."""
+    """The probe's answer, computed once per process (and per boot, on disk)."""
     with _cache_lock:
         if qemu_binary not in _cache:
-            _cache[qemu_binary] = probe_kvm(qemu_binary)
-            log.debug("KVM probe: %s", _cache[qemu_binary])
+            key = _host_key(qemu_binary)
+            result = _read_disk_cache(key) if key else None
+            if result is None:
+                result = probe_kvm(qemu_binary)
+                if key:
+                    _write_disk_cache(key, result)
+            _cache[qemu_binary] = result
+            log.debug("KVM probe: %s", result)
         return _cache[qemu_binary]
 
 

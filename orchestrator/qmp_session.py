@@ -92,14 +92,13 @@ class QmpSession:
 
     # -- commands -----------------------------------------------------------
     def command(self, name: str, *, timeout: float = DEFAULT_TIMEOUT, **arguments: Any) -> Any:
-        """Execute QMP command ``name``; its return value. Python names with
-        underscores are sent with dashes (``max_bandwidth`` -> ``max-bandwidth``)."""
-        args = {key.replace("_", "-"): value for key, value in arguments.items()}
-        return self.execute(name, args, timeout=timeout)
+        """Execute QMP command ``name`` with ``arguments`` as given; its return value.
+        Names with dashes go through a dict: ``command("x", **{"max-bandwidth": n})``."""
+        return self.execute(name, arguments, timeout=timeout)
 
     def execute(self, name: str, arguments: dict[str, Any] | None = None, *,
                 timeout: float = DEFAULT_TIMEOUT) -> Any:
-        """Execute ``name`` with ``arguments`` exactly as given (no renaming)."""
+        """Execute ``name`` with an ``arguments`` mapping; its return value."""
         if self._closed:
             raise QmpError("the QMP session is closed", command=name, arguments=arguments)
         try:

@@ -118,7 +118,7 @@ def save_state(qmp: QmpSession, path: Path, timeout: float = MIGRATION_TIMEOUT) 
     """Write the guest's state to ``path``; the guest runs on afterwards."""
     qmp.command("stop")
     try:
-        qmp.command("migrate-set-parameters", max_bandwidth=_UNLIMITED_BANDWIDTH)
+        qmp.command("migrate-set-parameters", **{"max-bandwidth": _UNLIMITED_BANDWIDTH})
         qmp.command("migrate", uri=f"exec:cat > {shlex.quote(str(path))}")
         _wait_for_migration(qmp, "saving the guest", timeout)
     finally:

@@ -60,3 +60,21 @@ def test_kvm_when_usable_and_insisting_on_kvm_fails_clearly(probe_answer):
     with pytest.raises(LaunchError, match="KVM is not usable"):
         choose_accelerator("kvm", "qemu-for-test")
     assert choose_accelerator("tcg", "qemu-for-test") == "tcg"
+
+
+def test_answer_is_kept_on_disk_for_the_rest_of_the_boot(monkeypatch, tmp_path):
+    """A hanging probe costs its timeout once per boot, not once per process."""
+    monkeypatch.setenv("WDFHIL_CACHE_DIR", str(tmp_path))
+    calls = []
+
+    def fake_probe(qemu_binary):
+        calls.append(qemu_binary)
+        return KvmProbeResult(False, "probed once")
+
+    monkeypatch.setattr(kvm_probe, "probe_kvm", fake_probe)
+    monkeypatch.setattr(kvm_probe, "_cache", {})
+    assert kvm_probe.kvm_usable("qemu-system-x86_64").reason == "probed once"
+    monkeypatch.setattr(kvm_probe, "_cache", {})  # a new process, same boot
+    assert kvm_probe.kvm_usable("qemu-system-x86_64").reason == "probed once"
+    assert calls == ["qemu-system-x86_64"]
+    assert "probed once" in (tmp_path / "kvm-probe.json").read_text()

@@ -1,0 +1,116 @@
+"""Boot benchmark: restore vs cold boot, long-lived shell channel vs exec channel.
+
+Every figure is printed next to its reference, measured in the same run on
+the same machine, so the ratios mean something on a loaded CI host:
+
+- cold start to first SSH command (QEMU launch, kernel boot, ready marker,
+  SSH login, one ``true``) against restore to first SSH command (QEMU with
+  ``-incoming``, load of a saved guest, SSH login, clock set, one ``true``).
+  Target: restore at least 4 times faster.
+- one command (``true``) on the VM's long-lived shell channel against one on a
+  fresh SSH exec channel, interleaved, medians. Target: at least 20 times faster.
+
+Run: ``python3 bench/boot.py`` (``--check`` exits 1 when a target is missed;
+``--config`` picks the guest, ``--cold``/``--restores`` the repetitions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import time
+
+from guest_images import DEFAULT_RECIPE, build_image
+from orchestrator.guest_config import DEFAULT_GUEST, load_guest_config
+from orchestrator.vm import VM
+
+RESTORE_TARGET = 4.0
+CHANNEL_TARGET = 20.0
+
+
+def time_to_first_command(make_vm) -> float:
+    """Seconds from creating the VM to the answer of its first command."""
+    began = time.perf_counter()
+    with make_vm() as machine:
+        machine.run_checked("true")
+        return time.perf_counter() - began
+
+
+def command_times(machine: VM, shell_count: int, exec_count: int) -> tuple[list[float], list[float]]:
+    """Seconds per ``true`` on the long-lived shell and on fresh exec channels,
+    interleaved so that both see the same load on a shared machine."""
+    machine.run_checked("true")  # warm: the first use opens the shell channel
+    shell: list[float] = []
+    exec_channel: list[float] = []
+    every = max(1, shell_count // max(1, exec_count))
+    for number in range(shell_count):
+        shell.append(timed(machine.run))
+        if number % every == 0 and len(exec_channel) < exec_count:
+            exec_channel.append(timed(machine.run_exec))
+    return shell, exec_channel
+
+
+def timed(run) -> float:
+    began = time.perf_counter()
+    result = run("true")
+    elapsed = time.perf_counter() - began
+    if result.exit_code != 0:
+        raise RuntimeError(f"'true' failed in the guest: {result}")
+    return elapsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=DEFAULT_GUEST, help="guest config (default %(default)s)")
+    parser.add_argument("--cold", type=int, default=2, help="cold boots to time")
+    parser.add_argument("--restores", type=int, default=4, help="restores to time")
+    parser.add_argument("--shell-commands", type=int, default=300)
+    parser.add_argument("--exec-commands", type=int, default=30)
+    parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+
+    image = build_image(DEFAULT_RECIPE)
+    config = load_guest_config(args.config)
+    print(f"guest {config.name} ({config.machine}, {config.memory >> 20} MiB), image "
+          f"{image.name} {image.digest[:12]}")
+
+    cold = [time_to_first_command(lambda: VM(config, image)) for _ in range(args.cold)]
+    with VM(config, image) as machine:
+        accelerator = machine.accelerator
+        shell_times, exec_times = command_times(machine, args.shell_commands,
+                                                args.exec_commands)
+        save_began = time.perf_counter()
+        snapshot = machine.save()
+        save_seconds = time.perf_counter() - save_began
+    with snapshot:
+        size = snapshot.path.stat().st_size
+        restored = [time_to_first_command(lambda: VM(config, image, restore_from=snapshot))
+                    for _ in range(args.restores)]
+
+    cold_s, restore_s = statistics.median(cold), statistics.median(restored)
+    shell, exec_channel = statistics.median(shell_times), statistics.median(exec_times)
+    restore_ratio, channel_ratio = cold_s / restore_s, exec_channel / shell
+    print(f"accelerator: {accelerator}")
+    print(f"cold start to first SSH command:    {cold_s:7.3f} s  (median of {len(cold)}: "
+          f"{', '.join(f'{t:.2f}' for t in cold)})")
+    print(f"restore to first SSH command:       {restore_s:7.3f} s  (median of {len(restored)}: "
+          f"{', '.join(f'{t:.2f}' for t in restored)})")
+    print(f"  restore is {restore_ratio:.1f}x faster than a cold boot "
+          f"(target >= {RESTORE_TARGET:g}x: {'met' if restore_ratio >= RESTORE_TARGET else 'MISSED'})")
+    print(f"  (save took {save_seconds:.2f} s, state file {size / (1 << 20):.1f} MiB)")
+    print(f"one command, long-lived shell:      {shell * 1000:7.2f} ms  "
+          f"(median of {len(shell_times)}, mean {statistics.mean(shell_times) * 1000:.2f})")
+    print(f"one command, new exec channel:      {exec_channel * 1000:7.2f} ms  "
+          f"(median of {len(exec_times)}, mean {statistics.mean(exec_times) * 1000:.2f}; "
+          f"interleaved with the shell commands)")
+    print(f"  the long-lived channel is {channel_ratio:.1f}x faster "
+          f"(target >= {CHANNEL_TARGET:g}x: {'met' if channel_ratio >= CHANNEL_TARGET else 'MISSED'})")
+    missed = restore_ratio < RESTORE_TARGET or channel_ratio < CHANNEL_TARGET
+    return 1 if args.check and missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Interrupted and failing runs leave nothing: Ctrl-C in a process running a
+VM, and a guest kernel that panics while booting."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from orchestrator.cleanup import owned_folders, qemu_children
+from orchestrator.guest_config import load_guest_config
+from orchestrator.vm import VM
+from wdfhil.errors import LaunchError
+
+pytestmark = pytest.mark.e2e
+
+
+def test_sigint_in_a_process_running_a_vm_removes_everything(guest_image, vm_child):
+    child = vm_child(guest_image, "pc-256m", boot_timeout=300)
+    qemu_pid, run_dir = child.wait_ready(360)
+    assert run_dir.is_dir() and (run_dir / "ram").is_file()
+    os.kill(child.pid, signal.SIGINT)
+    child.finish()
+    assert "KeyboardInterrupt" in child.stderr
+    assert not os.path.exists(f"/proc/{qemu_pid}/exe"), "QEMU outlived the interrupted run"
+    assert not qemu_children(child.pid)
+    assert not run_dir.exists() and not owned_folders(child.pid)
+
+
+def test_a_panicking_guest_kernel_fails_the_launch_with_its_console(guest_image):
+    config = load_guest_config("pc-256m").with_changes(kernel_args=("rdinit=/no-such-init",))
+    with pytest.raises(LaunchError) as info:
+        with VM(config, guest_image, boot_timeout=300):
+            pytest.fail("the guest should not have come up")
+    error = info.value
+    assert "Kernel panic" in error.console_tail
+    assert "panicked" in str(error) or "QEMU exited" in str(error)
+    assert "rdinit=/no-such-init" in " ".join(error.command)

@@ -1,0 +1,49 @@
+"""Save a booted guest and start new VMs from it: they come up running, with
+the saved memory, their own RAM file and port, and the clock set to now."""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+import pytest
+
+from orchestrator.guest_config import load_guest_config
+from wdfhil.errors import ConfigError
+
+pytestmark = pytest.mark.e2e
+
+
+def test_restored_guests_carry_the_saved_state_and_run_beside_the_original(
+        vm_factory, guest_image):
+    original = vm_factory("pc-256m")
+    token = secrets.token_hex(8)
+    original.run_checked(f"echo {token} > /tmp/state")
+    with original.save() as snapshot:
+        assert snapshot.path.is_file() and snapshot.accelerator == original.accelerator
+        original.run_checked("echo changed-after-save > /tmp/state")  # the original runs on
+
+        first = vm_factory("pc-256m", restore_from=snapshot)
+        assert first.run_checked("cat /tmp/state") == f"{token}\n"
+        assert original.run_checked("cat /tmp/state") == "changed-after-save\n"
+        # two VMs at once, nothing shared
+        assert first.ssh_port != original.ssh_port
+        assert first.run_dir != original.run_dir and first.ram_file != original.ram_file
+        assert first.qmp.command("query-status")["status"] == "running"
+        guest_clock = int(first.run_checked("date +%s"))
+        assert abs(guest_clock - time.time()) < 120  # set on restore, not the saved time
+        first.run_checked("echo changed-in-first > /tmp/state")
+        first.close()
+
+        # the same snapshot again: a reset to the saved state
+        second = vm_factory("pc-256m", restore_from=snapshot)
+        assert second.run_checked("cat /tmp/state") == f"{token}\n"
+        base, size = second.pool_window
+        assert f"{base:08x}-{base + size - 1:08x} : Reserved" in second.run_checked(
+            "cat /proc/iomem")
+
+        with pytest.raises(ConfigError, match="guest config"):
+            vm_factory("q35-1g", restore_from=snapshot)
+    assert snapshot.closed and not snapshot.path.exists()
+    with pytest.raises(ConfigError, match="closed"):
+        vm_factory(load_guest_config("pc-256m"), restore_from=snapshot)
