@@ -38,6 +38,8 @@ MEMORY_BUFFER_OBJECT_SIZE = 0x90   # FxMemoryBuffer header before an embedded bu
 OBJECT_HEADER_SIZE = 0x90          # a framework object's own storage, when it needs any
 FX_CONTEXT_HEADER_SIZE = 0x28      # FxContextHeader up to its Context[] field
 MEMORY_ALLOCATION_ALIGNMENT = 16
+_NORMALISED_TO_NONPAGED = frozenset({int(PoolType.NonPagedPoolMustSucceed), int(PoolType.NonPagedPoolCacheAligned),
+                                     int(PoolType.NonPagedPoolCacheAlignedMustS)})
 
 
 def align_up(value: int, alignment: int) -> int:
@@ -97,9 +99,8 @@ def new_pool_memory(fx: Any, pool_type: int, tag: bytes, size: int, context_byte
     """The object and buffer of WdfMemoryCreate, or None if the pool is out of memory."""
     pool = fx._pool
     if size < PAGE_SIZE and not fx._verifier_on and not pool_type & 1:  # embeds_buffer(), inlined
-        if pool_type in (PoolType.NonPagedPoolMustSucceed, PoolType.NonPagedPoolCacheAligned,
-                         PoolType.NonPagedPoolCacheAlignedMustS):
-            pool_type = PoolType.NonPagedPool  # FxMemoryBuffer normalises these [S]
+        if pool_type in _NORMALISED_TO_NONPAGED:
+            pool_type = 0  # NonPagedPool: FxMemoryBuffer normalises these [S]
         context_offset = align_up(MEMORY_BUFFER_OBJECT_SIZE + size, MEMORY_ALLOCATION_ALIGNMENT)
         total = context_offset + FX_CONTEXT_HEADER_SIZE + align_up(context_bytes, 8)
         block = pool.allocate(pool_type, total, tag, site)

@@ -16,6 +16,8 @@ DDK_DEFAULT_TAG = b"Ddk "  # ' kdD': rejected as a DriverPoolTag by WdfDriverCre
 
 def tag_bytes(tag: int | bytes | str, *, field: str = "PoolTag") -> bytes:
     """Normalise a tag argument to four display-order bytes (0 stays b'\\0\\0\\0\\0')."""
+    if type(tag) is bytes and len(tag) == 4:
+        return tag
     if isinstance(tag, str):
         tag = tag.encode("latin-1")
     if isinstance(tag, (bytes, bytearray)):

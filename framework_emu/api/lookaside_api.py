@@ -25,8 +25,8 @@ class LookasideApi:
         """-> (status, lookaside). The memory objects' parent comes from MemoryAttributes
         (default: the driver), not from the list [S]."""
         self._driver_obj or self._require_driver()
-        if PoolType not in _VALID_POOL_TYPES:
-            PoolType = check_pool_type(PoolType)
+        if type(PoolType) is not int or PoolType not in _VALID_POOL_TYPES:
+            PoolType = check_pool_type(PoolType)  # a plain int from here on (IntEnum hashes slowly)
         parent = None
         if LookasideAttributes is not None and LookasideAttributes.ParentObject:
             parent = self._object(LookasideAttributes.ParentObject, FX_TYPE_OBJECT)

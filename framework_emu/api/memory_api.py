@@ -48,8 +48,8 @@ class MemoryApi:
         parent handle, NULL output, IRQL (verifier only: a status, not a bug check),
         BufferSize 0, attributes, default tag, allocation, parent being deleted."""
         driver = self._driver_obj or self._require_driver()
-        if PoolType not in _VALID_POOL_TYPES:
-            PoolType = check_pool_type(PoolType)
+        if type(PoolType) is not int or PoolType not in _VALID_POOL_TYPES:
+            PoolType = check_pool_type(PoolType)  # a plain int from here on (IntEnum hashes slowly)
         parent = None
         if Attributes is not None and Attributes.ParentObject:
             parent = self._object(Attributes.ParentObject, FX_TYPE_OBJECT)

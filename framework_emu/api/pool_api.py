@@ -29,8 +29,8 @@ class PoolApi:
         With the verifier on (Driver Verifier's IRQL and pool checks): paged pool above
         APC_LEVEL or any pool above DISPATCH_LEVEL is 0xC4 with P1 0x1 / 0x2, a zero tag is
         0xC2 with P1 0x9B [I: parameter layout from the bug check reference]."""
-        if PoolType not in _VALID_POOL_TYPES:
-            PoolType = check_pool_type(PoolType)
+        if type(PoolType) is not int or PoolType not in _VALID_POOL_TYPES:
+            PoolType = check_pool_type(PoolType)  # a plain int from here on (IntEnum hashes slowly)
         check_size(NumberOfBytes, "NumberOfBytes")
         tag = tag_bytes(Tag, field="Tag")
         site = driver_site()
