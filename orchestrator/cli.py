@@ -18,6 +18,7 @@ from wdfhil.errors import WdfhilError
 COMMAND_MODULES = [
     "orchestrator.demo_command",
     "guest_images.cli",
+    "orchestrator.vm_command",
 ]
 
 

@@ -42,12 +42,12 @@ def test_kernel_panic_fails_the_boot_at_once(config, fake_image):
 
 
 def test_silent_guest_times_out_naming_the_marker(config, fake_image):
-    error = start_failure(config, fake_image("early boot text\n"), boot_timeout=3)
+    error = start_failure(config, fake_image("early boot text\n"), boot_timeout=6)
     assert "WDFHIL-READY" in str(error) and "early boot text" in error.console_tail
 
 
 def test_ready_guest_without_ssh_times_out_on_the_ssh_banner(config, fake_image):
-    error = start_failure(config, fake_image("WDFHIL-READY\n"), boot_timeout=4)
+    error = start_failure(config, fake_image("WDFHIL-READY\n"), boot_timeout=10)
     assert "SSH server did not answer" in str(error)
 
 

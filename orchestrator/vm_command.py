@@ -1,0 +1,88 @@
+"""``wdfhil vm``: check guest configs, boot a guest and run commands in it.
+
+- ``wdfhil vm configs [NAME|FILE ...]`` validates guest configs (all of
+  ``ci/guests`` by default) and prints each with its RAM split and pool
+  window; an invalid one is reported with file, line and field (exit 2).
+- ``wdfhil vm run [--config NAME] [--accel tcg] -- COMMAND`` boots the guest,
+  runs the command over SSH, prints its output and returns its exit code.
+- ``wdfhil vm sweep`` removes run folders left by killed processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from orchestrator.guest_config import (ACCELERATORS, DEFAULT_GUEST, list_guest_configs,
+                                       load_guest_config)
+from wdfhil.errors import ConfigError
+from wdfhil.units import format_size
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "vm", help="check guest configs; boot a guest and run a command in it",
+        description="Guest configs live in ci/guests/NAME.yaml; see docs/orchestrator.md.")
+    commands = parser.add_subparsers(dest="vm_command", metavar="ACTION", required=True)
+
+    configs = commands.add_parser("configs", help="validate and list guest configs")
+    configs.add_argument("configs", nargs="*", metavar="NAME|FILE",
+                         help="configs to check (default: all of ci/guests)")
+    configs.set_defaults(func=_configs)
+
+    run = commands.add_parser("run", help="boot a guest, run a shell command, print its output")
+    run.add_argument("--config", default=DEFAULT_GUEST,
+                     help="guest config name or file (default: %(default)s)")
+    run.add_argument("--accel", choices=ACCELERATORS, default=None,
+                     help="override the config's accelerator")
+    run.add_argument("--boot-timeout", type=float, default=300.0)
+    run.add_argument("command", nargs=argparse.REMAINDER, help="the command (after --)")
+    run.set_defaults(func=_run)
+
+    sweep = commands.add_parser("sweep", help="remove run folders of processes that died")
+    sweep.set_defaults(func=_sweep)
+
+
+def _configs(args: argparse.Namespace) -> int:
+    names = args.configs or list_guest_configs()
+    failed = 0
+    for name in names:
+        try:
+            config = load_guest_config(name)
+        except ConfigError as exc:
+            print(f"INVALID {exc}")
+            failed += 1
+            continue
+        extras = f", iommu {config.iommu}" if config.iommu != "none" else ""
+        print(f"ok      {config.name:16} {config.machine:4} {format_size(config.memory):>4} "
+              f"{config.cpus} cpu{extras}; RAM {config.ram_split.describe()}; "
+              f"pool {config.pool.describe()}")
+    return 2 if failed else 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from guest_images import build_image
+    from orchestrator.vm import VM
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        print("wdfhil vm run: give the command after --, e.g. wdfhil vm run -- uname -a",
+              file=sys.stderr)
+        return 2
+    config = load_guest_config(args.config)
+    if args.accel:
+        config = config.with_changes(accelerator=args.accel)
+    image = build_image(config.image)
+    with VM(config, image, boot_timeout=args.boot_timeout) as machine:
+        result = machine.run(" ".join(command))
+    sys.stdout.write(result.stdout)
+    sys.stderr.write(result.stderr)
+    return result.exit_code
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from orchestrator.cleanup import sweep_stale_folders
+
+    for folder in sweep_stale_folders():
+        print(f"removed {folder}")
+    return 0
