@@ -211,8 +211,9 @@ class FrameworkCore:
                     bugcheck=(0x10D, (WDF_VERIFIER_FATAL_ERROR, request.handle, handle, 0)))
                 if expected in dead.QI_TYPES:
                     return dead  # record mode: go on, as the real machine would, on freed memory
+            ended = [(event, at) for event, at in dead.history() if event != "freed"][-1]
             raise wdf_violation(WDF_INVALID_HANDLE, handle, expected, 0,
-                                f"stale handle: {dead.describe()} was deleted at {format_site(dead.deleted_at)}"
+                                f"stale handle: {dead.describe()} was {ended[0]} at {format_site(ended[1])}"
                                 f" and is gone; used again at {format_site(site)}",
                                 details=dead.format_history())
         if self._handles.was_issued(handle):

@@ -9,7 +9,7 @@ from ..callsite import driver_site, format_site
 from ..errors import ArgumentError
 from ..irql import APC_LEVEL, DISPATCH_LEVEL, irql_name
 from ..pool import _VALID_POOL_TYPES, PoolType, check_pool_type, is_paged_pool
-from ..pooltag import format_tag, tag_bytes
+from ..pooltag import tag_bytes
 from .validation import check_size
 
 POOL_FLAG_UNINITIALIZED = 0x0002

@@ -10,7 +10,7 @@ from ..core import OUT
 from ..errors import ArgumentError
 from ..mdl import Mdl
 from ..ntstatus import NTSTATUS
-from ..objects import FX_TYPE_REQUEST, ObjectState
+from ..objects import FX_TYPE_REQUEST
 from ..request import (IRP_MJ_DEVICE_CONTROL, IRP_MJ_INTERNAL_DEVICE_CONTROL, IRP_MJ_READ, IRP_MJ_WRITE,
                        METHOD_BUFFERED, METHOD_IN_DIRECT, METHOD_OUT_DIRECT, KPROCESSOR_MODE, IoRequest, Request)
 from ..verifier import finding_for

@@ -170,3 +170,12 @@ def test_out_of_memory_presentation_fails_the_request_before_the_driver(fx):
     fx.inject_allocation_failures(tag=b"IoSB", nth=1)
     io = fx.present_request(IRP_MJ_WRITE, input_data=b"x")
     assert io.completed and io.status == S.STATUS_INSUFFICIENT_RESOURCES and io.handle == 0
+
+
+def test_a_completed_requests_handle_is_stale_and_says_where_it_completed(fx):
+    io = fx.present_request(IRP_MJ_WRITE, input_data=b"x")
+    fx.WdfRequestComplete(io.handle, S.STATUS_SUCCESS)
+    with pytest.raises(BugCheck) as bc:
+        fx.WdfRequestRetrieveInputMemory(io.handle)
+    assert bc.value.params[:3] == (0x5, io.handle, 0x1008)
+    assert "was completed at" in str(bc.value) and "test_request.py:" in str(bc.value)
