@@ -3,7 +3,7 @@
 #   make test   installs everything, then runs the whole test suite
 PYTHON    ?= python3
 VENV      ?= .venv
-APT_PKGS  := qemu-system-x86 cpio gcc make libc6-dev binutils xz-utils ca-certificates
+APT_PKGS  := qemu-system-x86 cpio gcc make libc6-dev ca-certificates
 STAMP     := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
