@@ -173,7 +173,6 @@ class FxObject:
             parent.children.pop(self, None)
         self.refcount = 0
         self.state = ObjectState.DESTROYED
-        self.destroyed_at = site
         self.free_storage()
         fx._handles.retire(self)
         return True

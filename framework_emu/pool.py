@@ -2,8 +2,9 @@
 
 Placement follows the NT pool that the framework sits on:
 
-- A request larger than ``PAGE_SIZE - POOL_HEADER_SIZE`` (4080 bytes) takes
-  whole pages, page aligned, from the page allocator (first fit, lowest
+- A request larger than ``PAGE_SIZE - POOL_HEADER_SIZE`` (4080 bytes; 4016
+  for the cache-aligned pools) takes whole pages, page aligned, from the page
+  allocator (first fit, lowest
   address first, coalescing on free).
 - A smaller request is a *block* inside a pool page: a 16-byte pool header
   (reserved, as the real POOL_HEADER is; not written) followed by the data, 16-byte
@@ -181,6 +182,9 @@ class SmallBlockHeap:
     def __init__(self, pages: PageAllocator, alignment: int) -> None:
         self._pages = pages
         self._align = alignment
+        # Largest request a block can hold: a 16-aligned block may start at the page's
+        # start; an aligned one starts where its data (after the header) is aligned.
+        self.max_size = SMALL_BLOCK_LIMIT if alignment == 16 else PAGE_SIZE - alignment - POOL_HEADER_SIZE
         self.free_lists: dict[int, dict[int, None]] = {}  # units -> {block gpa: None}
         self._carved: dict[int, int] = {}  # page gpa -> units handed out of it
         self._bump = 0       # next free byte in the current page
@@ -391,8 +395,12 @@ class Pool:
         if self._injections and self._inject(tag, size, site):
             self.failed += 1
             return 0
+        heap = None
         if 0 < size <= SMALL_BLOCK_LIMIT:
             heap = self._heap_by_type.get(pool_type) or self._heap(pool_type)
+            if size > heap.max_size:
+                heap = None
+        if heap is not None:
             units = ((size + 15) >> 4) + 1 if heap._align == 16 else heap.units_for(size)
             bucket = heap.free_lists.get(units)
             if bucket:
@@ -406,7 +414,6 @@ class Pool:
                         return 0
             va = block + self._small_offset
         else:
-            heap = None
             units = (size + PAGE_SIZE - 1) >> PAGE_SHIFT or 1
             block = self.pages.allocate(units)
             if block is None:

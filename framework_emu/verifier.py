@@ -101,6 +101,7 @@ class Verifier:
         self.mode = mode
         self.findings: list[Finding] = []
         self._by_site: dict[tuple[str, CallSite | None], Finding] = {}
+        self.parent_warned: dict[CallSite | None, Finding] = {}  # ParentObjectCheck by call site (hot path)
         self._starts: list[int] = []
         self._quarantine: dict[int, QuarantinedBuffer] = {}
         self._quarantine_order: collections.deque[list[int]] = collections.deque()
@@ -144,6 +145,7 @@ class Verifier:
     def clear(self) -> None:
         self.findings.clear()
         self._by_site.clear()
+        self.parent_warned.clear()
 
     # -- quarantine of completed requests' buffers --------------------------------------
 

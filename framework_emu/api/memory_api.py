@@ -61,15 +61,20 @@ class MemoryApi:
                 self._irql_violation("WdfMemoryCreate", max_level, driver_site(), fatal=False,
                                      status=NTSTATUS.STATUS_INVALID_DEVICE_REQUEST)
                 return NTSTATUS.STATUS_INVALID_DEVICE_REQUEST, None, None
-        if BufferSize == 0:
-            return NTSTATUS.STATUS_INVALID_PARAMETER, None, None
-        if type(BufferSize) is not int or BufferSize < 0:
+        if type(BufferSize) is not int or BufferSize <= 0:
+            if BufferSize == 0:
+                return NTSTATUS.STATUS_INVALID_PARAMETER, None, None
             check_size(BufferSize, "BufferSize")
         if Attributes is not None:
             status = validate_object_attributes(Attributes)
             if status:
                 return status, None, None
-        tag = tag_bytes(PoolTag) if PoolTag else self._driver_tag
+        if not PoolTag:
+            tag = self._driver_tag
+        elif type(PoolTag) is bytes and len(PoolTag) == 4:
+            tag = PoolTag
+        else:
+            tag = tag_bytes(PoolTag)
         frame = _getframe(1)  # driver_site(), inlined for the common case of a direct call
         site = ((frame.f_code.co_filename, frame.f_lineno)
                 if _is_internal.get(frame.f_code.co_filename) is False else driver_site())
@@ -90,11 +95,11 @@ class MemoryApi:
             if status:
                 return status, None, None
         if parent is None and self._verifier_on:
-            known = self._verifier._by_site.get(("ParentObjectCheck", site))  # Verifier.repeat(), inlined
+            known = self._verifier.parent_warned.get(site)  # one finding per call site, counted
             if known is not None:
                 known.count += 1
                 return _SUCCESS, obj.handle, (obj.buffer if Buffer is not None else None)
-            self._verifier.report(Finding(
+            self._verifier.parent_warned[site] = self._verifier.report(Finding(
                 "ParentObjectCheck", "warning",
                 "WdfMemoryCreate without a ParentObject: the memory lives until the driver unloads",
                 site, handle=obj.handle, object_kind="WDFMEMORY", tag=tag), fatal=False)

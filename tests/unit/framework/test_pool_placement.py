@@ -132,3 +132,12 @@ def test_hooks_and_poisoning_see_every_allocation_and_free():
     pool.free(va)
     assert seen == [("alloc", va, 32, b"Hook"), ("free", va, 32, b"Hook")]
     assert memory.read(va - KVA_DIRECT_MAP_BASE, 32) == b"\xdd" * 32
+
+
+@pytest.mark.parametrize("size", [4016, 4017, 4080])
+def test_cache_aligned_blocks_never_spill_out_of_their_page(size):
+    pool = make_pool()
+    va = pool.allocate(PoolType.NonPagedPoolCacheAligned, size, b"Test")
+    assert va % 64 == 0 and va // PAGE_SIZE == (va + size - 1) // PAGE_SIZE
+    other = pool.allocate(PoolType.NonPagedPoolCacheAligned, 1, b"Test")
+    assert not va <= other < va + size
