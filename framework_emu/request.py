@@ -172,8 +172,9 @@ class Request(FxObject):
                 return False
             self.data_buffer_size = data_size
             if direct_out:
-                self.mdl = fx._build_locked_mdl(self.data_buffer, data_size,
-                                                write=io.major != IRP_MJ_WRITE, site=site)
+                # The I/O manager probes for write access where the device writes the buffer.
+                device_writes = io.major == IRP_MJ_READ or (self.is_ioctl and io.method == METHOD_OUT_DIRECT)
+                self.mdl = fx._build_locked_mdl(self.data_buffer, data_size, write=device_writes, site=site)
                 if self.mdl is None:
                     self.free_buffers()
                     return False

@@ -23,7 +23,8 @@ class LookasideApi:
                                PoolType: int, MemoryAttributes: WDF_OBJECT_ATTRIBUTES | None,
                                PoolTag: int | bytes, *, PLookaside: Any = OUT) -> tuple[int, int | None]:
         """-> (status, lookaside). The memory objects' parent comes from MemoryAttributes
-        (default: the driver), not from the list [S]."""
+        (default: the driver), not from the list, whatever a reader of the documentation
+        expects [S]. Paged lists need PASSIVE_LEVEL under the verifier (a status)."""
         self._driver_obj or self._require_driver()
         if type(PoolType) is not int or PoolType not in _VALID_POOL_TYPES:
             PoolType = check_pool_type(PoolType)  # a plain int from here on (IntEnum hashes slowly)

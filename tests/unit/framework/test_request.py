@@ -7,6 +7,7 @@ from framework_emu import (CTL_CODE, FILE_ANY_ACCESS, IRP_MJ_DEVICE_CONTROL, IRP
                            METHOD_NEITHER, METHOD_OUT_DIRECT, NTSTATUS, PAGE_SIZE, BugCheck, PoolType,
                            WDF_OBJECT_ATTRIBUTES)
 from framework_emu.errors import ArgumentError
+from framework_emu.mdl import MDL_PAGES_LOCKED, MDL_WRITE_OPERATION
 
 S = NTSTATUS
 
@@ -47,6 +48,8 @@ def test_direct_ioctl_input_is_read_only_and_output_has_an_mdl(fx, method):
     out_va, _ = fx.WdfMemoryGetBuffer(out_mem)
     first = fx.va_to_gpa(out_va) >> 12
     assert status == 0 and list(fx.MmGetMdlPfnArray(mdl)) == [first, first + 1, first + 2]
+    assert mdl.MdlFlags & MDL_PAGES_LOCKED
+    assert bool(mdl.MdlFlags & MDL_WRITE_OPERATION) == (method == METHOD_OUT_DIRECT)  # probed for write access
 
 
 def test_read_has_no_input_and_write_has_no_output(fx):
