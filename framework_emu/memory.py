@@ -29,7 +29,7 @@ from .callsite import CallSite
 from .objects import (FX_TYPE_MEMORY_PREALLOCATED, FX_TYPE_OBJECT, FX_TYPE_REQUEST_MEMORY,
                       IFX_TYPE_MEMORY, FxObject)
 from .physical_memory import PAGE_SIZE
-from .pool import PoolType, is_paged_pool
+from .pool import PoolType
 
 if TYPE_CHECKING:
     from .request import Request
@@ -89,16 +89,12 @@ class PoolMemory(MemoryObject):
             pool.free(self.storage_va)
 
 
-def embeds_buffer(size: int, pool_type: int, verifier_on: bool) -> bool:
-    """FxMemoryObject::_Create: does the buffer share the object's allocation?"""
-    return size < PAGE_SIZE and not verifier_on and not is_paged_pool(pool_type)
-
-
 def new_pool_memory(fx: Any, pool_type: int, tag: bytes, size: int, context_bytes: int,
                     site: CallSite | None) -> PoolMemory | None:
     """The object and buffer of WdfMemoryCreate, or None if the pool is out of memory."""
     pool = fx._pool
-    if size < PAGE_SIZE and not fx._verifier_on and not pool_type & 1:  # embeds_buffer(), inlined
+    # FxMemoryObject::_Create: below PAGE_SIZE, nonpaged, verifier off -> one allocation.
+    if size < PAGE_SIZE and not fx._verifier_on and not pool_type & 1:
         if pool_type in _NORMALISED_TO_NONPAGED:
             pool_type = 0  # NonPagedPool: FxMemoryBuffer normalises these [S]
         context_offset = align_up(MEMORY_BUFFER_OBJECT_SIZE + size, MEMORY_ALLOCATION_ALIGNMENT)

@@ -266,9 +266,6 @@ class SmallBlockHeap:
             self._pages.free(page, 1)
         return len(empty)
 
-    def pages_in_use(self) -> int:
-        return len(self._carved)
-
 
 class PoolAllocation:
     """One live allocation, as poolmon and a leak report show it (built on demand)."""
@@ -488,10 +485,6 @@ class Pool:
         """Return fully free pool pages of every heap to the page allocator; pages given back."""
         return sum(heap.trim() for heap in self._heaps.values())
 
-    def forget_freed(self, va: int) -> None:
-        """Drop ``va`` from the double-free memory (it was handed out again)."""
-        self._freed.pop(va, None)
-
     # -- failure injection ----------------------------------------------------------------
 
     def inject_failures(self, *, nth: int | None = None, tag: bytes | None = None,
@@ -565,10 +558,3 @@ class Pool:
                for va, r in self.live.items() if tag is None or r[1] == tag]
         out.sort(key=lambda a: a.serial)
         return out
-
-    def allocation_containing(self, va: int) -> PoolAllocation | None:
-        """The live allocation whose bytes include ``va`` (linear scan: diagnostics only)."""
-        for start, r in self.live.items():
-            if start <= va < start + max(r[0], 1):
-                return PoolAllocation(start, r[0], r[1], r[2], r[3], r[4])
-        return None

@@ -22,7 +22,7 @@ output), although drivers are told to treat input as read-only.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .callsite import CallSite
@@ -93,7 +93,6 @@ class IoRequest:
     information: int = 0
     output_data: bytes = b""      # what the originator got back (Information bytes)
     completed_at: CallSite | None = None
-    events: list[str] = field(default_factory=list)
 
     @property
     def kind(self) -> str:

@@ -128,14 +128,6 @@ class Verifier:
                            finding=finding, details=details)
         return finding
 
-    def repeat(self, rule: str, site: CallSite | None) -> bool:
-        """Count one more occurrence of a known (rule, site) finding; False if it is new."""
-        known = self._by_site.get((rule, site))
-        if known is None:
-            return False
-        known.count += 1
-        return True
-
     def errors(self) -> list[Finding]:
         return [f for f in self.findings if f.severity == "error"]
 
