@@ -159,7 +159,7 @@ class FxObject:
         fx = self.fx
         if fx._irql.current and self.needs_passive_dispose():
             self.state = ObjectState.DELETE_DEFERRED
-            fx._irql.defer_until_passive(self._delete_now)
+            fx._irql.defer_until_passive(self._deferred_delete)
             return True
         if (self.children or self.refcount != 1 or self.cleanup_callback is not None
                 or self.destroy_callback is not None):
@@ -176,6 +176,11 @@ class FxObject:
         self.free_storage()
         fx._handles.retire(self)
         return True
+
+    def _deferred_delete(self) -> None:
+        """The dispose list's work item: delete, unless a parent's deletion got there first."""
+        if self.state is ObjectState.DELETE_DEFERRED:
+            self._delete_now()
 
     def _delete_now(self) -> None:
         fx = self.fx

@@ -202,3 +202,26 @@ def test_describe_tells_the_story_of_a_handle(fx):
     assert "live" in fx.describe(mem)
     fx.WdfObjectDelete(mem)
     assert "destroyed" in fx.describe(mem) and "deleted at" in fx.describe(mem)
+
+
+def test_a_deferred_child_deleted_with_its_parent_meanwhile_is_disposed_once(fx):
+    log = []
+    parent = tracked(fx, log, "parent")
+    child = tracked(fx, log, "child", parent, ExecutionLevel=2)
+    with fx.irql(DISPATCH_LEVEL):
+        fx.WdfObjectDelete(child)          # deferred: passive cleanup
+    # lowering ran it already; now a parent delete must not dispose it again
+    fx.WdfObjectDelete(parent)
+    assert log.count(("cleanup", "child")) == 1 and log.count(("destroy", "child")) == 1
+    log.clear()
+    parent = tracked(fx, log, "parent")
+    child = tracked(fx, log, "child", parent, ExecutionLevel=2)
+    old = fx.KeRaiseIrql(DISPATCH_LEVEL)
+    fx.WdfObjectDelete(child)              # deferred
+    fx.KeLowerIrql(1)                      # still above PASSIVE_LEVEL: nothing ran
+    fx._irql.current = 0                   # parent deleted at PASSIVE_LEVEL before the work item ran
+    fx.WdfObjectDelete(parent)
+    fx._irql.current = 1
+    fx.KeLowerIrql(old)                    # the stale work item must do nothing
+    assert log.count(("cleanup", "child")) == 1 and log.count(("destroy", "child")) == 1
+    assert fx._handles.graveyard[child].refcount == 0  # released exactly once
