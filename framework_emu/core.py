@@ -240,7 +240,10 @@ class FrameworkCore:
         finding = Finding("DriverCreate", "error",
                           "the driver object must be created (WdfDriverCreate) before any other framework call",
                           site)
-        self._verifier.report(finding, fatal=True)
+        if self._verifier_on:
+            self._verifier.report(finding, fatal=True)
+        # Without a driver object there is nothing to go on with (the real framework
+        # would dereference NULL globals): stop in either mode.
         raise wdf_violation(WDF_VERIFIER_FATAL_ERROR, 0, 0, 0,
                             f"DriverCreate: framework called before WdfDriverCreate (at {format_site(site)})",
                             finding=finding)
