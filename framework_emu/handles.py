@@ -47,7 +47,7 @@ class HandleTable:
         order = self._burial_order
         order.append(handle)
         if len(order) > self._graveyard_size:
-            self.graveyard.pop(order.popleft(), None)
+            del self.graveyard[order.popleft()]
 
     def was_issued(self, handle: int) -> bool:
         """Whether ``handle`` is a value this table handed out at some point."""
