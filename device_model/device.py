@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 from device_model.abi import (
-    BAR2_SIZE, NUM_VECTORS, RING_ENTRIES, RING_ERROR_REQUEST_ID, VECTOR_ADMIN,
+    BAR2_SIZE, DATA_OFFSET, NUM_VECTORS, RING_ENTRIES, RING_ERROR_REQUEST_ID, VECTOR_ADMIN,
     VECTOR_COMPLETION, VECTOR_SUBMIT, AdminCommand, Completion, CompletionStatus,
     DeviceStatus, ErrorReason, Opcode,
 )
@@ -163,7 +163,7 @@ class EchoDevice:
             self._resources.callback(bar2_view.release)
             self.memory = DeviceMemory(bar2_view)
             self._resources.callback(self.memory.close)
-            self.engine = DmaEngine(self.memory.data)
+            self.engine = DmaEngine(self.memory.data, fd=shm_fd, fd_offset=DATA_OFFSET)
             self.memory.initialize(
                 features=features_for(dma_mask_enforced=dma_mask != FULL_DMA_MASK,
                                       faults=self.fault_plan.active),
@@ -521,7 +521,7 @@ class EchoDevice:
         def write_stale() -> None:
             if ram_generation != self._ram_generation:
                 return   # guest RAM went away: the windows are released, nothing to touch
-            touched = self.engine.fill_guest(plan.runs, STALE_DMA_POISON)
+            touched = self.engine.fill_guest(plan, STALE_DMA_POISON)
             self._record(FaultKind.STALE_DMA, plan, ranges=[list(r) for r in touched],
                          byte=STALE_DMA_POISON, same_guest=generation == self._generation)
             if self.trace is not None:

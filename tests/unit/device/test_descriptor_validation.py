@@ -85,7 +85,7 @@ def test_segments_in_both_ram_ranges_and_coalescing(validator):
                 Segment(4 * GIB + 0x800, 0x800), Segment(0x8000, 0x10)]
     plan = validator.validate(sqe(R, segments=segments, device_offset=0x100))
     assert isinstance(plan, TransferPlan)
-    assert [(g, n) for g, n, _w, _o in plan.runs] == [
+    assert [(g, n) for g, n, _v in plan.runs] == [
         (0x1000, 0x2000), (4 * GIB, 0x1000), (0x8000, 0x10)]
     assert plan.length == 0x3010 and plan.device_offset == 0x100 and plan.nseg == 5
 
@@ -95,7 +95,7 @@ def test_contiguous_segments_across_the_hole_are_not_merged():
     from framework_emu.physical_memory import InProcessMemory
     v = DescriptorValidator(RamWindows(InProcessMemory(ranges=[(0, 0x2000), (0x2000, 0x4000)])))
     plan = v.validate(sqe(W, segments=[Segment(0x1000, 0x1000), Segment(0x2000, 0x1000)]))
-    assert [(g, n) for g, n, _w, _o in plan.runs] == [(0x1000, 0x1000), (0x2000, 0x1000)]
+    assert [(g, n) for g, n, _v in plan.runs] == [(0x1000, 0x1000), (0x2000, 0x1000)]
 
 
 def write_table(memory, gpa, segments):

@@ -117,7 +117,7 @@ def within_runs(memory, index_pages: list[int], runs) -> bool:
         offsets.append((start, end, total))
         total += end - start
     spans = []
-    for gpa, n, _w, _o in runs:
+    for gpa, n, _v in runs:
         for start, end, base in offsets:
             if start <= gpa and gpa + n <= end:
                 spans.append((base + gpa - start, base + gpa - start + n))
@@ -144,8 +144,8 @@ def test_validator_and_engine_stay_inside_what_was_validated(sqe, limits):
     plan = result
     event(f"plan {plan.opcode.name}")
     assert plan.device_offset + plan.length <= DATA_SIZE
-    assert sum(n for _g, n, _w, _o in plan.runs) == plan.length
-    for gpa, n, _w, _o in plan.runs:
+    assert sum(n for _g, n, _v in plan.runs) == plan.length
+    for gpa, n, _v in plan.runs:
         assert n > 0 and memory.contains(gpa, n) and gpa + n - 1 <= dma_mask
         assert gpa % align == 0
     store = bytearray(b"\xEE" * DATA_SIZE)

@@ -6,10 +6,11 @@ import mmap
 import os
 import zlib
 
-from device_model.abi import DATA_SIZE, Descriptor, DescriptorFlag, Opcode, Segment, pack_segment
+from device_model.abi import BAR2_SIZE, DATA_OFFSET, DATA_SIZE, Descriptor, DescriptorFlag, Opcode, Segment, pack_segment
 from device_model.descriptors import DescriptorValidator, RamWindows, TransferPlan
 from device_model.dma_engine import DmaEngine
 from device_model.guest_ram import GuestRam, RamLayout
+from device_model.ivshmem_server import create_shared_memory
 from device_model.trace import TO_DEVICE, TO_GUEST, read_trace
 
 from device_helpers import HIGH, holey_memory
@@ -95,3 +96,34 @@ def test_trace_records_every_transfer(device, driver, memory, tmp_path):
     assert completions == [(11, "OK"), (12, "OK"), (13, "ERROR")]
     events = [r["event"] for r in records if r["type"] == "event"]
     assert events[:2] == ["guest_ram_attached", "peer_connected"]
+
+
+def test_vectored_path_matches_the_slice_path():
+    """Many runs go through pwritev/preadv on the BAR2 memfd; same bytes as slice copies."""
+    memory = holey_memory()
+    validator = DescriptorValidator(RamWindows(memory))
+    fd = create_shared_memory("test-bar2", BAR2_SIZE)
+    bar2 = mmap.mmap(fd, BAR2_SIZE)
+    try:
+        data = memoryview(bar2)[DATA_OFFSET:]
+        vectored = DmaEngine(data, fd=fd, fd_offset=DATA_OFFSET)
+        segments = [Segment(0x1000 + i * 0x3000, 0x800 + i) for i in range(7)]
+        segments += [Segment(HIGH[0] + 0x10 + i * 0x2000, 0x100) for i in range(6)]
+        for s in segments:
+            memory.write(s.gpa, os.urandom(s.length))
+        expected = b"".join(memory.read(s.gpa, s.length) for s in segments)
+        w = vectored.execute(plan_for(validator, Opcode.WRITE, segments, device_offset=5),
+                             checksum=True)
+        assert w.transferred == len(expected) and w.crc32 == zlib.crc32(expected)
+        assert bytes(data[5:5 + len(expected)]) == expected
+        targets = [Segment(HIGH[1] - (i + 1) * 0x4000, s.length) for i, s in enumerate(segments)]
+        r = vectored.execute(plan_for(validator, Opcode.READ, targets, device_offset=5),
+                             limit=len(expected) - 300, flip_bit=0)
+        got = b"".join(memory.read(t.gpa, t.length) for t in targets)
+        assert r.transferred == len(expected) - 300
+        assert got[:r.transferred] == bytes([expected[0] ^ 1]) + expected[1:r.transferred]
+        assert got[r.transferred:] == bytes(300)
+    finally:
+        data.release()
+        bar2.close()
+        os.close(fd)
