@@ -434,16 +434,15 @@ class EchoDevice:
             return
         try:
             result = validator.validate(raw)
-        except Exception:
+            if isinstance(result, Refusal):
+                self._refuse(result)
+            else:
+                self._transfer(result)
+        except Exception:   # a device bug: report it, complete the request, carry on
             self._internal_error(traceback.format_exc())
             request_id = int.from_bytes(raw[8:16], "little")
             self._refuse(Refusal(request_id, ErrorReason.INTERNAL, "descriptor", 0,
-                                 "device error while validating"))
-            return
-        if isinstance(result, Refusal):
-            self._refuse(result)
-        else:
-            self._transfer(result)
+                                 "device error while executing the descriptor"))
 
     def _refuse(self, refusal: Refusal) -> None:
         self.stats.refused += 1

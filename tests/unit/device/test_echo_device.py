@@ -195,3 +195,15 @@ def test_bad_arguments_name_the_field(tmp_path, kwargs, field):
         EchoDevice(tmp_path, **kwargs)
     assert info.value.field == field
     assert os.listdir(tmp_path) == []
+
+
+def test_a_device_bug_is_reported_and_the_request_still_completes(device, driver, monkeypatch):
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("simulated engine bug")
+    monkeypatch.setattr(device.engine, "execute", broken)
+    c = driver.request(read_desc(3, 16, [Segment(0, 16)]), [Segment(0, 16)])
+    assert (c.request_id, c.status, c.reason) == (3, ERROR, ErrorReason.INTERNAL)
+    assert len(device.errors) == 1 and "simulated engine bug" in device.errors[0]
+    monkeypatch.undo()
+    device.errors.clear()
+    assert driver.request(Descriptor(Opcode.NOP, 0, 0, 4, 0, 0)).status == OK
