@@ -16,7 +16,7 @@ from typing import Callable, TextIO
 
 from device_model.abi import CompletionStatus, ErrorReason, Opcode, Segment
 from device_model.faults import FaultKind, FaultPlan, FaultRule
-from framework_emu import IRP_MJ_WRITE, NTSTATUS, Framework, PoolType, format_site
+from framework_emu import IRP_MJ_WRITE, NTSTATUS, Framework, Mdl, PoolType, format_site
 from orchestrator.agent_client import CompletionRecord, GuestBuffer, Step, Verification, pattern_bytes
 from orchestrator.dma_session import DmaSession, echo_roundtrip
 
@@ -42,7 +42,7 @@ class CheckResult:
     seconds: float
 
 
-def _segments_of_mdl(fx: Framework, mdl: int) -> list[Segment]:
+def _segments_of_mdl(fx: Framework, mdl: Mdl) -> list[Segment]:
     """The device scatter/gather list of an MDL: its PFNs, physically contiguous runs merged."""
     offset = fx.MmGetMdlByteOffset(mdl)
     remaining = fx.MmGetMdlByteCount(mdl)
