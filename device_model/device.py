@@ -142,6 +142,7 @@ class EchoDevice:
         self._ram_generation = 0
         self._generation = 0                 # bumps on every ring reset: stale timers see it
         self._sequence = 0
+        self._admin_done = 0
         self._outbox: collections.deque[_Outgoing] = collections.deque()
         self._timers = _Timers()
         self._peer_event = threading.Condition(self._lock)
@@ -380,7 +381,8 @@ class EchoDevice:
             h.set("last_error", ErrorReason.BAD_OPCODE)
             self._event("bad_admin_command", command=command)
         h.set("admin_cmd", AdminCommand.NONE)
-        h.set("admin_done", (h.get("admin_done") + 1) & 0xFFFFFFFF)
+        self._admin_done = (self._admin_done + 1) & 0xFFFFFFFF
+        h.set("admin_done", self._admin_done)
         self._raise_interrupt()
 
     def _on_submit_doorbell(self) -> None:

@@ -73,6 +73,8 @@ class DeviceMemory:
         h = self.header
         for name in ("sq_tail", "sq_head", "cq_tail", "cq_head", "completions", "last_error"):
             h.set(name, 0)
+        self.sq.head = 0
+        self.cq.tail = self.cq.posted = 0
         self.bar2[CQ_OFFSET:CQ_OFFSET + RING_ENTRIES * CQE_SIZE] = bytes(RING_ENTRIES * CQE_SIZE)
 
     def close(self) -> None:
@@ -82,11 +84,17 @@ class DeviceMemory:
 
 
 class SubmissionRing:
-    """The device's side of the submission ring: copy descriptors out, advance sq_head."""
+    """The device's side of the submission ring: copy descriptors out, advance sq_head.
+
+    The device keeps its own index (``head``) and only ever writes it to
+    BAR2: the guest can scribble over ``sq_head`` there, but cannot make the
+    device re-read or skip descriptors by doing so.
+    """
 
     def __init__(self, bar2: memoryview, header: Bar2Header) -> None:
         self.view = bar2[SQ_OFFSET:SQ_OFFSET + RING_ENTRIES * SQE_SIZE]
         self.header = header
+        self.head = 0
 
     def pending(self) -> tuple[int, int]:
         """(head, number of new descriptors), reading the guest's sq_tail once.
@@ -94,9 +102,7 @@ class SubmissionRing:
         The count is returned as is (u32 distance): the caller refuses one
         above RING_ENTRIES, which only a broken or hostile guest produces.
         """
-        head = self.header.get("sq_head")
-        tail = self.header.get("sq_tail")
-        return head, (tail - head) & U32
+        return self.head, (self.header.get("sq_tail") - self.head) & U32
 
     def copy_descriptor(self, index: int) -> bytes:
         """A private copy of the descriptor at ``index`` (the guest cannot change it after)."""
@@ -104,29 +110,37 @@ class SubmissionRing:
         return bytes(self.view[offset:offset + SQE_SIZE])
 
     def consume(self, new_head: int) -> None:
-        self.header.set("sq_head", new_head & U32)
+        self.head = new_head & U32
+        self.header.set("sq_head", self.head)
 
 
 class CompletionRing:
-    """The device's side of the completion ring: post entries, advance cq_tail."""
+    """The device's side of the completion ring: post entries, advance cq_tail.
+
+    Like the submission ring, the device's own index lives here and is only
+    written to BAR2, never read back from it.
+    """
 
     def __init__(self, bar2: memoryview, header: Bar2Header) -> None:
         self.view = bar2[CQ_OFFSET:CQ_OFFSET + RING_ENTRIES * CQE_SIZE]
         self.header = header
+        self.tail = 0
+        self.posted = 0
 
     def free_slots(self) -> int:
         """Free entries, reading the guest's cq_head once; 0 if cq_head is nonsense."""
-        used = (self.header.get("cq_tail") - self.header.get("cq_head")) & U32
+        used = (self.tail - self.header.get("cq_head")) & U32
         return RING_ENTRIES - used if used <= RING_ENTRIES else 0
 
     def post(self, completion: Completion) -> None:
         """Write the entry, then publish it by advancing cq_tail (in that order)."""
-        tail = self.header.get("cq_tail")
-        offset = (tail % RING_ENTRIES) * CQE_SIZE
+        offset = (self.tail % RING_ENTRIES) * CQE_SIZE
         _CQE.pack_into(self.view, offset, completion.request_id, completion.status,
                        completion.reason, completion.transferred, completion.sequence)
-        self.header.set("cq_tail", (tail + 1) & U32)
-        self.header.set("completions", self.header.get("completions") + 1)
+        self.tail = (self.tail + 1) & U32
+        self.posted += 1
+        self.header.set("cq_tail", self.tail)
+        self.header.set("completions", self.posted)
 
 
 def features_for(*, dma_mask_enforced: bool, faults: bool) -> int:

@@ -4,6 +4,7 @@ ivshmem protocol by the host-side driver, with in-process guest RAM."""
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -207,3 +208,23 @@ def test_a_device_bug_is_reported_and_the_request_still_completes(device, driver
     monkeypatch.undo()
     device.errors.clear()
     assert driver.request(Descriptor(Opcode.NOP, 0, 0, 4, 0, 0)).status == OK
+
+
+def test_guest_scribbling_on_device_indices_changes_nothing(device, driver):
+    """sq_head/cq_tail live in guest-writable BAR2; the device keeps its own copies."""
+    for rid in range(3):
+        driver.request(Descriptor(Opcode.NOP, 0, 0, rid, 0, 0))
+    executed = device.stats.executed
+    driver.header.set("sq_head", 0)          # "please run them again"
+    driver.header.set("cq_tail", 200)        # "there are 200 completions"
+    driver.header.set("cq_head", 3)
+    driver.submit(Descriptor(Opcode.NOP, 0, 0, 99, 0, 0))
+    driver.ring()
+    deadline = time.monotonic() + 10
+    while device.stats.completions < 4:
+        assert time.monotonic() < deadline
+        driver.client.wait_interrupt(0, 1.0)
+    assert [c.request_id for c in driver.take_completions()] == [99]
+    assert device.stats.executed == executed + 1
+    h = device.header()
+    assert (h["sq_head"], h["cq_tail"], h["completions"]) == (4, 4, 4)
