@@ -65,13 +65,15 @@ class DmaEngine:
         write = plan.opcode is _WRITE
         if not write and self.fd is not None and len(views) >= SCATTER_MIN_RUNS:
             self._scatter(views, start, moved)
+        elif write:
+            data, d = self.data, start
+            for view, n in zip(views, lengths):
+                data[d:d + n] = view
+                d += n
         else:
             data, d = self.data, start
             for view, n in zip(views, lengths):
-                if write:
-                    data[d:d + n] = view
-                else:
-                    view[:] = data[d:d + n]
+                view[:] = data[d:d + n]
                 d += n
         flipped = None
         if flip_bit is not None and moved:

@@ -74,6 +74,7 @@ def test_dropped_interrupt_still_posts_the_completion(rig):
     wait_until(lambda: drv.header.get("cq_tail") == 1)    # posted, by index only
     assert [c.request_id for c in drv.take_completions()] == [1]
     assert drv.request(nop(2)).request_id == 2
+    wait_until(lambda: dev.stats.interrupts >= 1)   # raised just after posting request 2
     assert dev.stats.interrupts == 1 and dev.stats.completions == 2
     assert [(f.kind, f.request_id) for f in plan.injected] == [(FaultKind.DROP_INTERRUPT, 1)]
 
