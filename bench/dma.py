@@ -11,8 +11,9 @@ same machine, so the ratios mean something on a loaded CI host:
 - host round trip: doorbell -> device thread -> completion interrupt, driven
   in-process through the real ivshmem protocol, against a bare eventfd
   ping-pong between two threads.
-- guest round trip: doorbell -> completion measured inside a guest (section
-  left for the guest side, see ``guest_round_trip``).
+- guest round trip: doorbell -> completion interrupt measured inside a booted
+  guest by the guest agent (``guest_round_trip``), against the same eventfd
+  ping-pong; its target (p50 under 150 us under TCG) is printed, not asserted.
 
 Run: ``python3 bench/dma.py`` (``--check`` exits 1 when a target is missed).
 """
@@ -275,14 +276,42 @@ def host_round_trip(count: int) -> list[Result]:
 
 
 # ----------------------------------------------------------------------------------
-# GUEST-SIDE SECTION (to be written by the guest side): doorbell -> completion round
-# trip p50/p99 measured by the guest agent inside a booted VM (TCG), printed as
-# Results against a same-run reference (e.g. the host round trip above or the
-# guest's own syscall round trip). Target: p50 < 150 us under TCG.
-# Return None while it is not implemented or cannot run here (no image/QEMU).
+# GUEST-SIDE SECTION (the guest side's part): doorbell -> completion interrupt round
+# trip measured inside a booted pc-256m guest (TCG) by the guest agent itself
+# (``wdfhil-agent pingpong``: NOP descriptors, clock_gettime(CLOCK_MONOTONIC) around
+# the doorbell write to /dev/wdfhil0 and the blocking wait for the MSI-X interrupt).
+# Reference in the same run: the bare eventfd ping-pong between two host threads.
+# The p50 target (under 150 us under TCG) is printed, never asserted.
+# Returns None when no guest can run here (no QEMU, no image).
 # ----------------------------------------------------------------------------------
+GUEST_CONFIG = "pc-256m"
+GUEST_P50_TARGET_US = 150.0
+GUEST_MAX_ROUND_TRIPS = 5000
+
+
 def guest_round_trip(args: argparse.Namespace) -> list[Result] | None:
-    return None
+    from guest_images import build_image
+    from orchestrator.dma_session import DmaSession
+    from wdfhil.errors import ImageBuildError, LaunchError
+
+    count = min(args.round_trips, GUEST_MAX_ROUND_TRIPS)
+    try:
+        with DmaSession(GUEST_CONFIG, build_image()) as session:
+            measured = session.agent.pingpong(count, warmup=100, timeout=600)
+    except (ImageBuildError, LaunchError, FileNotFoundError) as exc:
+        print(f"   (no guest here: {str(exc).splitlines()[0]})")
+        return None
+    reference = eventfd_ping_pong(count)
+    p50 = measured["p50_us"]
+    verdict = "met" if p50 < GUEST_P50_TARGET_US else "not met"
+    print(f"   {count} round trips in {GUEST_CONFIG}; target p50 under "
+          f"{GUEST_P50_TARGET_US:.0f} us under TCG: {verdict} (printed, not asserted)")
+    return [
+        Result(f"guest doorbell->interrupt p50 ({GUEST_CONFIG})", p50, "us",
+               percentile(reference, 50), "eventfd ping-pong p50"),
+        Result(f"guest doorbell->interrupt p99 ({GUEST_CONFIG})", measured["p99_us"], "us",
+               percentile(reference, 99), "eventfd ping-pong p99"),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -117,6 +117,7 @@ const char *error_reason_name(uint32_t reason)
 	case WH_ERR_SEGMENT_ALIGNMENT: return "SEGMENT_ALIGNMENT";
 	case WH_ERR_DEVICE_NOT_READY: return "DEVICE_NOT_READY";
 	case WH_ERR_RESERVED_FIELD: return "RESERVED_FIELD";
+	case WH_ERR_INTERNAL: return "INTERNAL";
 	default: return "UNKNOWN";
 	}
 }
