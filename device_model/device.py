@@ -155,6 +155,11 @@ class EchoDevice:
                 self._resources.callback(remove_tree, self.run_dir)
             else:
                 self.run_dir = Path(run_dir)
+                if not self.run_dir.is_dir():
+                    raise ConfigError("not a folder", field="run_dir", value=str(run_dir))
+                if self.run_dir.stat().st_mode & 0o077:
+                    raise ConfigError("must be private to this user (mode 0700): it holds the "
+                                      "device socket", field="run_dir", value=str(run_dir))
             self.socket_path = self.run_dir / socket_name
             shm_fd = create_shared_memory("wdfhil-bar2", BAR2_SIZE)
             self._resources.callback(os.close, shm_fd)

@@ -228,3 +228,13 @@ def test_guest_scribbling_on_device_indices_changes_nothing(device, driver):
     assert device.stats.executed == executed + 1
     h = device.header()
     assert (h["sq_head"], h["cq_tail"], h["completions"]) == (4, 4, 4)
+
+
+def test_run_dir_must_exist_and_be_private(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    for bad in (tmp_path / "missing", shared):
+        with pytest.raises(ConfigError) as info:
+            EchoDevice(bad)
+        assert info.value.field == "run_dir"

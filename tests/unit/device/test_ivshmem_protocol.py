@@ -134,5 +134,6 @@ def test_shared_memory_must_be_a_power_of_two():
 
 def test_socket_path_length_is_checked(tmp_path):
     deep = tmp_path / ("d" * 120)
+    deep.mkdir(mode=0o700)
     with pytest.raises(ConfigError, match="too long"):
         EchoDevice(deep)
