@@ -15,14 +15,17 @@ import threading
 import paramiko
 import pytest
 
-from orchestrator.ssh_session import (GuestCommandTimeout, SshSession, parse_host_key,
-                                      wait_for_ssh_banner)
+from orchestrator.ssh_session import (SHELL_COMMAND, GuestCommandTimeout, SshSession,
+                                      parse_host_key, wait_for_ssh_banner)
 from wdfhil.errors import GuestError
 
 
 def _copy_out(stream, send) -> None:
-    for chunk in iter(lambda: stream.read1(65536), b""):
-        send(chunk)
+    try:
+        for chunk in iter(lambda: stream.read1(65536), b""):
+            send(chunk)
+    except OSError:
+        pass  # the client closed the channel; the process is being killed
 
 
 class _ShellServer(paramiko.ServerInterface):
@@ -60,6 +63,8 @@ class _ShellServer(paramiko.ServerInterface):
                     process.stdin.close()
                 except OSError:
                     pass
+                if channel.closed:  # closed, not just end of input: stop the command
+                    process.kill()
 
         def run():
             pumps = [threading.Thread(target=_copy_out, args=(process.stdout, channel.sendall)),
@@ -69,8 +74,9 @@ class _ShellServer(paramiko.ServerInterface):
                 pump.start()
             for pump in pumps:
                 pump.join()
+            code = process.wait()
             try:
-                channel.send_exit_status(process.wait())
+                channel.send_exit_status(code if code >= 0 else 128 - code)  # as a shell says it
                 channel.close()
             except (EOFError, OSError):
                 pass  # the client hung up first
@@ -136,7 +142,7 @@ def test_exit_code_and_streams_are_kept_apart(session):
 def test_many_commands_share_one_channel(session, ssh_server):
     for number in range(50):
         assert session.run(f"echo {number}").stdout == f"{number}\n"
-    assert ssh_server["servers"][-1].execs == ["exec /bin/sh"]
+    assert ssh_server["servers"][-1].execs == [SHELL_COMMAND]
 
 
 def test_commands_start_in_home_and_have_no_stdin(session):
