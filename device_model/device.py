@@ -265,8 +265,12 @@ class EchoDevice:
         self._event("guest_ram_attached", ranges=[list(r) for r in memory.ram_ranges()])
 
     def detach_guest_ram(self) -> None:
-        """Stop using guest RAM (before the VM or its GuestRam goes away)."""
+        """Stop using guest RAM (before the VM or its GuestRam goes away).
+
+        Pending timers may hold views of guest RAM (a scheduled stale DMA):
+        they are dropped with it."""
         with self._lock:
+            self._timers.clear()
             self._release_ram()
             self.memory.header.set("status", DeviceStatus.NO_GUEST_RAM)
         self._event("guest_ram_detached")
@@ -330,6 +334,9 @@ class EchoDevice:
                 self._guarded(key.data)
             for action in self._timers.due():
                 self._guarded(action)
+            # A finished timer's closure holds views of guest RAM (a stale DMA's
+            # buffers): drop it now, or GuestRam cannot be unmapped at teardown.
+            action = None
             if self.trace is not None:
                 self.trace.flush()
 
