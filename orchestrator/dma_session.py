@@ -10,6 +10,10 @@ order that works and stopped in the reverse one:
    (layout read from QEMU) and attached to the device;
 4. ``wdfhil_pci.ko`` loaded in the guest, ``/dev/wdfhil0`` present.
 
+Teardown is the reverse, except that the device thread is stopped right
+after it lets go of guest RAM and before guest RAM is unmapped (a copy in
+flight holds a buffer export of the mapping), then the VM goes.
+
 More devices can be hot-plugged into the running VM (:meth:`DmaSession.hotplug`),
 each with its own EchoDevice (e.g. a 32-bit DMA mask), and unplugged again.
 """
@@ -17,6 +21,7 @@ each with its own EchoDevice (e.g. a 32-bit DMA mask), and unplugged again.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from dataclasses import dataclass
 import re
@@ -200,8 +205,11 @@ class DmaSession:
                          boot_timeout=self.boot_timeout)
             stack.enter_context(self.vm)
             self.ram = GuestRam.open(self.vm.ram_file, read_ram_layout(self.vm.qmp))
-            stack.callback(self.ram.close)
+            stack.callback(self._close_ram)
             if self.device is not None:
+                # Stopped (again: close is idempotent) before guest RAM is unmapped,
+                # so no device thread can be half-way through a copy at that point.
+                stack.callback(self.device.close)
                 self.device.attach_guest_ram(self.ram)
                 stack.callback(self.device.detach_guest_ram)
             self.load_module()
@@ -216,6 +224,13 @@ class DmaSession:
             stack.close()
             raise
         return self
+
+    def _close_ram(self) -> None:
+        # Views of guest RAM held by objects in reference cycles (framework
+        # objects point at their parents and children) go only when the cycle
+        # collector runs; unmapping before that fails.
+        gc.collect()
+        self.ram.close()
 
     def load_module(self) -> None:
         """insmod the guest driver (once); it binds every device present and later ones."""
