@@ -312,11 +312,14 @@ class VM(GuestMachine):
         before close() removes the run folder)."""
         host = self._host
         process = host.process
-        exit_code = process.poll() if process else None
+        # a QEMU that is exiting (QMP or console just saw EOF) gets a moment to finish
+        exit_code = process.wait(1.0) if process else None
         log_tail = process.log_tail() if process else ""
         if not log_tail and host.run_dir is not None:
             log_tail = tail_of_file(host.run_dir / QEMU_LOG)
         console_tail = host.console.tail() if host.console else ""
+        if exit_code is not None and "QEMU exited" not in message:
+            message = f"QEMU exited with code {exit_code} ({message})"
         return LaunchError(f"VM {self.name} ({self.config.name}, {self.accelerator or '?'}) "
                            f"did not start: {message}", exit_code=exit_code,
                            command=process.argv if process else (), log_tail=log_tail,
