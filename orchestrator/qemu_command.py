@@ -22,6 +22,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+from device_model.abi import BAR2_SIZE
 from orchestrator.guest_config import GuestConfig
 
 if TYPE_CHECKING:
@@ -33,6 +34,10 @@ CONSOLE_ID = "wdfhil-console"
 QMP_ID = "wdfhil-qmp"
 NETDEV_ID = "n0"
 HOTPLUG_ROOT_PORT = "wdfhil-rp0"
+# Room the port's bridge window keeps for a hot-plugged device's 64-bit
+# prefetchable BAR2: the guest cannot assign BAR2 (and the driver refuses the
+# device) unless the firmware reserved it at boot.
+HOTPLUG_PREF64_RESERVE = f"{2 * BAR2_SIZE >> 20}M"
 GUEST_SSH_PORT = 22
 
 
@@ -76,10 +81,14 @@ def build_qemu_argv(config: GuestConfig, image: "GuestImage", *, accelerator: st
     if config.iommu == "intel":
         argv += ["-device", "intel-iommu,intremap=on"]
     if config.machine == "q35":
-        argv += ["-device", f"pcie-root-port,id={HOTPLUG_ROOT_PORT},chassis=1"]
+        argv += ["-device", f"pcie-root-port,id={HOTPLUG_ROOT_PORT},chassis=1,"
+                            f"pref64-reserve={HOTPLUG_PREF64_RESERVE}"]
     argv += [
         "-netdev", f"user,id={NETDEV_ID},hostfwd=tcp:127.0.0.1:0-:{GUEST_SSH_PORT}",
         "-device", f"virtio-net-pci,netdev={NETDEV_ID}",
+        # Entropy for the guest: dropbear waits for the kernel's random pool,
+        # which fills seconds sooner under TCG with this device.
+        "-device", "virtio-rng-pci",
     ]
     argv += list(extra_args)
     if incoming:

@@ -41,7 +41,8 @@ def test_pc_guest_has_shared_file_ram_console_qmp_and_forwarded_ssh(fake_image):
 
 def test_q35_always_gets_the_hotplug_root_port(fake_image):
     argv = argv_for("q35-1g", fake_image(""))
-    assert f"pcie-root-port,id={HOTPLUG_ROOT_PORT},chassis=1" in value_after(argv, "-device")
+    assert (f"pcie-root-port,id={HOTPLUG_ROOT_PORT},chassis=1,pref64-reserve=32M"
+            in value_after(argv, "-device"))
     assert value_after(argv, "-smp") == ["2"]
 
 
