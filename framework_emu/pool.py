@@ -197,13 +197,18 @@ class SmallBlockHeap:
             units = (units + step - 1) // step * step
         return units
 
+    def free_list(self, units: int) -> dict[int, None]:
+        """The LIFO free list of ``units``-unit blocks (one dict for the heap's life)."""
+        bucket = self.free_lists.get(units)
+        if bucket is None:
+            bucket = self.free_lists[units] = {}
+        return bucket
+
     def allocate(self, units: int) -> int | None:
         """Block (header) address of a ``units``-unit block, or None when pages run out."""
-        bucket = self.free_lists.get(units)
+        bucket = self.free_list(units)
         if bucket:
             return bucket.popitem()[0]
-        if bucket is None:
-            self.free_lists[units] = {}
         size = units << 4
         pad = 0
         if self._align > 16 and self._bump_end:
@@ -233,10 +238,7 @@ class SmallBlockHeap:
         return True
 
     def _put_free(self, block: int, units: int) -> None:
-        bucket = self.free_lists.get(units)
-        if bucket is None:
-            bucket = self.free_lists[units] = {}
-        bucket[block] = None
+        self.free_list(units)[block] = None
 
     def free(self, block: int, units: int) -> None:
         self.free_lists[units][block] = None
@@ -287,8 +289,8 @@ class PoolAllocation:
 
 
 # A live allocation is kept as a plain tuple (cheap on the hot path):
-# (size, tag, pool_type, site, serial, block, units, heap)
-_SIZE, _TAG, _TYPE, _SITE, _SERIAL, _BLOCK, _UNITS, _HEAP = range(8)
+# (size, tag, pool_type, site, serial, block, units, free list or None for whole pages,
+#  the tag's [allocs, frees, bytes] counters)
 
 
 @dataclass
@@ -357,8 +359,11 @@ class Pool:
         self.kva_base = kva_base
         self.pages = PageAllocator(ram)
         self._heaps: dict[tuple[str, int], SmallBlockHeap] = {}
-        self.live: dict[int, tuple] = {}  # va -> (size, tag, pool_type, site, serial, block, units, heap)
+        self.live: dict[int, tuple] = {}  # va -> (size, tag, pool_type, site, serial, block, units, free list, counts)
         self._heap_by_type: dict[int, SmallBlockHeap] = {}
+        # (pool_type << 12) | size -> (free list, units, heap, per-tag counts table) of a
+        # request a pool page serves: the placement arithmetic, done once per size.
+        self._size_classes: dict[int, tuple[dict[int, None], int, SmallBlockHeap, dict[bytes, list[int]]]] = {}
         self._freed: dict[int, tuple[bytes, CallSite | None]] = {}
         self._frees_since_trim = 0
         # tag -> [allocs, frees, outstanding bytes], one table per poolmon Type
@@ -386,32 +391,45 @@ class Pool:
             self._heap_by_type[pool_type] = heap
         return heap
 
+    def _size_class(self, pool_type: int, size: int) -> tuple:
+        """Where a ``size``-byte request (0 < size <= SMALL_BLOCK_LIMIT) of ``pool_type`` goes:
+        (free list, units, heap, counts table); free list and heap are None when the
+        request is too large for the pool's blocks (the cache-aligned pools) and takes pages."""
+        heap = self._heap(pool_type)
+        counts = self._paged_counts if pool_type & 1 else self._nonpaged_counts
+        if size > heap.max_size:
+            size_class = (None, (size + PAGE_SIZE - 1) >> PAGE_SHIFT, None, counts)
+        else:
+            units = heap.units_for(size)
+            size_class = (heap.free_list(units), units, heap, counts)
+        self._size_classes[(pool_type << 12) | size] = size_class
+        return size_class
+
     def allocate(self, pool_type: int, size: int, tag: bytes, site: CallSite | None = None) -> int:
         """Kernel virtual address of ``size`` fresh (not zeroed) bytes, or 0 on failure."""
         self.serial = serial = self.serial + 1
         if self._injections and self._inject(tag, size, site):
             self.failed += 1
             return 0
-        heap = None
-        if 0 < size <= SMALL_BLOCK_LIMIT:
-            heap = self._heap_by_type.get(pool_type) or self._heap(pool_type)
-            if size > heap.max_size:
-                heap = None
-        if heap is not None:
-            units = ((size + 15) >> 4) + 1 if heap._align == 16 else heap.units_for(size)
-            bucket = heap.free_lists.get(units)
-            if bucket:
-                block = bucket.popitem()[0]
-            else:
-                block = heap.allocate(units)
+        if 0 < size <= SMALL_BLOCK_LIMIT:  # (pool_type << 12) | size is then unique per pair
+            bucket, units, heap, table = (self._size_classes.get((pool_type << 12) | size)
+                                          or self._size_class(pool_type, size))
+        else:
+            bucket = heap = None
+            units = (size + PAGE_SIZE - 1) >> PAGE_SHIFT or 1
+            table = self._paged_counts if pool_type & 1 else self._nonpaged_counts
+        if bucket:
+            block = bucket.popitem()[0]
+            va = block + self._small_offset
+        elif heap is not None:
+            block = heap.allocate(units)
+            if block is None:
+                block = heap.allocate(units) if self.trim() else None
                 if block is None:
-                    block = heap.allocate(units) if self.trim() else None
-                    if block is None:
-                        self.failed += 1
-                        return 0
+                    self.failed += 1
+                    return 0
             va = block + self._small_offset
         else:
-            units = (size + PAGE_SIZE - 1) >> PAGE_SHIFT or 1
             block = self.pages.allocate(units)
             if block is None:
                 block = self.pages.allocate(units) if self.trim() else None
@@ -419,10 +437,10 @@ class Pool:
                     self.failed += 1
                     return 0
             va = block + self.kva_base
-        self.live[va] = (size, tag, pool_type, site, serial, block, units, heap)
-        counts = (self._paged_counts if pool_type & 1 else self._nonpaged_counts).get(tag)
+        counts = table.get(tag)
         if counts is None:
             counts = self._new_counts(tag, pool_type)
+        self.live[va] = (size, tag, pool_type, site, serial, block, units, bucket, counts)
         counts[0] += 1
         counts[2] += size
         if self.on_allocate:
@@ -452,26 +470,24 @@ class Pool:
                                f" first freed at {format_site(freed[1])}, again at {format_site(site)}")
             raise BugCheck(BAD_POOL_CALLER, (0x42, va, 0, 0),
                            f"attempt to free 0x{va:x}, which is not a pool allocation (at {format_site(site)})")
-        size, rtag, pool_type = rec[0], rec[1], rec[2]
+        size, rtag, pool_type, rsite, serial, block, units, bucket, counts = rec
         if tag is not None and tag != rtag:
             self.live[va] = rec
             raise BugCheck(BAD_POOL_CALLER, (0x0A, va, tag_value(rtag), tag_value(tag)),
                            f"ExFreePoolWithTag of 0x{va:x} with tag {format_tag(tag)}, but it was"
-                           f" allocated with tag {format_tag(rtag)} at {format_site(rec[3])}")
-        counts = (self._paged_counts if pool_type & 1 else self._nonpaged_counts)[rtag]
+                           f" allocated with tag {format_tag(rtag)} at {format_site(rsite)}")
         counts[1] += 1
         counts[2] -= size
         if self.on_free:
-            info = PoolAllocation(va, size, rtag, pool_type, rec[3], rec[4])
+            info = PoolAllocation(va, size, rtag, pool_type, rsite, serial)
             for hook in self.on_free:
                 hook(info)
         if self.free_fill is not None:
             self.memory.fill(va - self.kva_base, size, self.free_fill)
-        heap = rec[7]
-        if heap is None:
-            self.pages.free(rec[5], rec[6])
+        if bucket is None:
+            self.pages.free(block, units)
         else:
-            heap.free_lists[rec[6]][rec[5]] = None
+            bucket[block] = None
         freed = self._freed
         freed[va] = (rtag, site)
         self._frees_since_trim += 1
