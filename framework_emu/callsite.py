@@ -5,12 +5,21 @@ framework's: the call site is the first frame outside this package (the
 demo counts as a driver). ``sys._getframe`` walking costs well under a
 microsecond; ``inspect.stack()`` would read source files and cost
 milliseconds, so it is never used.
+
+A frame's ``f_lineno`` is not free either: CPython 3.11 finds it by
+scanning the code object's line table from the start, so its cost grows
+with the size of the driver's function. The line of a given instruction
+of a given code object never changes, so each (code object, instruction
+offset) is resolved once and remembered, with the code object itself (an
+identity check, and it keeps the object alive so that its id cannot be
+reused). The memory is bounded and simply starts over when full.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from types import CodeType, FrameType
 
 CallSite = tuple[str, int]
 """(filename, line) of a driver call: a plain tuple because it is stored for every object."""
@@ -30,19 +39,51 @@ def _classify(filename: str) -> bool:
     return internal
 
 
+_SITE_MEMORY_LIMIT = 8192
+_sites: dict[int, tuple[CodeType, CallSite | None]] = {}
+"""(instruction offset << 48) + id(code) -> (code, its driver site, or None for framework code)."""
+
+
+def _resolve(frame: FrameType, key: int) -> CallSite | None:
+    code = frame.f_code
+    filename = code.co_filename
+    internal = _is_internal.get(filename)
+    if internal is None:
+        internal = _classify(filename)
+    if len(_sites) >= _SITE_MEMORY_LIMIT:
+        _sites.clear()
+    site = None if internal else (filename, frame.f_lineno)
+    _sites[key] = (code, site)
+    return site
+
+
 def driver_site() -> CallSite:
     """The innermost frame on the stack that is not framework code."""
     frame = _getframe(1)
-    known = _is_internal
+    sites = _sites
     while frame is not None:
-        filename = frame.f_code.co_filename
-        internal = known.get(filename)
-        if internal is None:
-            internal = _classify(filename)
-        if not internal:
-            return (filename, frame.f_lineno)
+        code = frame.f_code
+        key = (frame.f_lasti << 48) + id(code)
+        known = sites.get(key)
+        site = known[1] if known is not None and known[0] is code else _resolve(frame, key)
+        if site is not None:
+            return site
         frame = frame.f_back
     return UNKNOWN_SITE
+
+
+def caller_site() -> CallSite:
+    """driver_site() as seen from a framework entry point, quickest when the driver
+    called that entry point directly (the common case: one lookup, no walk)."""
+    try:
+        frame = _getframe(2)
+    except ValueError:  # called from the bottom of a thread's stack, by C code
+        return driver_site()
+    code = frame.f_code
+    known = _sites.get((frame.f_lasti << 48) + id(code))
+    if known is not None and known[0] is code and known[1] is not None:
+        return known[1]
+    return driver_site()
 
 
 def format_site(site: CallSite | None) -> str:

@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .callsite import CallSite
-from .objects import (FX_TYPE_MEMORY_PREALLOCATED, FX_TYPE_OBJECT, FX_TYPE_REQUEST_MEMORY,
+from .objects import (DESTROYED, FX_TYPE_MEMORY_PREALLOCATED, FX_TYPE_OBJECT, FX_TYPE_REQUEST_MEMORY,
                       IFX_TYPE_MEMORY, FxObject)
 from .physical_memory import PAGE_SIZE
 from .pool import PoolType
@@ -40,6 +40,9 @@ FX_CONTEXT_HEADER_SIZE = 0x28      # FxContextHeader up to its Context[] field
 MEMORY_ALLOCATION_ALIGNMENT = 16
 _NORMALISED_TO_NONPAGED = frozenset({int(PoolType.NonPagedPoolMustSucceed), int(PoolType.NonPagedPoolCacheAligned),
                                      int(PoolType.NonPagedPoolCacheAlignedMustS)})
+
+
+_new_object = object.__new__
 
 
 def align_up(value: int, alignment: int) -> int:
@@ -69,14 +72,7 @@ class PoolMemory(MemoryObject):
 
     def __init__(self, fx: Any, site: CallSite | None, buffer: int, size: int, tag: bytes,
                  pool_type: int) -> None:
-        # Every field FxObject/MemoryObject.__init__ would set, set here directly: this
-        # constructor is on the hot path of WdfMemoryCreate.
-        self.fx = fx
-        self.refcount = 1
-        self.created_at = site
-        self.buffer = buffer
-        self.size = size
-        self.tag = tag
+        MemoryObject.__init__(self, fx, site, buffer, size, tag)
         self.pool_type = pool_type
         if pool_type & 1:
             self.passive_dispose = True  # MarkPassiveCallbacks for paged buffers
@@ -98,11 +94,11 @@ def new_pool_memory(fx: Any, pool_type: int, tag: bytes, size: int, context_byte
         if pool_type in _NORMALISED_TO_NONPAGED:
             pool_type = 0  # NonPagedPool: FxMemoryBuffer normalises these [S]
         context_offset = align_up(MEMORY_BUFFER_OBJECT_SIZE + size, MEMORY_ALLOCATION_ALIGNMENT)
-        total = context_offset + FX_CONTEXT_HEADER_SIZE + align_up(context_bytes, 8)
+        total = context_offset + FX_CONTEXT_HEADER_SIZE + (align_up(context_bytes, 8) if context_bytes else 0)
         block = pool.allocate(pool_type, total, tag, site)
         if not block:
             return None
-        obj = PoolMemory(fx, site, block + MEMORY_BUFFER_OBJECT_SIZE, size, tag, pool_type)
+        obj = _pool_memory(fx, site, block + MEMORY_BUFFER_OBJECT_SIZE, size, tag, pool_type)
         obj.storage_va = block
         if context_bytes:
             obj.context_va = block + context_offset + FX_CONTEXT_HEADER_SIZE
@@ -110,11 +106,28 @@ def new_pool_memory(fx: Any, pool_type: int, tag: bytes, size: int, context_byte
     buffer = pool.allocate(pool_type, size, tag, site)
     if not buffer:
         return None
-    obj = PoolMemory(fx, site, buffer, size, tag, pool_type)
+    obj = _pool_memory(fx, site, buffer, size, tag, pool_type)
     obj.separate_buffer = True
     if context_bytes and not allocate_object_storage(fx, obj, context_bytes, site):
         pool.free(buffer)
         return None
+    return obj
+
+
+def _pool_memory(fx: Any, site: CallSite | None, buffer: int, size: int, tag: bytes, pool_type: int) -> PoolMemory:
+    """PoolMemory(...) without the class call: on Python 3.11 calling a class runs
+    ``__init__`` through the slow generic path, about as costly as this whole
+    function. Sets exactly what the constructors of PoolMemory and its bases set."""
+    obj = _new_object(PoolMemory)
+    obj.fx = fx
+    obj.refcount = 1
+    obj.created_at = site
+    obj.buffer = buffer
+    obj.size = size
+    obj.tag = tag
+    obj.pool_type = pool_type
+    if pool_type & 1:
+        obj.passive_dispose = True  # MarkPassiveCallbacks for paged buffers
     return obj
 
 
@@ -182,9 +195,7 @@ class RequestBufferMemory(MemoryObject):
 
     def retire_with_request(self, site: CallSite | None) -> None:
         """The request completed: this object is gone with it."""
-        from .objects import ObjectState
-
         self.deleted_at = site
-        self.state = ObjectState.DESTROYED
+        self.state = DESTROYED
         self.destroyed_at = site
         self.fx._handles.retire(self)

@@ -14,7 +14,7 @@ from ..driver import Driver as FxDriver
 from ..errors import ArgumentError
 from ..irql import PASSIVE_LEVEL
 from ..ntstatus import NTSTATUS
-from ..objects import FX_TYPE_DRIVER, FxObject, ObjectState
+from ..objects import DESTROYED, FX_TYPE_DRIVER, FxObject
 from ..pool import PoolAllocation, PoolType
 from ..pooltag import DDK_DEFAULT_TAG, default_driver_tag, driver_name_from_registry_path, tag_bytes
 from ..verifier import Finding
@@ -142,7 +142,7 @@ class DriverApi:
         self._irql.run_deferred()
         leaked_objects = [
             LeakedObject(obj.handle, obj.HANDLE_NAME, obj.refcount, obj.created_at, dict(obj.ref_tags or {}))
-            for obj in list(self._live.values()) if obj.state is not ObjectState.DESTROYED and obj is not driver
+            for obj in list(self._live.values()) if obj.state is not DESTROYED and obj is not driver
             and isinstance(obj, FxObject) and getattr(obj, "request", None) is None]
         self._driver_obj = None
         self._unloaded = True

@@ -5,20 +5,23 @@ from __future__ import annotations
 from typing import Any
 
 from ..attributes import WDF_OBJECT_ATTRIBUTES, context_size
-from ..callsite import _getframe, _is_internal, driver_site
+from ..callsite import caller_site, driver_site
 from ..core import OUT
 from ..errors import ArgumentError
 from ..irql import APC_LEVEL, DISPATCH_LEVEL
 from ..memory import PreallocatedMemory, new_pool_memory
 from ..ntstatus import NTSTATUS
 from ..handles import HANDLE_STRIDE
-from ..objects import FX_TYPE_MEMORY_PREALLOCATED, FX_TYPE_OBJECT, IFX_TYPE_MEMORY, ObjectState
+from ..objects import CREATED, FX_TYPE_MEMORY_PREALLOCATED, FX_TYPE_OBJECT, IFX_TYPE_MEMORY
 from ..pool import _VALID_POOL_TYPES, check_pool_type
 from ..pooltag import tag_bytes
 from ..verifier import Finding
 from .validation import check_size, validate_object_attributes
 
 _SUCCESS = NTSTATUS.STATUS_SUCCESS
+_APC_LEVEL = int(APC_LEVEL)            # plain ints: comparing an int with an IntEnum is not specialised
+_DISPATCH_LEVEL = int(DISPATCH_LEVEL)
+_POOL_TYPE_VALUES = {value: value for value in _VALID_POOL_TYPES}  # any equal key (PoolType member) -> int
 _SIZE_T_MAX = 0xFFFFFFFFFFFFFFFF
 
 
@@ -48,19 +51,22 @@ class MemoryApi:
         parent handle, NULL output, IRQL (verifier only: a status, not a bug check),
         BufferSize 0, attributes, default tag, allocation, parent being deleted."""
         driver = self._driver_obj or self._require_driver()
-        if type(PoolType) is not int or PoolType not in _VALID_POOL_TYPES:
-            PoolType = check_pool_type(PoolType)  # a plain int from here on (IntEnum hashes slowly)
+        try:
+            pool_type = _POOL_TYPE_VALUES.get(PoolType)  # a plain int from here on (IntEnum compares slowly)
+        except TypeError:
+            pool_type = None
+        if pool_type is None:
+            pool_type = check_pool_type(PoolType)
         parent = None
         if Attributes is not None and Attributes.ParentObject:
             parent = self._object(Attributes.ParentObject, FX_TYPE_OBJECT)
         if Memory is None:
             raise self._null("Memory")
-        if self._verifier_on:
-            max_level = APC_LEVEL if PoolType & 1 else DISPATCH_LEVEL
-            if self._irql.current > max_level:
-                self._irql_violation("WdfMemoryCreate", max_level, driver_site(), fatal=False,
-                                     status=NTSTATUS.STATUS_INVALID_DEVICE_REQUEST)
-                return NTSTATUS.STATUS_INVALID_DEVICE_REQUEST, None, None
+        if self._verifier_on and self._irql.current > (_APC_LEVEL if pool_type & 1 else _DISPATCH_LEVEL):
+            max_level = APC_LEVEL if pool_type & 1 else DISPATCH_LEVEL
+            self._irql_violation("WdfMemoryCreate", max_level, driver_site(), fatal=False,
+                                 status=NTSTATUS.STATUS_INVALID_DEVICE_REQUEST)
+            return NTSTATUS.STATUS_INVALID_DEVICE_REQUEST, None, None
         if type(BufferSize) is not int or BufferSize <= 0:
             if BufferSize == 0:
                 return NTSTATUS.STATUS_INVALID_PARAMETER, None, None
@@ -75,14 +81,12 @@ class MemoryApi:
             tag = PoolTag
         else:
             tag = tag_bytes(PoolTag)
-        frame = _getframe(1)  # driver_site(), inlined for the common case of a direct call
-        site = ((frame.f_code.co_filename, frame.f_lineno)
-                if _is_internal.get(frame.f_code.co_filename) is False else driver_site())
-        obj = new_pool_memory(self, PoolType, tag, BufferSize,
+        site = caller_site()
+        obj = new_pool_memory(self, pool_type, tag, BufferSize,
                               context_size(Attributes) if Attributes is not None else 0, site)
         if obj is None:
             return NTSTATUS.STATUS_INSUFFICIENT_RESOURCES, None, None
-        if Attributes is None and driver.state is ObjectState.CREATED and driver.children is not None:
+        if Attributes is None and driver.state is CREATED and driver.children is not None:
             # Commit's common case, inlined: default parent (live), no callbacks, no context.
             driver.children[obj] = None
             obj.parent = driver

@@ -5,14 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from ..attributes import WDF_OBJECT_ATTRIBUTES, WDF_OBJECT_CONTEXT_TYPE_INFO
-from ..callsite import _getframe, _is_internal, driver_site, format_site
+from ..callsite import caller_site, driver_site, format_site
 from ..core import OUT
 from ..irql import DISPATCH_LEVEL
 from ..ntstatus import NTSTATUS
-from ..objects import FX_TYPE_OBJECT, GeneralObject, ObjectState
+from ..objects import CREATED, DESTROYED, FX_TYPE_OBJECT, GeneralObject
 from ..verifier import finding_for
 from .validation import (FX_VALIDATE_OPTION_EXECUTION_LEVEL_ALLOWED,
                          FX_VALIDATE_OPTION_SYNCHRONIZATION_SCOPE_ALLOWED, validate_object_attributes)
+
+_DISPATCH_LEVEL = int(DISPATCH_LEVEL)  # a plain int: comparing an int with an IntEnum is not specialised
 
 
 class ObjectApi:
@@ -45,14 +47,12 @@ class ObjectApi:
         obj = self._live.get(Object)
         if obj is None or FX_TYPE_OBJECT not in obj.QI_TYPES:
             obj = self._bad_handle(Object, FX_TYPE_OBJECT, obj)
-        if self._verifier_on and self._irql.current > DISPATCH_LEVEL:
+        if self._verifier_on and self._irql.current > _DISPATCH_LEVEL:
             self._irql_violation("WdfObjectDelete", DISPATCH_LEVEL, driver_site(), fatal=True)
-        if obj.state is ObjectState.CREATED and not obj.NO_DELETE_DDI:
-            frame = _getframe(1)  # driver_site(), inlined for the common case of a direct call
-            obj.delete((frame.f_code.co_filename, frame.f_lineno)
-                       if _is_internal.get(frame.f_code.co_filename) is False else driver_site())
+        if obj.state is CREATED and not obj.NO_DELETE_DDI:
+            obj.delete(caller_site())
             return
-        if obj.state is ObjectState.DESTROYED:
+        if obj.state is DESTROYED:
             return  # a completed request's memory, in record mode: already reported
         site = driver_site()
         if obj.NO_DELETE_DDI:
@@ -76,7 +76,7 @@ class ObjectApi:
             raise self._null("Object")
         obj = self._object(handle, FX_TYPE_OBJECT)
         self._check_dispatch(call)
-        return None if obj.state is ObjectState.DESTROYED else obj
+        return None if obj.state is DESTROYED else obj
 
     def WdfObjectReferenceActual(self, Object: int, Tag: Any, Line: int, File: str) -> None:
         obj = self._referenced_object(Object, "WdfObjectReference")
