@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 from device_model.abi import (
     DATA_SIZE, MAX_INLINE_SEGMENTS, MAX_SEGMENTS, MAX_TRANSFER, Descriptor, DescriptorFlag,
@@ -152,3 +156,68 @@ def test_segment_alignment():
             ErrorReason.SEGMENT_ALIGNMENT, "segments[1].gpa")
     refused(v.validate(sqe(W, segments=[Segment(0x200, 0x201)])),
             ErrorReason.SEGMENT_ALIGNMENT, "segments[0].length")
+
+
+# ---- the two tiers of planning agree ----------------------------------------------
+# The fast tier (whole-list tests, for long page lists) may only say "every check
+# passes" when the exact tier, running each check in order, says so too, and its
+# plan must be the same: same runs, views of the same guest memory.
+
+@st.composite
+def segment_lists(draw) -> tuple[list[Segment], int]:
+    """(segments, length field): mostly honest page lists and mixed lists, near the
+    edges of the RAM ranges, some segments continuing the previous one; now and
+    then a hostile value (reserved bits, zero length, the hole, the top, a sum off
+    by one)."""
+    ranges = draw(st.sampled_from([[LOW], [HIGH], [LOW, HIGH]]))
+    size = draw(st.sampled_from([1, 16, 512, 4096, 5000]))
+    uniform = draw(st.booleans())
+    hostile = draw(st.integers(0, 3)) == 0
+    segments: list[Segment] = []
+    for _ in range(draw(st.integers(1, 40))):
+        n = size if uniform else draw(st.sampled_from([size, 16, 4096, 100, 8192]))
+        if segments and draw(st.integers(0, 3)) == 0:
+            gpa = (segments[-1].gpa + segments[-1].length) % (1 << 64)    # continues the last
+        else:
+            start, end = draw(st.sampled_from(ranges))
+            gpa = draw(st.integers(start, end - n))
+            if draw(st.booleans()):
+                gpa &= ~15
+        reserved = 0
+        if hostile and draw(st.integers(0, 9)) == 0:
+            gpa, n, reserved = draw(st.sampled_from([
+                (gpa, n, 1 << 16), (gpa, 0, 0), (gpa, (1 << 32) - 1, 0), (2 * GIB, n, 0),
+                (end - n + 1, n, 0), ((1 << 64) - 16, 32, 0), (max(0, start - 8), n, 0)]))
+        segments.append(Segment(gpa, n, reserved))
+    length = sum(s.length for s in segments)
+    if hostile:
+        length += draw(st.sampled_from([0, 0, -1, 1]))
+    return segments, length
+
+
+RANDOM_MEMORY = holey_memory()      # read only by the property below
+RANDOM_MEMORY.write(LOW[0], os.urandom(LOW[1] - LOW[0]))
+RANDOM_MEMORY.write(HIGH[0], os.urandom(HIGH[1] - HIGH[0]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(segment_lists(), st.sampled_from([((1 << 64) - 1, 1), ((1 << 32) - 1, 1),
+                                         ((1 << 64) - 1, 16), (HIGH[0] + 0xFFFF, 1)]))
+def test_fast_tier_plans_exactly_what_the_exact_tier_allows(case, limits):
+    segments, length = case
+    dma_mask, align = limits
+    memory = RANDOM_MEMORY
+    ram = RamWindows(memory)
+    v = DescriptorValidator(ram, dma_mask=dma_mask, segment_align=align)
+    table = b"".join(pack_segment(s) for s in segments)
+    args = (R, 42, 0, length, len(segments), table)
+    exact = v._plan_exact(*args, "segments[{}]")
+    fast = v._plan_fast(*args)
+    event(f"fast tier {'plans' if fast else 'defers'}; exact tier {type(exact).__name__}")
+    if fast is not None:
+        assert isinstance(exact, TransferPlan), exact
+        assert [(g, n) for g, n, _v in fast.runs] == [(g, n) for g, n, _v in exact.runs]
+        for gpa, n, view in fast.runs:
+            assert len(view) == n and bytes(view) == memory.read(gpa, n)
+        assert (fast.length, fast.nseg, fast.opcode) == (exact.length, exact.nseg, exact.opcode)
+    ram.release()
