@@ -136,7 +136,8 @@ class EngineRig:
         self.data[:] = b"\xa5" * len(self.data)
         self.windows = RamWindows(self.ram)
         self.validator = DescriptorValidator(self.windows)
-        self.engine = DmaEngine(self.bar2_view[DATA_OFFSET:])
+        # As EchoDevice builds it: with the memfd, so the vectored paths are measured.
+        self.engine = DmaEngine(self.bar2_view[DATA_OFFSET:], fd=self.shm_fd, fd_offset=DATA_OFFSET)
 
     def descriptor(self, opcode: Opcode, segments: list[Segment]) -> bytes:
         length = sum(s.length for s in segments)
@@ -168,6 +169,7 @@ class EngineRig:
         self.windows.release()
         self.data.release()
         self.engine.data.release()
+        self.engine.close()
         self.bar2_view.release()
         self.bar2.close()
         os.close(self.shm_fd)

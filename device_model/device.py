@@ -170,6 +170,7 @@ class EchoDevice:
             self.memory = DeviceMemory(bar2_view)
             self._resources.callback(self.memory.close)
             self.engine = DmaEngine(self.memory.data, fd=shm_fd, fd_offset=DATA_OFFSET)
+            self._resources.callback(self.engine.close)
             self.memory.initialize(
                 features=features_for(dma_mask_enforced=dma_mask != FULL_DMA_MASK,
                                       faults=self.fault_plan.active),

@@ -2,14 +2,25 @@
 
 It executes only :class:`TransferPlan` objects, whose guest views validation
 already bounded, so the engine itself can never reach outside guest RAM or the
-device's data region. Each run is one memoryview slice assignment (one
-memcpy); scattering device memory into many guest runs is one ``preadv`` on
-the device memory's file instead, where the kernel walks the list.
+device's data region. A single run is one memoryview slice assignment (one
+memcpy). Many runs cost one Python-level step each, so the engine picks the
+cheapest step per direction (measured with bench/dma.py, docs/device-model.md):
+
+- device memory -> many guest runs (READ): one ``preadv`` on the device
+  memory's file; the kernel walks the list of guest views.
+- many guest runs -> device memory (WRITE): ``mmap.write`` of each guest view,
+  driven from C (``deque(map(...))``), into a mapping of just the data region;
+  it beats both ``pwritev`` (the kernel's per-page cost on a memfd) and a
+  Python loop of slice assignments.
+
+Without the file (unit tests over a bytearray) both directions loop over slices.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
+from collections import deque
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -43,38 +54,41 @@ class DmaEngine:
     """Moves data for WRITE (guest -> device) and READ (device -> guest).
 
     ``data`` is the device's data memory; ``fd``/``fd_offset``, when given,
-    are the file behind it (the BAR2 memfd) and where ``data`` starts in it,
-    used for scatter/gather in one system call.
+    are the file behind it (the BAR2 memfd) and where ``data`` starts in it:
+    the engine then maps that range once more for itself (a file position of
+    its own, bounded to the data region) and reads the file with ``preadv``.
+    :meth:`close` unmaps it.
     """
 
     def __init__(self, data: memoryview, fd: int | None = None, fd_offset: int = 0) -> None:
         self.data = data
         self.fd = fd
         self.fd_offset = fd_offset
+        self._mapping: mmap.mmap | None = None
+        if fd is not None:
+            self._mapping = mmap.mmap(fd, len(data), mmap.MAP_SHARED,
+                                      mmap.PROT_READ | mmap.PROT_WRITE, offset=fd_offset)
+
+    def close(self) -> None:
+        if self._mapping is not None:
+            self._mapping.close()
+            self._mapping = None
 
     def execute(self, plan: TransferPlan, *, limit: int | None = None,
                 flip_bit: int | None = None, checksum: bool = False) -> TransferResult:
         """Copy the plan's runs; ``limit`` stops after that many bytes (short
         transfer), ``flip_bit`` inverts that bit of the bytes moved (corruption),
         ``checksum`` computes the CRC-32 of the bytes as they landed."""
-        gpas, lengths, views = plan.gpas, plan.lengths, plan.views
+        gpas, lengths, views, moved = plan.gpas, plan.lengths, plan.views, plan.length
         if limit is not None:
             gpas, lengths, views = truncate_runs(gpas, lengths, views, limit)
-        moved = sum(lengths)
+            moved = sum(lengths)
         start = plan.device_offset
         write = plan.opcode is _WRITE
-        if not write and self.fd is not None and len(views) >= SCATTER_MIN_RUNS:
-            self._scatter(views, start, moved)
-        elif write:
-            data, d = self.data, start
-            for view, n in zip(views, lengths):
-                data[d:d + n] = view
-                d += n
+        if write:
+            self._gather(views, lengths, start)
         else:
-            data, d = self.data, start
-            for view, n in zip(views, lengths):
-                view[:] = data[d:d + n]
-                d += n
+            self._scatter(views, lengths, start, moved)
         flipped = None
         if flip_bit is not None and moved:
             flipped = flip_bit % (moved * 8)
@@ -84,20 +98,47 @@ class DmaEngine:
             crc = crc32_of([self.data[start:start + moved]] if write else views)
         return TransferResult(moved, gpas, lengths, crc, TO_DEVICE if write else TO_GUEST, flipped)
 
-    def _scatter(self, views: list[memoryview], start: int, moved: int) -> None:
-        """Device memory -> many guest runs with preadv (measured faster than a loop of
-        slice copies into scattered pages; for the gather direction the loop wins)."""
+    def _gather(self, views: list[memoryview], lengths: Sequence[int], start: int) -> None:
+        """Guest runs -> device memory at ``start``."""
+        if len(views) == 1:
+            self.data[start:start + lengths[0]] = views[0]
+        elif self._mapping is not None:
+            self._mapping.seek(start)
+            deque(map(self._mapping.write, views), 0)   # each write advances the position
+        else:
+            data, d = self.data, start
+            for view, n in zip(views, lengths):
+                data[d:d + n] = view
+                d += n
+
+    def _scatter(self, views: list[memoryview], lengths: Sequence[int], start: int,
+                 moved: int) -> None:
+        """Device memory at ``start`` -> guest runs."""
+        if len(views) == 1:
+            views[0][:] = self.data[start:start + moved]
+        elif self.fd is not None and len(views) >= SCATTER_MIN_RUNS:
+            self._preadv(views, start, moved)
+        else:
+            data, d = self.data, start
+            for view, n in zip(views, lengths):
+                view[:] = data[d:d + n]
+                d += n
+
+    def _preadv(self, views: list[memoryview], start: int, moved: int) -> None:
+        """``moved`` bytes of the file from ``start`` into ``views``, IOV_MAX views per
+        call; a short read (not expected from a memfd, but allowed by preadv) resumes
+        where it stopped."""
         assert self.fd is not None
-        offset = self.fd_offset + start
-        done = 0
-        for i in range(0, len(views), IOV_MAX):
-            chunk = views[i:i + IOV_MAX]
-            n = os.preadv(self.fd, chunk, offset + done)
-            want = sum(map(len, chunk))
-            if n != want:       # the data region lies inside the file: cannot happen
-                raise OSError(f"short preadv from device memory: {n} of {want} bytes")
-            done += n
-        assert done == moved
+        offset, left = self.fd_offset + start, moved
+        while True:
+            n = os.preadv(self.fd, views if len(views) <= IOV_MAX else views[:IOV_MAX], offset)
+            left -= n
+            if not left:
+                return
+            if n <= 0:
+                raise OSError(f"preadv from device memory stopped {left} bytes short")
+            offset += n
+            views = skip_bytes(views, n)
 
     def _flip(self, write: bool, start: int, views: list[memoryview], bit: int) -> None:
         byte, mask = bit >> 3, 1 << (bit & 7)
@@ -131,3 +172,12 @@ def truncate_runs(gpas: Sequence[int], lengths: Sequence[int], views: list[memor
         out_v.append(view[:take])
         limit -= take
     return out_g, out_n, out_v
+
+
+def skip_bytes(views: list[memoryview], count: int) -> list[memoryview]:
+    """What is left of ``views`` after their first ``count`` bytes (fewer than all)."""
+    i = 0
+    while count >= len(views[i]):
+        count -= len(views[i])
+        i += 1
+    return [views[i][count:], *views[i + 1:]]

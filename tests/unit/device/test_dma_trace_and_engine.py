@@ -6,6 +6,8 @@ import mmap
 import os
 import zlib
 
+import pytest
+
 from device_model.abi import BAR2_SIZE, DATA_OFFSET, DATA_SIZE, Descriptor, DescriptorFlag, Opcode, Segment, pack_segment
 from device_model.descriptors import DescriptorValidator, RamWindows, TransferPlan
 from device_model.dma_engine import DmaEngine
@@ -14,6 +16,8 @@ from device_model.ivshmem_server import create_shared_memory
 from device_model.trace import TO_DEVICE, TO_GUEST, read_trace
 
 from device_helpers import HIGH, holey_memory
+
+TABLE_GPA = 0x80000
 
 
 def plan_for(validator, opcode, segments, device_offset=0) -> TransferPlan:
@@ -98,32 +102,85 @@ def test_trace_records_every_transfer(device, driver, memory, tmp_path):
     assert events[:2] == ["guest_ram_attached", "peer_connected"]
 
 
-def test_vectored_path_matches_the_slice_path():
-    """Many runs go through pwritev/preadv on the BAR2 memfd; same bytes as slice copies."""
-    memory = holey_memory()
-    validator = DescriptorValidator(RamWindows(memory))
+def indirect_plan(memory, validator, opcode, segments, device_offset=0) -> TransferPlan:
+    """A plan for ``segments`` listed in an indirect table in guest RAM."""
+    memory.write(TABLE_GPA, b"".join(pack_segment(s) for s in segments))
+    d = Descriptor(opcode, DescriptorFlag.INDIRECT, len(segments), 1, device_offset,
+                   sum(s.length for s in segments), TABLE_GPA)
+    plan = validator.validate(d.pack())
+    assert isinstance(plan, TransferPlan), plan
+    return plan
+
+
+@pytest.fixture
+def memfd_engine():
+    """An engine over a real BAR2 memfd, built as EchoDevice builds it: (engine, data)."""
     fd = create_shared_memory("test-bar2", BAR2_SIZE)
     bar2 = mmap.mmap(fd, BAR2_SIZE)
+    data = memoryview(bar2)[DATA_OFFSET:]
+    engine = DmaEngine(data, fd=fd, fd_offset=DATA_OFFSET)
     try:
-        data = memoryview(bar2)[DATA_OFFSET:]
-        vectored = DmaEngine(data, fd=fd, fd_offset=DATA_OFFSET)
-        segments = [Segment(0x1000 + i * 0x3000, 0x800 + i) for i in range(7)]
-        segments += [Segment(HIGH[0] + 0x10 + i * 0x2000, 0x100) for i in range(6)]
-        for s in segments:
-            memory.write(s.gpa, os.urandom(s.length))
-        expected = b"".join(memory.read(s.gpa, s.length) for s in segments)
-        w = vectored.execute(plan_for(validator, Opcode.WRITE, segments, device_offset=5),
-                             checksum=True)
-        assert w.transferred == len(expected) and w.crc32 == zlib.crc32(expected)
-        assert bytes(data[5:5 + len(expected)]) == expected
-        targets = [Segment(HIGH[1] - (i + 1) * 0x4000, s.length) for i, s in enumerate(segments)]
-        r = vectored.execute(plan_for(validator, Opcode.READ, targets, device_offset=5),
-                             limit=len(expected) - 300, flip_bit=0)
-        got = b"".join(memory.read(t.gpa, t.length) for t in targets)
-        assert r.transferred == len(expected) - 300
-        assert got[:r.transferred] == bytes([expected[0] ^ 1]) + expected[1:r.transferred]
-        assert got[r.transferred:] == bytes(300)
+        yield engine, data
     finally:
+        engine.close()
         data.release()
         bar2.close()
         os.close(fd)
+
+
+def scattered_segments(count: int) -> list[Segment]:
+    """``count`` segments of assorted lengths, none continuing another, in both RAM ranges."""
+    low = [Segment(0x1000 + i * 0x40, 0x10 + i % 7) for i in range(count // 2)]
+    high = [Segment(HIGH[0] + 0x10 + i * 0x30, 0x18) for i in range(count - count // 2)]
+    return low + high
+
+
+@pytest.mark.parametrize("count", [13, 1500])      # 1500 > IOV_MAX: batches of preadv
+def test_vectored_path_matches_the_slice_path(memfd_engine, count):
+    """Many runs go through mmap writes / preadv on the BAR2 memfd; same bytes as
+    slice copies, also with a short transfer and a flipped bit."""
+    vectored, data = memfd_engine
+    memory = holey_memory()
+    validator = DescriptorValidator(RamWindows(memory))
+    segments = scattered_segments(count)
+    for s in segments:
+        memory.write(s.gpa, os.urandom(s.length))
+    expected = b"".join(memory.read(s.gpa, s.length) for s in segments)
+    w = vectored.execute(indirect_plan(memory, validator, Opcode.WRITE, segments, device_offset=5),
+                         checksum=True)
+    assert w.transferred == len(expected) and w.crc32 == zlib.crc32(expected)
+    assert bytes(data[5:5 + len(expected)]) == expected and data[4] == 0
+    assert data[5 + len(expected)] == 0
+    targets = [Segment(HIGH[1] - (i + 1) * 0x40, s.length) for i, s in enumerate(segments)]
+    r = vectored.execute(indirect_plan(memory, validator, Opcode.READ, targets, device_offset=5),
+                         limit=len(expected) * 2 // 3, flip_bit=0)
+    got = b"".join(memory.read(t.gpa, t.length) for t in targets)
+    assert r.transferred == len(expected) * 2 // 3
+    assert got[:r.transferred] == bytes([expected[0] ^ 1]) + expected[1:r.transferred]
+    assert got[r.transferred:] == bytes(len(expected) - r.transferred)
+
+
+def test_a_short_preadv_resumes_where_it_stopped(memfd_engine, monkeypatch):
+    """preadv may read less than asked; the engine carries on from that byte."""
+    engine, data = memfd_engine
+    memory = holey_memory()
+    validator = DescriptorValidator(RamWindows(memory))
+    payload = os.urandom(4000)
+    data[:4000] = payload
+    real_preadv, calls = os.preadv, []
+
+    def at_most_333_bytes(fd, views, offset):
+        calls.append(offset)
+        left, part = 333, []
+        for view in views:
+            if left == 0:
+                break
+            part.append(view[:left])
+            left -= len(part[-1])
+        return real_preadv(fd, part, offset)
+
+    monkeypatch.setattr(os, "preadv", at_most_333_bytes)
+    targets = [Segment(0x2000 + i * 0x100, 0x80) for i in range(31)] + [Segment(0x8000, 32)]
+    engine.execute(indirect_plan(memory, validator, Opcode.READ, targets))
+    assert b"".join(memory.read(t.gpa, t.length) for t in targets) == payload
+    assert len(calls) == 13 and calls[1] - calls[0] == 333
