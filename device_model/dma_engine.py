@@ -85,7 +85,12 @@ class DmaEngine:
             moved = sum(lengths)
         start = plan.device_offset
         write = plan.opcode is _WRITE
-        if write:
+        if len(views) == 1:                         # one run: one memcpy
+            if write:
+                self.data[start:start + moved] = views[0]
+            else:
+                views[0][:] = self.data[start:start + moved]
+        elif write:
             self._gather(views, lengths, start)
         else:
             self._scatter(views, lengths, start, moved)
@@ -100,9 +105,7 @@ class DmaEngine:
 
     def _gather(self, views: list[memoryview], lengths: Sequence[int], start: int) -> None:
         """Guest runs -> device memory at ``start``."""
-        if len(views) == 1:
-            self.data[start:start + lengths[0]] = views[0]
-        elif self._mapping is not None:
+        if self._mapping is not None:
             self._mapping.seek(start)
             deque(map(self._mapping.write, views), 0)   # each write advances the position
         else:
@@ -114,9 +117,7 @@ class DmaEngine:
     def _scatter(self, views: list[memoryview], lengths: Sequence[int], start: int,
                  moved: int) -> None:
         """Device memory at ``start`` -> guest runs."""
-        if len(views) == 1:
-            views[0][:] = self.data[start:start + moved]
-        elif self.fd is not None and len(views) >= SCATTER_MIN_RUNS:
+        if self.fd is not None and len(views) >= SCATTER_MIN_RUNS:
             self._preadv(views, start, moved)
         else:
             data, d = self.data, start

@@ -221,3 +221,41 @@ def test_fast_tier_plans_exactly_what_the_exact_tier_allows(case, limits):
             assert len(view) == n and bytes(view) == memory.read(gpa, n)
         assert (fast.length, fast.nseg, fast.opcode) == (exact.length, exact.nseg, exact.opcode)
     ram.release()
+
+
+@st.composite
+def one_segment_descriptors(draw) -> bytes:
+    """Descriptors with one inline segment, each field now and then hostile."""
+    def pick(honest, *hostile):
+        return max(0, draw(st.sampled_from([honest] * 8 * len(hostile) + list(hostile))))
+
+    start, end = draw(st.sampled_from([LOW, HIGH]))
+    n = draw(st.sampled_from([1, 16, 512, 4096, MIB]))
+    gpa = pick(draw(st.integers(start, end - min(n, end - start))),
+               start - 1, end - n + 1, 2 * GIB, (1 << 64) - 16)
+    n = pick(n, 0, (1 << 32) - 1, n + 1)
+    segment = Segment(gpa, n, pick(0, 1))
+    return sqe(pick(W, R, NOP, 9), length=pick(n, 0, n - 1, MAX_TRANSFER + 1),
+               segments=[segment], flags=pick(0, IND, 4), nseg=pick(1, 0, 2),
+               device_offset=pick(draw(st.integers(0, 64)), DATA_SIZE - n, DATA_SIZE - n + 1),
+               indirect_gpa=pick(0, 0x1000), reserved=pick(0, 1))
+
+
+@settings(max_examples=400, deadline=None)
+@given(one_segment_descriptors(), st.sampled_from([((1 << 64) - 1, 1), ((1 << 32) - 1, 1),
+                                                   ((1 << 64) - 1, 512)]))
+def test_one_inline_segment_shortcut_decides_as_the_checks_in_order(raw, limits):
+    dma_mask, align = limits
+    ram = RamWindows(RANDOM_MEMORY)
+    v = DescriptorValidator(ram, dma_mask=dma_mask, segment_align=align)
+    quick, in_order = v.validate(raw), v.validate_in_order(raw)
+    event(type(in_order).__name__)
+    if isinstance(in_order, Refusal):
+        assert quick == in_order
+    else:
+        assert isinstance(quick, TransferPlan)
+        assert [(g, n, bytes(w)) for g, n, w in quick.runs] == [
+            (g, n, bytes(w)) for g, n, w in in_order.runs]
+        assert (quick.opcode, quick.request_id, quick.device_offset, quick.length) == (
+            in_order.opcode, in_order.request_id, in_order.device_offset, in_order.length)
+    ram.release()
