@@ -9,10 +9,12 @@ milliseconds, so it is never used.
 A frame's ``f_lineno`` is not free either: CPython 3.11 finds it by
 scanning the code object's line table from the start, so its cost grows
 with the size of the driver's function. The line of a given instruction
-of a given code object never changes, so each (code object, instruction
-offset) is resolved once and remembered, with the code object itself (an
-identity check, and it keeps the object alive so that its id cannot be
-reused). The memory is bounded and simply starts over when full.
+of a given code object never changes, so it is remembered by instruction
+offset (a small int: no arithmetic, one probe), together with the code
+object it belongs to; a hit needs that very object (an identity check; the
+entry keeps the object alive, so its id cannot be reused). Another code
+object calling from the same offset just replaces the entry. The memory is
+bounded and simply starts over when full.
 """
 
 from __future__ import annotations
@@ -41,19 +43,20 @@ def _classify(filename: str) -> bool:
 
 _SITE_MEMORY_LIMIT = 8192
 _sites: dict[int, tuple[CodeType, CallSite | None]] = {}
-"""(instruction offset << 48) + id(code) -> (code, its driver site, or None for framework code)."""
+"""instruction offset -> (the code object last seen there, its driver site or None for framework code)."""
 
 
-def _resolve(frame: FrameType, key: int) -> CallSite | None:
+def _resolve(frame: FrameType) -> CallSite | None:
+    """The site of ``frame`` (None for framework code), remembered for its offset."""
     code = frame.f_code
     filename = code.co_filename
     internal = _is_internal.get(filename)
     if internal is None:
         internal = _classify(filename)
+    site = None if internal else (filename, frame.f_lineno)
     if len(_sites) >= _SITE_MEMORY_LIMIT:
         _sites.clear()
-    site = None if internal else (filename, frame.f_lineno)
-    _sites[key] = (code, site)
+    _sites[frame.f_lasti] = (code, site)
     return site
 
 
@@ -62,10 +65,8 @@ def driver_site() -> CallSite:
     frame = _getframe(1)
     sites = _sites
     while frame is not None:
-        code = frame.f_code
-        key = (frame.f_lasti << 48) + id(code)
-        known = sites.get(key)
-        site = known[1] if known is not None and known[0] is code else _resolve(frame, key)
+        known = sites.get(frame.f_lasti)
+        site = known[1] if known is not None and known[0] is frame.f_code else _resolve(frame)
         if site is not None:
             return site
         frame = frame.f_back
@@ -79,9 +80,8 @@ def caller_site() -> CallSite:
         frame = _getframe(2)
     except ValueError:  # called from the bottom of a thread's stack, by C code
         return driver_site()
-    code = frame.f_code
-    known = _sites.get((frame.f_lasti << 48) + id(code))
-    if known is not None and known[0] is code and known[1] is not None:
+    known = _sites.get(frame.f_lasti)
+    if known is not None and known[0] is frame.f_code and known[1] is not None:
         return known[1]
     return driver_site()
 

@@ -1,8 +1,8 @@
 """Call sites stay the driver's own file:line while they are remembered per instruction.
 
-callsite.py resolves each (code object, instruction offset) once; these tests
-pin down that a remembered site is never handed to another line, another code
-object, or a call that came through framework code.
+callsite.py remembers the site of an instruction offset with its code object;
+these tests pin down that a remembered site is never handed to another line,
+another code object, or a call that came through framework code.
 """
 
 from __future__ import annotations
@@ -47,17 +47,17 @@ def test_calls_on_different_lines_of_one_function_each_get_their_own_line(fx):
 
 
 def test_same_offset_in_another_code_object_of_the_same_file_gets_that_objects_line(fx):
-    """Two drivers compiled from one file name, identical but for their first line:
-    the same instruction offset must not share a remembered site."""
+    """Two drivers compiled from one file name, identical but for their first line,
+    called in turn: the same instruction offset must never share a remembered site."""
     body = "def make(fx):\n    return fx.WdfMemoryCreate(None, 0, b'Same', 16)[1]\n"
-    handles = []
+    makers = []
     for padding in (0, 7):
         namespace: dict = {}
         exec(compile("\n" * padding + body, "/drivers/same_name.py", "exec"), namespace)
-        handles.append((namespace["make"](fx), padding + 2))
-        handles.append((namespace["make"](fx), padding + 2))  # the remembered path
-    for handle, line in handles:
-        assert fx._live[handle].created_at == ("/drivers/same_name.py", line)
+        makers.append((namespace["make"], padding + 2))
+    for _ in range(3):
+        for make, line in makers:
+            assert fx._live[make(fx)].created_at == ("/drivers/same_name.py", line)
 
 
 def test_a_call_made_through_framework_code_names_the_drivers_line(fx):
