@@ -65,17 +65,15 @@ class MemoryObject(FxObject):
 
 
 class PoolMemory(MemoryObject):
-    """WdfMemoryCreate: a buffer the framework allocated (and frees on destroy)."""
+    """WdfMemoryCreate: a buffer the framework allocated (and frees on destroy).
+
+    Made by :func:`new_pool_memory` only, which sets the fields itself (see there)."""
 
     DESCRIPTION = "memory from WdfMemoryCreate"
     separate_buffer = False  # the buffer is its own allocation (else inside storage_va)
 
-    def __init__(self, fx: Any, site: CallSite | None, buffer: int, size: int, tag: bytes,
-                 pool_type: int) -> None:
-        MemoryObject.__init__(self, fx, site, buffer, size, tag)
-        self.pool_type = pool_type
-        if pool_type & 1:
-            self.passive_dispose = True  # MarkPassiveCallbacks for paged buffers
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("PoolMemory is made by new_pool_memory()")
 
     def free_storage(self) -> None:
         pool = self.fx._pool
@@ -87,37 +85,28 @@ class PoolMemory(MemoryObject):
 
 def new_pool_memory(fx: Any, pool_type: int, tag: bytes, size: int, context_bytes: int,
                     site: CallSite | None) -> PoolMemory | None:
-    """The object and buffer of WdfMemoryCreate, or None if the pool is out of memory."""
+    """The object and buffer of WdfMemoryCreate, or None if the pool is out of memory.
+
+    The object is made with ``object.__new__`` and its fields set here, everything
+    FxObject and MemoryObject would set: calling a class on Python 3.11 runs
+    ``__init__`` through a slow generic path, and this is WdfMemoryCreate's hot path."""
     pool = fx._pool
     # FxMemoryObject::_Create: below PAGE_SIZE, nonpaged, verifier off -> one allocation.
     if size < PAGE_SIZE and not fx._verifier_on and not pool_type & 1:
         if pool_type in _NORMALISED_TO_NONPAGED:
             pool_type = 0  # NonPagedPool: FxMemoryBuffer normalises these [S]
-        context_offset = align_up(MEMORY_BUFFER_OBJECT_SIZE + size, MEMORY_ALLOCATION_ALIGNMENT)
+        # align_up(header + size, MEMORY_ALLOCATION_ALIGNMENT), written out (a call costs more)
+        context_offset = (MEMORY_BUFFER_OBJECT_SIZE + size + MEMORY_ALLOCATION_ALIGNMENT - 1) & -MEMORY_ALLOCATION_ALIGNMENT
         total = context_offset + FX_CONTEXT_HEADER_SIZE + (align_up(context_bytes, 8) if context_bytes else 0)
-        block = pool.allocate(pool_type, total, tag, site)
-        if not block:
+        storage = pool.allocate(pool_type, total, tag, site)
+        if not storage:
             return None
-        obj = _pool_memory(fx, site, block + MEMORY_BUFFER_OBJECT_SIZE, size, tag, pool_type)
-        obj.storage_va = block
-        if context_bytes:
-            obj.context_va = block + context_offset + FX_CONTEXT_HEADER_SIZE
-        return obj
-    buffer = pool.allocate(pool_type, size, tag, site)
-    if not buffer:
-        return None
-    obj = _pool_memory(fx, site, buffer, size, tag, pool_type)
-    obj.separate_buffer = True
-    if context_bytes and not allocate_object_storage(fx, obj, context_bytes, site):
-        pool.free(buffer)
-        return None
-    return obj
-
-
-def _pool_memory(fx: Any, site: CallSite | None, buffer: int, size: int, tag: bytes, pool_type: int) -> PoolMemory:
-    """PoolMemory(...) without the class call: on Python 3.11 calling a class runs
-    ``__init__`` through the slow generic path, about as costly as this whole
-    function. Sets exactly what the constructors of PoolMemory and its bases set."""
+        buffer = storage + MEMORY_BUFFER_OBJECT_SIZE
+    else:
+        storage = 0
+        buffer = pool.allocate(pool_type, size, tag, site)
+        if not buffer:
+            return None
     obj = _new_object(PoolMemory)
     obj.fx = fx
     obj.refcount = 1
@@ -128,6 +117,15 @@ def _pool_memory(fx: Any, site: CallSite | None, buffer: int, size: int, tag: by
     obj.pool_type = pool_type
     if pool_type & 1:
         obj.passive_dispose = True  # MarkPassiveCallbacks for paged buffers
+    if storage:
+        obj.storage_va = storage
+        if context_bytes:
+            obj.context_va = storage + context_offset + FX_CONTEXT_HEADER_SIZE
+    else:
+        obj.separate_buffer = True
+        if context_bytes and not allocate_object_storage(fx, obj, context_bytes, site):
+            pool.free(buffer)
+            return None
     return obj
 
 
