@@ -290,7 +290,7 @@ class PoolAllocation:
 
 # A live allocation is kept as a plain tuple (cheap on the hot path):
 # (size, tag, pool_type, site, serial, block, units, free list or None for whole pages,
-#  the tag's [allocs, frees, bytes] counters)
+#  the frees-per-tag table of its poolmon Type)
 
 
 @dataclass
@@ -359,16 +359,17 @@ class Pool:
         self.kva_base = kva_base
         self.pages = PageAllocator(ram)
         self._heaps: dict[tuple[str, int], SmallBlockHeap] = {}
-        self.live: dict[int, tuple] = {}  # va -> (size, tag, pool_type, site, serial, block, units, free list, counts)
+        self.live: dict[int, tuple] = {}  # va -> (size, tag, pool_type, site, serial, block, units, free list, frees)
         self._heap_by_type: dict[int, SmallBlockHeap] = {}
-        # (pool_type << 12) | size -> (free list, units, heap, per-tag counts table) of a
-        # request a pool page serves: the placement arithmetic, done once per size.
-        self._size_classes: dict[int, tuple[dict[int, None], int, SmallBlockHeap, dict[bytes, list[int]]]] = {}
+        # (pool_type << 12) | size -> (free list, units, heap, frees table) of a request
+        # a pool page serves: the placement arithmetic, done once per size.
+        self._size_classes: dict[int, tuple[dict[int, None] | None, int, SmallBlockHeap | None, dict[bytes, int]]] = {}
         self._freed: dict[int, tuple[bytes, CallSite | None]] = {}
         self._frees_since_trim = 0
-        # tag -> [allocs, frees, outstanding bytes], one table per poolmon Type
-        self._nonpaged_counts: dict[bytes, list[int]] = {}
-        self._paged_counts: dict[bytes, list[int]] = {}
+        # tag -> frees, one table per poolmon Type. Only frees are counted as they happen:
+        # allocations and bytes still out are read off ``live`` when poolmon is asked.
+        self._nonpaged_frees: dict[bytes, int] = {}
+        self._paged_frees: dict[bytes, int] = {}
         self._small_offset = POOL_HEADER_SIZE + kva_base
         self.serial = 0
         self.failed = 0
@@ -393,15 +394,15 @@ class Pool:
 
     def _size_class(self, pool_type: int, size: int) -> tuple:
         """Where a ``size``-byte request (0 < size <= SMALL_BLOCK_LIMIT) of ``pool_type`` goes:
-        (free list, units, heap, counts table); free list and heap are None when the
+        (free list, units, heap, frees table); free list and heap are None when the
         request is too large for the pool's blocks (the cache-aligned pools) and takes pages."""
         heap = self._heap(pool_type)
-        counts = self._paged_counts if pool_type & 1 else self._nonpaged_counts
+        frees = self._paged_frees if pool_type & 1 else self._nonpaged_frees
         if size > heap.max_size:
-            size_class = (None, (size + PAGE_SIZE - 1) >> PAGE_SHIFT, None, counts)
+            size_class = (None, (size + PAGE_SIZE - 1) >> PAGE_SHIFT, None, frees)
         else:
             units = heap.units_for(size)
-            size_class = (heap.free_list(units), units, heap, counts)
+            size_class = (heap.free_list(units), units, heap, frees)
         self._size_classes[(pool_type << 12) | size] = size_class
         return size_class
 
@@ -412,12 +413,12 @@ class Pool:
             self.failed += 1
             return 0
         if 0 < size <= SMALL_BLOCK_LIMIT:  # (pool_type << 12) | size is then unique per pair
-            bucket, units, heap, table = (self._size_classes.get((pool_type << 12) | size)
+            bucket, units, heap, frees = (self._size_classes.get((pool_type << 12) | size)
                                           or self._size_class(pool_type, size))
         else:
             bucket = heap = None
             units = (size + PAGE_SIZE - 1) >> PAGE_SHIFT or 1
-            table = self._paged_counts if pool_type & 1 else self._nonpaged_counts
+            frees = self._paged_frees if pool_type & 1 else self._nonpaged_frees
         if bucket:
             block = bucket.popitem()[0]
             va = block + self._small_offset
@@ -437,22 +438,12 @@ class Pool:
                     self.failed += 1
                     return 0
             va = block + self.kva_base
-        counts = table.get(tag)
-        if counts is None:
-            counts = self._new_counts(tag, pool_type)
-        self.live[va] = (size, tag, pool_type, site, serial, block, units, bucket, counts)
-        counts[0] += 1
-        counts[2] += size
+        self.live[va] = (size, tag, pool_type, site, serial, block, units, bucket, frees)
         if self.on_allocate:
             rec = PoolAllocation(va, size, tag, pool_type, site, serial)
             for hook in self.on_allocate:
                 hook(rec)
         return va
-
-    def _new_counts(self, tag: bytes, pool_type: int) -> list[int]:
-        counts = [0, 0, 0]
-        (self._paged_counts if pool_type & 1 else self._nonpaged_counts)[tag] = counts
-        return counts
 
     def free(self, va: int, tag: bytes | None = None, site: CallSite | None = None) -> int:
         """Return an allocation, giving back its size; ``tag`` (ExFreePoolWithTag) must match.
@@ -470,14 +461,13 @@ class Pool:
                                f" first freed at {format_site(freed[1])}, again at {format_site(site)}")
             raise BugCheck(BAD_POOL_CALLER, (0x42, va, 0, 0),
                            f"attempt to free 0x{va:x}, which is not a pool allocation (at {format_site(site)})")
-        size, rtag, pool_type, rsite, serial, block, units, bucket, counts = rec
+        size, rtag, pool_type, rsite, serial, block, units, bucket, frees = rec
         if tag is not None and tag != rtag:
             self.live[va] = rec
             raise BugCheck(BAD_POOL_CALLER, (0x0A, va, tag_value(rtag), tag_value(tag)),
                            f"ExFreePoolWithTag of 0x{va:x} with tag {format_tag(tag)}, but it was"
                            f" allocated with tag {format_tag(rtag)} at {format_site(rsite)}")
-        counts[1] += 1
-        counts[2] -= size
+        frees[rtag] = frees.get(rtag, 0) + 1
         if self.on_free:
             info = PoolAllocation(va, size, rtag, pool_type, rsite, serial)
             for hook in self.on_free:
@@ -537,22 +527,38 @@ class Pool:
 
     # -- accounting -------------------------------------------------------------------------
 
+    def _counts(self, tag: bytes | None = None) -> dict[tuple[bytes, str], list[int]]:
+        """(tag, poolmon Type) -> [allocs, frees, bytes still allocated], for one tag or all.
+
+        Frees are counted as they happen; every allocation not freed is in ``live``,
+        so allocs = frees + live allocations and bytes = their sizes."""
+        rows: dict[tuple[bytes, str], list[int]] = {}
+        for kind, frees in (("Nonp", self._nonpaged_frees), ("Paged", self._paged_frees)):
+            for t, count in frees.items():
+                if tag is None or t == tag:
+                    rows[(t, kind)] = [count, count, 0]
+        for rec in self.live.values():
+            if tag is None or rec[1] == tag:
+                key = (rec[1], "Paged" if rec[2] & 1 else "Nonp")
+                row = rows.get(key)
+                if row is None:
+                    row = rows[key] = [0, 0, 0]
+                row[0] += 1
+                row[2] += rec[0]
+        return rows
+
     def poolmon(self) -> list[TagStats]:
         """Per-tag rows (poolmon), most outstanding bytes first."""
-        rows = [TagStats(tag, kind, c[0], c[1], c[2])
-                for kind, table in (("Nonp", self._nonpaged_counts), ("Paged", self._paged_counts))
-                for tag, c in table.items()]
+        rows = [TagStats(tag, kind, c[0], c[1], c[2]) for (tag, kind), c in self._counts().items()]
         return sorted(rows, key=lambda s: (-s.bytes, s.tag, s.kind))
 
     def tag_stats(self, tag: bytes) -> TagStats:
         """Paged and nonpaged counts of one tag added together."""
         total = TagStats(tag, "All")
-        for table in (self._nonpaged_counts, self._paged_counts):
-            c = table.get(tag)
-            if c is not None:
-                total.allocs += c[0]
-                total.frees += c[1]
-                total.bytes += c[2]
+        for c in self._counts(tag).values():
+            total.allocs += c[0]
+            total.frees += c[1]
+            total.bytes += c[2]
         return total
 
     def format_poolmon(self) -> str:
@@ -560,8 +566,7 @@ class Pool:
         return "\n".join([head] + [str(s) for s in self.poolmon()])
 
     def bytes_in_use(self, tag: bytes | None = None) -> int:
-        return sum(c[2] for table in (self._nonpaged_counts, self._paged_counts)
-                   for t, c in table.items() if tag is None or t == tag)
+        return sum(rec[0] for rec in self.live.values() if tag is None or rec[1] == tag)
 
     def allocation(self, va: int) -> PoolAllocation | None:
         """The live allocation starting at ``va``."""
