@@ -15,6 +15,14 @@ passes; it cannot name a culprit, so whatever it cannot prove goes to the
 exact tier, which runs the checks one by one in the written order and names
 the first failure. Where both accept, they make the same plan
 (tests/unit/device/test_descriptor_validation.py checks this as a property).
+
+Before both, a long list of whole, page-aligned 4 KiB segments (what an MDL's
+PFN array becomes: the commonest scatter/gather list) is a *page plan*: numpy
+checks the list in a few whole-array operations and turns it into row numbers
+of a ``(pages, 4096)`` array over each RAM window, so the engine copies it
+with one ``numpy.take`` (gather) or one fancy assignment (scatter), a C loop
+with no Python step per page. It too only proves; anything it cannot prove
+goes on to the tiers above (test_page_plans.py holds it to the exact tier).
 """
 
 from __future__ import annotations
@@ -27,12 +35,14 @@ from dataclasses import dataclass
 from itertools import repeat
 from typing import Sequence
 
+import numpy as np
+
 from device_model.abi import (
     DATA_SIZE, MAX_INLINE_SEGMENTS, MAX_SEGMENTS, MAX_TRANSFER, SEGMENT_FORMAT, SEGMENT_SIZE,
     SQE_FORMAT,
     SQE_HEAD_SIZE, DescriptorFlag, ErrorReason, Opcode,
 )
-from framework_emu.physical_memory import PhysicalMemory
+from framework_emu.physical_memory import PAGE_SIZE, PhysicalMemory
 
 _SQE_HEAD = struct.Struct(SQE_FORMAT)
 _SQE_AND_FIRST_SEGMENT = struct.Struct(SQE_FORMAT + SEGMENT_FORMAT.lstrip("<"))
@@ -40,12 +50,23 @@ _INDIRECT = int(DescriptorFlag.INDIRECT)
 _KNOWN_FLAGS = _INDIRECT
 _OPCODES = {int(op): op for op in Opcode}
 _NOP = Opcode.NOP
+_WRITE = Opcode.WRITE
 FULL_DMA_MASK = (1 << 64) - 1
 _ADDRESS_LIMIT = 1 << 64
 _U32 = 0xFFFFFFFF
 _SEGMENT = struct.Struct(SEGMENT_FORMAT)
 # The fast tier reads a segment table as native u64 pairs: (gpa, length | reserved << 32).
 _NATIVE_LITTLE_ENDIAN = sys.byteorder == "little"
+# A segment table as (gpa, length | reserved << 32) pairs. Masked with _PAGE_CHECK, a
+# whole aligned page reads (0, PAGE_SIZE): a page list is a prefix of _PAGE_LIST_IMAGE.
+_SEGMENT_WORDS = np.dtype("<u8")
+_PAGE_SHIFT = PAGE_SIZE.bit_length() - 1
+_PAGE_CHECK = np.array([PAGE_SIZE - 1, (1 << 64) - 1] * MAX_SEGMENTS, _SEGMENT_WORDS)
+_PAGE_LIST_IMAGE = np.array([0, PAGE_SIZE] * MAX_SEGMENTS, _SEGMENT_WORDS).tobytes()
+_MIN, _MAX = np.minimum.reduce, np.maximum.reduce
+# Below this many segments the per-call cost of numpy (~10 us) exceeds the per-segment
+# Python steps it saves (bench/dma.py --page-lists measures the crossover).
+PAGE_PLAN_MIN_SEGMENTS = 16
 
 
 @dataclass(frozen=True)
@@ -63,12 +84,27 @@ class Refusal:
 
 
 @dataclass(slots=True)
+class PageRows:
+    """Whole pages of one RAM window in a page plan: ``pages[rows[i]]`` is segment
+    ``positions[i]`` of the list (``positions`` None: segment i, all in this window)."""
+
+    pages: np.ndarray
+    rows: np.ndarray
+    positions: np.ndarray | None = None
+
+
+@dataclass(slots=True)
 class TransferPlan:
     """A validated transfer: where in device memory, and the guest runs to copy.
 
     The runs are coalesced: ``views[i]`` is the guest RAM of ``lengths[i]``
     bytes at guest-physical ``gpas[i]``, a zero-copy view that validation
     bounded to one RAM range.
+
+    A page plan (``page_rows`` not None) has no views: ``gpas``/``lengths`` are
+    per page, in list order, not coalesced, and the engine copies the rows.
+    The device asks for page plans only when no fault can hit the transfer and
+    no trace wants its CRC (``DescriptorValidator(page_plans=...)``).
     """
 
     opcode: Opcode
@@ -79,11 +115,19 @@ class TransferPlan:
     lengths: Sequence[int]
     views: list[memoryview]
     nseg: int
+    page_rows: list[PageRows] | None = None
 
     @property
     def runs(self) -> list[tuple[int, int, memoryview]]:
-        """(gpa, length, view) per coalesced run."""
-        return list(zip(self.gpas, self.lengths, self.views))
+        """(gpa, length, view) per coalesced run; per page, in list order, for a page plan."""
+        if self.page_rows is None:
+            return list(zip(self.gpas, self.lengths, self.views))
+        views: list[memoryview] = [memoryview(b"")] * self.nseg
+        for part in self.page_rows:
+            positions = range(self.nseg) if part.positions is None else part.positions.tolist()
+            for i, row in zip(positions, part.rows.tolist()):
+                views[i] = memoryview(part.pages[row])
+        return list(zip(list(map(int, self.gpas)), self.lengths, views))
 
 
 class RamWindows:
@@ -98,6 +142,17 @@ class RamWindows:
         self.memory = memory
         self.windows: list[tuple[int, int, memoryview]] = [
             (start, end, memory.view(start, end - start)) for start, end in memory.ram_ranges()]
+        # The whole pages of each window as rows of a 2-D array, for page plans:
+        # (first page number, end page number, array). Each array holds a slice of
+        # its window (not the window itself), so release() can always let go of
+        # the windows; the memory unmaps once no plan holds an array either.
+        self.page_windows: list[tuple[int, int, np.ndarray]] = []
+        for start, end, view in self.windows:
+            first, stop = -(-start // PAGE_SIZE), end // PAGE_SIZE
+            if stop > first:
+                skip = first * PAGE_SIZE - start
+                rows = np.frombuffer(view[skip:skip + (stop - first) * PAGE_SIZE], np.uint8)
+                self.page_windows.append((first, stop, rows.reshape(stop - first, PAGE_SIZE)))
 
     def find(self, gpa: int, end: int) -> int:
         """Index of the window holding ``[gpa, end)`` wholly, or -1."""
@@ -107,6 +162,7 @@ class RamWindows:
         return -1
 
     def release(self) -> None:
+        self.page_windows = []
         for _start, _end, view in self.windows:
             view.release()
         self.windows = []
@@ -116,12 +172,18 @@ class DescriptorValidator:
     """Checks descriptors against guest RAM, the DMA mask and the ABI limits."""
 
     def __init__(self, ram: RamWindows, *, dma_mask: int = FULL_DMA_MASK,
-                 segment_align: int = 1) -> None:
+                 segment_align: int = 1, page_plans: bool = True) -> None:
+        """``page_plans``: plan long 4 KiB page lists as rows (:class:`PageRows`);
+        off where the engine needs views (fault injection, a trace's CRC)."""
         if segment_align < 1 or segment_align & (segment_align - 1):
             raise ValueError(f"segment_align must be a power of two >= 1, got {segment_align}")
         self.ram = ram
         self.dma_mask = dma_mask
         self.segment_align = segment_align
+        self.page_plans = page_plans
+        # A page passes the DMA mask check iff its page number is at most this
+        # (gpa + PAGE_SIZE - 1 <= dma_mask); -1: no page can.
+        self._top_page = (dma_mask - (PAGE_SIZE - 1)) >> _PAGE_SHIFT if dma_mask >= PAGE_SIZE - 1 else -1
 
     def validate(self, raw: bytes) -> TransferPlan | Refusal:
         """Validate one private copy of an SQE (SQE_SIZE bytes)."""
@@ -202,6 +264,10 @@ class DescriptorValidator:
                                "must be 0 without the INDIRECT flag")
             table = raw[SQE_HEAD_SIZE:SQE_HEAD_SIZE + nseg * SEGMENT_SIZE]
             where = "segments[{}]"
+        if nseg >= PAGE_PLAN_MIN_SEGMENTS and self.page_plans:
+            plan = self._plan_pages(op, request_id, device_offset, length, nseg, table)
+            if plan is not None:
+                return plan
         plan = self._plan_fast(op, request_id, device_offset, length, nseg, table)
         if plan is not None:
             return plan
@@ -262,6 +328,51 @@ class DescriptorValidator:
         else:
             views = [view[o:o + n] for o, n in zip(offsets, lens)]
         return TransferPlan(op, request_id, device_offset, length, gpas, lens, views, nseg)
+
+    def _plan_pages(self, op: Opcode, request_id: int, device_offset: int, length: int,
+                    nseg: int, table: bytes) -> TransferPlan | None:
+        """A page plan if whole-array tests prove that every segment is a whole,
+        page-aligned 4 KiB page that passes every check, else None.
+
+        Each page passes each check of the exact tier: reserved 0, length 4096
+        and a page-aligned gpa (one comparison of the masked table; alignment
+        to a page satisfies any segment_align up to a page and cannot wrap),
+        page number at most the DMA mask's last whole page, and a page of one
+        window (page numbers in [first, stop) of a window's whole pages).
+
+        A READ that names a guest page twice: the fancy assignment writes rows
+        in index order, so the last wins as in the other tiers' list-order
+        copy. numpy's documentation does not promise that order for repeated
+        indices; test_page_plans.py pins it, so a numpy that changes it fails
+        there instead of in a guest."""
+        if nseg << _PAGE_SHIFT != length or self.segment_align > PAGE_SIZE:
+            return None
+        words = np.frombuffer(table, _SEGMENT_WORDS)           # the private copy: no TOCTOU
+        # One comparison for all of them: gpa & 4095 == 0, length | reserved << 32 == 4096.
+        if (words & _PAGE_CHECK[:2 * nseg]).tobytes() != _PAGE_LIST_IMAGE[:nseg * SEGMENT_SIZE]:
+            return None
+        gpas = words[0::2]
+        page = (gpas >> _PAGE_SHIFT).view(np.int64)          # < 2**52: exact as a row number
+        lo, hi = int(_MIN(page)), int(_MAX(page))
+        if hi > self._top_page:
+            return None
+        page_rows: list[PageRows] = []
+        for first, stop, pages in self.ram.page_windows:
+            if first <= lo and hi < stop:                     # the usual case: one window
+                page_rows.append(PageRows(pages, page - first if first else page))
+                break
+        else:
+            placed = 0
+            for first, stop, pages in self.ram.page_windows:
+                inside = (page >= first) & (page < stop)
+                positions = np.flatnonzero(inside)
+                if len(positions):
+                    page_rows.append(PageRows(pages, page[positions] - first, positions))
+                    placed += len(positions)
+            if placed != nseg:                                # a page outside every window
+                return None
+        return TransferPlan(op, request_id, device_offset, length, gpas,
+                            [PAGE_SIZE] * nseg, [], nseg, page_rows)
 
     def _one_run(self, op: Opcode, request_id: int, device_offset: int, gpa: int,
                  n: int) -> TransferPlan | None:

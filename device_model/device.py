@@ -258,8 +258,10 @@ class EchoDevice:
         with self._lock:
             self._release_ram()
             self._ram = windows
-            self._validator = DescriptorValidator(windows, dma_mask=self.dma_mask,
-                                                  segment_align=self.segment_align)
+            # Page plans have no views, which fault injection and the trace's CRC need.
+            self._validator = DescriptorValidator(
+                windows, dma_mask=self.dma_mask, segment_align=self.segment_align,
+                page_plans=self.trace is None and not self.fault_plan.active)
             self._ram_generation += 1
             if self.memory.header.get("status") == DeviceStatus.NO_GUEST_RAM:
                 self.memory.header.set("status", DeviceStatus.READY)
