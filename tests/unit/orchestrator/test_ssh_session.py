@@ -151,6 +151,14 @@ def test_commands_start_in_home_and_have_no_stdin(session):
     assert session.run("cat").stdout == ""  # stdin is /dev/null, not the command stream
 
 
+def test_the_command_stream_is_out_of_reach(session):
+    # the shell reads commands through its own descriptor; stdin is /dev/null and the
+    # fd 3 it was opened from is closed, so a command cannot swallow the next ones
+    out = session.run("read line; echo read=$?; cat <&3; echo cat=$?", timeout=30).stdout
+    assert out.splitlines()[:1] == ["read=1"] and out.splitlines()[1:] != ["cat=0"]
+    assert session.run("echo next").stdout == "next\n"
+
+
 def test_quoting_and_multiline_commands_pass_unchanged(session):
     command = "x='it'\"'\"'s'; echo \"$x\" 'a  b' $((6*7))\nif true; then echo two; fi"
     assert session.run(command).stdout == "it's a  b 42\ntwo\n"
