@@ -9,6 +9,9 @@ the same machine, so the ratios mean something on a loaded CI host:
   Target: restore at least 4 times faster.
 - one command (``true``) on the VM's long-lived shell channel against one on a
   fresh SSH exec channel, interleaved, medians. Target: at least 20 times faster.
+  Printed beside them: the SSH round-trip floor, a line echoed by ``cat`` on a
+  channel of its own over the same connection (no shell, one packet each way),
+  which no command over SSH can beat, and its ratio to the exec channel.
 
 Run: ``python3 bench/boot.py`` (``--check`` exits 1 when a target is missed;
 ``--config`` picks the guest, ``--cold``/``--restores`` the repetitions).
@@ -21,6 +24,8 @@ import logging
 import statistics
 import sys
 import time
+
+import paramiko
 
 from guest_images import DEFAULT_RECIPE, build_image
 from orchestrator.guest_config import DEFAULT_GUEST, load_guest_config
@@ -38,18 +43,56 @@ def time_to_first_command(make_vm) -> float:
         return time.perf_counter() - began
 
 
-def command_times(machine: VM, shell_count: int, exec_count: int) -> tuple[list[float], list[float]]:
+def command_times(machine: VM, shell_count: int,
+                  exec_count: int) -> tuple[list[float], list[float], list[float]]:
     """Seconds per ``true`` on the long-lived shell and on fresh exec channels,
-    interleaved so that both see the same load on a shared machine."""
+    and per bare SSH echo, interleaved so that all see the same load on a
+    shared machine."""
     machine.run_checked("true")  # warm: the first use opens the shell channel
+    echo = EchoChannel(machine.ssh.transport)
+    echo.round_trip()
     shell: list[float] = []
     exec_channel: list[float] = []
+    floor: list[float] = []
     every = max(1, shell_count // max(1, exec_count))
-    for number in range(shell_count):
-        shell.append(timed(machine.run))
-        if number % every == 0 and len(exec_channel) < exec_count:
-            exec_channel.append(timed(machine.run_exec))
-    return shell, exec_channel
+    try:
+        for number in range(shell_count):
+            shell.append(timed(machine.run))
+            floor.append(echo.timed_round_trip())
+            if number % every == 0 and len(exec_channel) < exec_count:
+                exec_channel.append(timed(machine.run_exec))
+    finally:
+        echo.close()
+    return shell, exec_channel, floor
+
+
+class EchoChannel:
+    """``cat`` on an exec channel of its own: one line out, the same line back.
+    The least any command over this SSH connection can cost."""
+
+    LINE = b"wdfhil-echo\n"
+
+    def __init__(self, transport: paramiko.Transport) -> None:
+        self.channel = transport.open_session()
+        self.channel.settimeout(60.0)
+        self.channel.exec_command("exec cat")
+
+    def round_trip(self) -> None:
+        self.channel.sendall(self.LINE)
+        back = b""
+        while not back.endswith(self.LINE):
+            chunk = self.channel.recv(4096)
+            if not chunk:
+                raise RuntimeError(f"the guest's cat channel ended early: {back!r}")
+            back += chunk
+
+    def timed_round_trip(self) -> float:
+        began = time.perf_counter()
+        self.round_trip()
+        return time.perf_counter() - began
+
+    def close(self) -> None:
+        self.channel.close()
 
 
 def timed(run) -> float:
@@ -80,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     cold = [time_to_first_command(lambda: VM(config, image)) for _ in range(args.cold)]
     with VM(config, image) as machine:
         accelerator = machine.accelerator
-        shell_times, exec_times = command_times(machine, args.shell_commands,
-                                                args.exec_commands)
+        shell_times, exec_times, floor_times = command_times(machine, args.shell_commands,
+                                                             args.exec_commands)
         save_began = time.perf_counter()
         snapshot = machine.save()
         save_seconds = time.perf_counter() - save_began
@@ -92,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cold_s, restore_s = statistics.median(cold), statistics.median(restored)
     shell, exec_channel = statistics.median(shell_times), statistics.median(exec_times)
+    floor = statistics.median(floor_times)
     restore_ratio, channel_ratio = cold_s / restore_s, exec_channel / shell
     print(f"accelerator: {accelerator}")
     print(f"cold start to first SSH command:    {cold_s:7.3f} s  (median of {len(cold)}: "
@@ -108,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
           f"interleaved with the shell commands)")
     print(f"  the long-lived channel is {channel_ratio:.1f}x faster "
           f"(target >= {CHANNEL_TARGET:g}x: {'met' if channel_ratio >= CHANNEL_TARGET else 'MISSED'})")
+    print(f"SSH round-trip floor (cat echo):    {floor * 1000:7.2f} ms  (median of {len(floor_times)}; "
+          f"an exec channel costs {exec_channel / floor:.1f}x this, the shell command "
+          f"{(shell - floor) * 1000:.2f} ms more)")
     missed = restore_ratio < RESTORE_TARGET or channel_ratio < CHANNEL_TARGET
     return 1 if args.check and missed else 0
 

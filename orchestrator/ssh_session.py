@@ -153,6 +153,12 @@ class SshSession:
     def active(self) -> bool:
         return self._transport.is_active()
 
+    @property
+    def transport(self) -> paramiko.Transport:
+        """The authenticated connection, for a channel of one's own (bench/boot.py
+        measures the bare SSH round trip on it)."""
+        return self._transport
+
     # -- commands on the long-lived shell -----------------------------------
     def _open_shell(self) -> tuple[paramiko.Channel, str]:
         """The shell channel, and what to send before the first command of a new one."""
