@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .callsite import CallSite
-from .objects import (DESTROYED, FX_TYPE_MEMORY_PREALLOCATED, FX_TYPE_OBJECT, FX_TYPE_REQUEST_MEMORY,
+from .objects import (CREATED, DESTROYED, FX_TYPE_MEMORY_PREALLOCATED, FX_TYPE_OBJECT, FX_TYPE_REQUEST_MEMORY,
                       IFX_TYPE_MEMORY, FxObject)
 from .physical_memory import PAGE_SIZE
 from .pool import PoolType
@@ -111,14 +111,19 @@ def new_pool_memory(fx: Any, pool_type: int, tag: bytes, size: int, context_byte
     obj.fx = fx
     obj.refcount = 1
     obj.created_at = site
+    obj.state = CREATED
+    obj.children = None          # these three as instance values (the class defaults' values):
+    obj.cleanup_callback = None  # delete() reads them on every call, and instance values
+    obj.destroy_callback = None  # are what Python 3.11 specialises
     obj.buffer = buffer
     obj.size = size
     obj.tag = tag
     obj.pool_type = pool_type
     if pool_type & 1:
         obj.passive_dispose = True  # MarkPassiveCallbacks for paged buffers
+    obj.storage_va = storage  # both set every time: free_storage then reads instance values
     if storage:
-        obj.storage_va = storage
+        obj.separate_buffer = False
         if context_bytes:
             obj.context_va = storage + context_offset + FX_CONTEXT_HEADER_SIZE
     else:

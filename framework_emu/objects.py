@@ -82,7 +82,8 @@ class FxObject:
     passive_dispose = False   # dispose/destroy must run at PASSIVE_LEVEL
 
     handle = 0
-    state = CREATED
+    state: ObjectState  # set by __init__ (no class default: an enum member there keeps every
+    #                     obj.state from being specialised on Python 3.11, as its type is mutable)
     parent: "FxObject | None" = None
     children: "dict[FxObject, None] | None" = None
     cleanup_callback: Callable[[int], Any] | None = None
@@ -97,10 +98,16 @@ class FxObject:
     ref_tags: dict[Any, list] | None = None                  # tag -> [count, last site]
     tag = b""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if FX_TYPE_OBJECT not in cls.QI_TYPES:  # WdfObjectDelete relies on it (no per-call check)
+            raise TypeError(f"{cls.__name__}.QI_TYPES must contain FX_TYPE_OBJECT: every object is a WDFOBJECT")
+
     def __init__(self, fx: Any, site: CallSite | None) -> None:
         self.fx = fx
         self.refcount = 1
         self.created_at = site
+        self.state = CREATED
 
     # -- description --------------------------------------------------------------
 

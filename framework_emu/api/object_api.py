@@ -9,7 +9,7 @@ from ..callsite import caller_site, driver_site, format_site
 from ..core import OUT
 from ..irql import DISPATCH_LEVEL
 from ..ntstatus import NTSTATUS
-from ..objects import CREATED, DESTROYED, FX_TYPE_OBJECT, GeneralObject
+from ..objects import DESTROYED, FX_TYPE_OBJECT, GeneralObject
 from ..verifier import finding_for
 from .validation import (FX_VALIDATE_OPTION_EXECUTION_LEVEL_ALLOWED,
                          FX_VALIDATE_OPTION_SYNCHRONIZATION_SCOPE_ALLOWED, validate_object_attributes)
@@ -45,12 +45,11 @@ class ObjectApi:
         """Children are cleaned up first; objects that may not be deleted log
         STATUS_CANNOT_DELETE and the call is ignored."""
         obj = self._live.get(Object)
-        if obj is None or FX_TYPE_OBJECT not in obj.QI_TYPES:
+        if obj is None:  # a live object always answers to FX_TYPE_OBJECT (FxObject.__init_subclass__)
             obj = self._bad_handle(Object, FX_TYPE_OBJECT, obj)
         if self._verifier_on and self._irql.current > _DISPATCH_LEVEL:
             self._irql_violation("WdfObjectDelete", DISPATCH_LEVEL, driver_site(), fatal=True)
-        if obj.state is CREATED and not obj.NO_DELETE_DDI:
-            obj.delete(caller_site())
+        if not obj.NO_DELETE_DDI and obj.delete(caller_site()):  # False unless it was CREATED
             return
         if obj.state is DESTROYED:
             return  # a completed request's memory, in record mode: already reported

@@ -91,3 +91,13 @@ def test_caller_site_from_the_bottom_of_a_stack_walks_instead_of_failing():
     _thread.start_new_thread(entry_point, ())
     assert done.wait(60)
     assert result == [(__file__, _line_of("# bottom-of-stack"))]
+
+
+def test_every_object_class_answers_to_wdfobject():
+    """WdfObjectDelete takes any live handle as a WDFOBJECT without asking the object:
+    the class statement itself refuses a kind that would not answer to FX_TYPE_OBJECT."""
+    from framework_emu.objects import FX_TYPE_USEROBJECT, FxObject
+
+    with pytest.raises(TypeError, match="FX_TYPE_OBJECT"):
+        class NotAWdfObject(FxObject):
+            QI_TYPES = frozenset({FX_TYPE_USEROBJECT})
