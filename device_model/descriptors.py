@@ -101,8 +101,9 @@ class TransferPlan:
     bytes at guest-physical ``gpas[i]``, a zero-copy view that validation
     bounded to one RAM range.
 
-    A page plan (``page_rows`` not None) has no views: ``gpas``/``lengths`` are
-    per page, in list order, not coalesced, and the engine copies the rows.
+    A page plan (``page_rows`` not None) has no views: ``gpas`` (a uint64
+    array) and ``lengths`` are per page, in list order, not coalesced, and the
+    engine copies the rows (``runs`` makes views of them, for tests).
     The device asks for page plans only when no fault can hit the transfer and
     no trace wants its CRC (``DescriptorValidator(page_plans=...)``).
     """
