@@ -9,11 +9,7 @@ from framework_emu.memory import MEMORY_BUFFER_OBJECT_SIZE
 S = NTSTATUS
 
 
-def attrs(**fields):
-    a = WDF_OBJECT_ATTRIBUTES()
-    for k, v in fields.items():
-        setattr(a, k, v)
-    return a
+attrs = WDF_OBJECT_ATTRIBUTES    # fields by keyword, as WDF_OBJECT_ATTRIBUTES_INIT then assignments
 
 
 # -- order of checks [S] ---------------------------------------------------------------

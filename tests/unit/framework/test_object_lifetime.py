@@ -10,11 +10,7 @@ from framework_emu.objects import ObjectState
 S = NTSTATUS
 
 
-def attrs(**fields):
-    a = WDF_OBJECT_ATTRIBUTES()
-    for k, v in fields.items():
-        setattr(a, k, v)
-    return a
+attrs = WDF_OBJECT_ATTRIBUTES    # fields by keyword, as WDF_OBJECT_ATTRIBUTES_INIT then assignments
 
 
 def tracked(fx, log, name, parent=None, **more):
