@@ -13,17 +13,7 @@ from device_model.hotplug import (
 )
 from wdfhil.errors import DeviceProtocolError
 
-from device_paused_qemu import PausedQemu, qemu_available, started_device
-
-pytestmark = [pytest.mark.e2e,
-              pytest.mark.skipif(not qemu_available(), reason="qemu-system-x86_64 not installed")]
-
-
-@pytest.fixture
-def device(tmp_path):
-    with started_device(tmp_path) as dev:
-        yield dev
-
+from device_paused_qemu import PausedQemu
 
 # Native PCIe hot-plug on the root port: an unpowered slot releases a device at
 # once, so unplug completes without a guest OS (ACPI hot-plug would wait for one).

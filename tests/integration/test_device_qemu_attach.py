@@ -15,17 +15,7 @@ from device_model.abi import (
 from device_model.guest_ram import GuestRam, read_ram_layout
 from device_model.hotplug import find_pci_function
 
-from device_paused_qemu import PausedQemu, qemu_available, started_device
-
-pytestmark = [pytest.mark.e2e,
-              pytest.mark.skipif(not qemu_available(), reason="qemu-system-x86_64 not installed")]
-
-
-@pytest.fixture
-def device(tmp_path):
-    with started_device(tmp_path) as dev:
-        yield dev
-
+from device_paused_qemu import PausedQemu
 
 MIB, GIB = 1 << 20, 1 << 30
 
