@@ -39,7 +39,7 @@ from device_model.abi import (
 from device_model.descriptors import DescriptorValidator, RamWindows, TransferPlan
 from device_model.device import EchoDevice
 from device_model.dma_engine import DmaEngine
-from device_model.guest_ram import GuestRam, RamLayout
+from wdfhil.guest_ram import GuestRam, RamLayout
 from device_model.host_driver import HostDriver
 from device_model.ivshmem_client import IvshmemClient
 from device_model.ivshmem_server import create_shared_memory

@@ -42,7 +42,7 @@ from device_model.abi import (
     SQE_FORMAT,
     SQE_HEAD_SIZE, DescriptorFlag, ErrorReason, Opcode,
 )
-from framework_emu.physical_memory import PAGE_SIZE, PhysicalMemory
+from wdfhil.physical_memory import PAGE_SIZE, PhysicalMemory
 
 _SQE_HEAD = struct.Struct(SQE_FORMAT)
 _SQE_AND_FIRST_SEGMENT = struct.Struct(SQE_FORMAT + SEGMENT_FORMAT.lstrip("<"))

@@ -8,7 +8,7 @@ doorbell the moment it arrives, and never sleeps or polls, because the
 doorbell-to-interrupt round trip is a figure users care about.
 
 Lifecycle: construct and :meth:`start` before QEMU (QEMU needs the server
-listening), pass :meth:`qemu_args` to QEMU or :meth:`hotplug` later, and
+listening), let the VM layer attach :attr:`socket_path` (``orchestrator.hotplug``), and
 :meth:`attach_guest_ram` once the VM runs (guest RAM exists only then);
 doorbells before that are refused with status NO_GUEST_RAM. :meth:`close`
 (or the context manager) stops the thread and releases every fd, mapping and
@@ -43,15 +43,11 @@ from device_model.descriptors import (
 from device_model.device_memory import DeviceMemory, features_for
 from device_model.dma_engine import DmaEngine
 from device_model.faults import STALE_DMA_POISON, FaultKind, FaultPlan
-from device_model.guest_ram import QmpSession
-from device_model.hotplug import (
-    AUTO, CHARDEV_ID, DEVICE_ID, PciFunction, hotplug_device, ivshmem_device_args, unplug_device,
-)
 from device_model.ivshmem_server import (
     DEVICE_PEER_ID, IvshmemServer, create_shared_memory, drain_eventfd, new_eventfd,
 )
 from device_model.trace import DmaTrace
-from framework_emu.physical_memory import PhysicalMemory
+from wdfhil.physical_memory import PhysicalMemory
 from wdfhil.errors import ConfigError, DeviceProtocolError
 from wdfhil.private_dirs import make_private_dir, remove_tree
 
@@ -234,24 +230,7 @@ class EchoDevice:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # ---- attaching to a VM ---------------------------------------------------------
-    def qemu_args(self, *, chardev_id: str = CHARDEV_ID, device_id: str = DEVICE_ID,
-                  bus: str | None = None) -> list[str]:
-        """``-chardev``/``-device`` arguments that attach this device at boot."""
-        return ivshmem_device_args(self.socket_path, chardev_id=chardev_id,
-                                   device_id=device_id, bus=bus)
-
-    def hotplug(self, qmp: QmpSession, *, device_id: str = DEVICE_ID,
-                chardev_id: str = CHARDEV_ID, bus: str | None = AUTO) -> PciFunction | None:
-        """Hot-plug this device into a running VM (see hotplug.hotplug_device)."""
-        return hotplug_device(qmp, self.socket_path, device_id=device_id,
-                              chardev_id=chardev_id, bus=bus)
-
-    def unplug(self, qmp: QmpSession, *, device_id: str = DEVICE_ID,
-               chardev_id: str = CHARDEV_ID, timeout: float = 30.0) -> None:
-        """Hot-unplug it again; the server sees the peer leave."""
-        unplug_device(qmp, device_id=device_id, chardev_id=chardev_id, timeout=timeout)
-
+    # ---- guest RAM --------------------------------------------------------------------
     def attach_guest_ram(self, memory: PhysicalMemory) -> None:
         """Give the device the guest RAM to DMA into (GuestRam of the running VM)."""
         windows = RamWindows(memory)

@@ -33,7 +33,7 @@ import numpy as np
 
 from device_model.abi import Opcode
 from device_model.descriptors import PageRows, TransferPlan
-from framework_emu.physical_memory import PAGE_SIZE
+from wdfhil.physical_memory import PAGE_SIZE
 from device_model.trace import TO_DEVICE, TO_GUEST, crc32_of
 
 IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024

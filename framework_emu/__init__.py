@@ -28,7 +28,7 @@ from .mdl import (ADDRESS_AND_SIZE_TO_SPAN_PAGES, BYTE_OFFSET, MDL_ALLOCATED_FIX
 from .ntstatus import HRESULT, NT_SUCCESS, NTSTATUS, SUCCEEDED
 from .objects import (FX_TYPE_LOOKASIDE, FX_TYPE_MEMORY_PREALLOCATED, FX_TYPE_OBJECT, FX_TYPE_REQUEST,
                       FX_TYPE_REQUEST_MEMORY, IFX_TYPE_MEMORY)
-from .physical_memory import PAGE_SHIFT, PAGE_SIZE, InProcessMemory, PhysicalMemory, PhysicalMemoryError
+from wdfhil.physical_memory import PAGE_SHIFT, PAGE_SIZE, InProcessMemory, PhysicalMemory, PhysicalMemoryError
 from .pool import PoolType
 from .request import (CTL_CODE, FILE_ANY_ACCESS, FILE_READ_ACCESS, FILE_WRITE_ACCESS, IRP_MJ_DEVICE_CONTROL,
                       IRP_MJ_INTERNAL_DEVICE_CONTROL, IRP_MJ_READ, IRP_MJ_WRITE, KPROCESSOR_MODE, METHOD_BUFFERED,

@@ -23,7 +23,7 @@ from .irql import DISPATCH_LEVEL, ProcessorIrql, irql_name
 from .memory import RequestBufferMemory, allocate_object_storage
 from .ntstatus import NTSTATUS
 from .objects import TYPE_NAMES, FxObject
-from .physical_memory import PhysicalMemory, PhysicalMemoryError
+from wdfhil.physical_memory import PhysicalMemory, PhysicalMemoryError
 from .pool import Pool
 from .pooltag import FX_TAG
 from .verifier import Finding, Verifier, finding_for

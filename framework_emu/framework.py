@@ -15,7 +15,7 @@ from .core import KVA_DIRECT_MAP_BASE, FrameworkCore
 from .driver import WDF_DRIVER_CONFIG
 from .errors import FrameworkStateError
 from .ntstatus import status_name
-from .physical_memory import PhysicalMemory
+from wdfhil.physical_memory import PhysicalMemory
 from .pool import FailureInjection
 from .umdf1 import IWDFDriver
 

@@ -22,7 +22,7 @@ from .callsite import CallSite
 from .memory import (FX_CONTEXT_HEADER_SIZE, MEMORY_ALLOCATION_ALIGNMENT, MEMORY_BUFFER_OBJECT_SIZE,
                      MemoryObject, align_up, allocate_object_storage)
 from .objects import FX_TYPE_LOOKASIDE, FX_TYPE_OBJECT, FxObject
-from .physical_memory import PAGE_SIZE
+from wdfhil.physical_memory import PAGE_SIZE
 from .pool import is_paged_pool
 
 LOOKASIDE_DEPTH = 256

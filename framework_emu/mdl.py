@@ -13,7 +13,7 @@ import struct
 from typing import Any
 
 from .callsite import CallSite
-from .physical_memory import PAGE_SHIFT, PAGE_SIZE
+from wdfhil.physical_memory import PAGE_SHIFT, PAGE_SIZE
 
 MDL_MAPPED_TO_SYSTEM_VA = 0x0001
 MDL_PAGES_LOCKED = 0x0002

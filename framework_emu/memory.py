@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from .callsite import CallSite
 from .objects import (CREATED, DESTROYED, FX_TYPE_MEMORY_PREALLOCATED, FX_TYPE_OBJECT, FX_TYPE_REQUEST_MEMORY,
                       IFX_TYPE_MEMORY, FxObject)
-from .physical_memory import PAGE_SIZE
+from wdfhil.physical_memory import PAGE_SIZE
 from .pool import PoolType
 
 if TYPE_CHECKING:

@@ -37,7 +37,7 @@ from typing import Callable, Iterable
 from .bugcheck import BAD_POOL_CALLER, BugCheck
 from .callsite import CallSite, format_site
 from .errors import ArgumentError
-from .physical_memory import PAGE_SHIFT, PAGE_SIZE, PhysicalMemory
+from wdfhil.physical_memory import PAGE_SHIFT, PAGE_SIZE, PhysicalMemory
 from .pooltag import format_tag, tag_value
 
 POOL_HEADER_SIZE = 16

@@ -180,7 +180,7 @@ def run_default_job(image, *, guest: str = DEFAULT_GUEST, out: TextIO) -> list[C
     with DmaSession(guest, image, fault_plan=plan) as session:
         print(f"booted {guest} ({session.vm.accelerator}) with the echo device in "
               f"{time.monotonic() - started:.1f} s; pool window "
-              f"{session.vm.pool_window[0]:#x}+{session.vm.pool_window[1]:#x}", file=out, flush=True)
+              f"{session.vm.config.pool.base:#x}+{session.vm.config.pool.size:#x}", file=out, flush=True)
         results += _run_checks(session, out)
     return results
 
@@ -191,7 +191,7 @@ def _run_checks(session: DmaSession, out: TextIO) -> list[CheckResult]:
     The framework lives only inside this call, so no view of guest RAM
     outlives it when the session unmaps guest RAM."""
     fx = Framework(session.ram, service_name="WDFEcho", verifier_mode="record",
-                   pool_window=session.vm.pool_window)
+                   pool_window=session.vm.config.pool.window)
     results: list[CheckResult] = []
     for name, check in CHECKS:
         begin = time.monotonic()

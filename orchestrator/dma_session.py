@@ -6,7 +6,7 @@ order that works and stopped in the reverse one:
 1. the :class:`~device_model.device.EchoDevice` (its ivshmem server must
    listen before QEMU starts);
 2. the :class:`~orchestrator.vm.VM` with the device's QEMU arguments;
-3. :class:`~device_model.guest_ram.GuestRam` mapped from the VM's RAM file
+3. :class:`~wdfhil.guest_ram.GuestRam` mapped from the VM's RAM file
    (layout read from QEMU) and attached to the device;
 4. ``wdfhil_pci.ko`` loaded in the guest, ``/dev/wdfhil0`` present.
 
@@ -33,12 +33,13 @@ from typing import TYPE_CHECKING, Any
 from device_model.descriptors import FULL_DMA_MASK
 from device_model.device import EchoDevice
 from device_model.faults import FaultPlan
-from device_model.guest_ram import GuestRam, read_ram_layout
-from device_model.hotplug import AUTO, DEVICE_ID, PciFunction
+from orchestrator.hotplug import (AUTO, DEVICE_ID, PciFunction, hotplug_device,
+                                  ivshmem_device_args, unplug_device)
 from orchestrator.agent_client import (AgentClient, CompletionRecord, GuestBuffer, Step,
                                        Verification, pattern_bytes)
 from orchestrator.guest_config import GuestConfig, load_guest_config
 from orchestrator.vm import VM
+from wdfhil.guest_ram import GuestRam
 from wdfhil.errors import GuestError
 
 if TYPE_CHECKING:
@@ -128,8 +129,9 @@ class HotpluggedDevice:
         try:
             self.device.start()
             self.device.attach_guest_ram(self.session.ram)
-            self.function = self.device.hotplug(vm.qmp, device_id=self.device_id,
-                                                chardev_id=self.chardev_id, bus=self.bus)
+            self.function = hotplug_device(vm.monitor, self.device.socket_path,
+                                           device_id=self.device_id,
+                                           chardev_id=self.chardev_id, bus=self.bus)
             self._plugged = True
             self.device.wait_for_peer()
             self.guest_path = _wait_for_guest_device(vm, known)
@@ -148,8 +150,8 @@ class HotpluggedDevice:
         try:
             if self._plugged:
                 self._plugged = False
-                self.device.unplug(self.session.vm.qmp, device_id=self.device_id,
-                                   chardev_id=self.chardev_id)
+                unplug_device(self.session.vm.monitor, device_id=self.device_id,
+                              chardev_id=self.chardev_id)
                 if self.guest_path is not None:
                     _wait_for_guest_device_gone(self.session.vm, self.guest_path)
         finally:
@@ -199,12 +201,12 @@ class DmaSession:
                 self.device = EchoDevice(**self._device_settings)
                 stack.callback(self.device.close)
                 self.device.start()
-                qemu_args = self.device.qemu_args()
+                qemu_args = ivshmem_device_args(self.device.socket_path)
             self.vm = VM(self.config, self.image,
                          extra_qemu_args=(*qemu_args, *self.extra_qemu_args),
                          boot_timeout=self.boot_timeout)
             stack.enter_context(self.vm)
-            self.ram = GuestRam.open(self.vm.ram_file, read_ram_layout(self.vm.qmp))
+            self.ram = self.vm.open_memory()
             stack.callback(self._close_ram)
             if self.device is not None:
                 # Stopped (again: close is idempotent) before guest RAM is unmapped,
@@ -252,7 +254,7 @@ class DmaSession:
 
     def read_physical(self, gpa: int, length: int) -> bytes:
         """Guest-physical bytes through QMP ``xp`` (QEMU's view, not the device's)."""
-        return read_physical_xp(self.vm.qmp, gpa, length)
+        return read_physical_xp(self.vm.monitor, gpa, length)
 
     def close(self) -> None:
         self._stack.close()

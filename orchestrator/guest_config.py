@@ -50,6 +50,11 @@ class PoolWindow:
     def end(self) -> int:
         return self.base + self.size
 
+    @property
+    def window(self) -> tuple[int, int]:
+        """``(base, size)``: what the framework's pools are given."""
+        return self.base, self.size
+
     def kernel_arg(self) -> str:
         """``memmap=SIZE$BASE``: the guest kernel marks the range reserved."""
         return f"memmap={format_size(self.size)}${self.base:#x}"

@@ -1,8 +1,10 @@
 """Attach the device to a VM: QEMU arguments at boot, or QMP hot-plug into a running VM.
 
-The functions take any QMP session with ``.command(name, **args)`` (the
-orchestrator's, or a thin wrapper around qemu.qmp), so the device model does
-not depend on how the orchestrator runs QEMU. On q35 a PCIe device can only be
+Plugging a device in is VM management, so it lives with the VM: the device
+model only serves its socket (``device.socket_path``) and knows nothing of
+QEMU's monitor. The functions take the VM's own QMP session
+(:class:`~orchestrator.qmp_session.QmpMonitor`, or anything with its
+``command`` / ``events`` / ``wait_event``). On q35 a PCIe device can only be
 hot-plugged into a ``pcie-root-port`` that exists from boot
 (:func:`root_port_args`); on pc it goes onto the root bus.
 """
@@ -12,11 +14,24 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Protocol
 
 from device_model.abi import NUM_VECTORS, PCI_DEVICE_ID, PCI_VENDOR_ID
-from device_model.guest_ram import QmpSession
 from wdfhil.errors import DeviceProtocolError
+
+
+
+class QmpMonitor(Protocol):
+    """What hot-plug needs of a QMP session: commands and the events QEMU sent."""
+
+    def command(self, name: str, **args: Any) -> Any: ...
+
+    def events(self) -> list[dict[str, Any]]: ...
+
+    def wait_event(self, name: str, timeout: float, *,
+                   match: Callable[[dict[str, Any]], bool] | None = None,
+                   start: int = 0) -> dict[str, Any] | None: ...
+
 
 DEVICE_ID = "wdfhil0"
 CHARDEV_ID = "wdfhil0-chr"
@@ -61,20 +76,20 @@ def ivshmem_device_args(socket_path: str | os.PathLike[str], *, chardev_id: str 
     return ["-chardev", f"socket,path={os.fspath(socket_path)},id={chardev_id}", "-device", device]
 
 
-def _qmp(qmp: QmpSession, name: str, **args: Any) -> Any:
+def _qmp(qmp: QmpMonitor, name: str, **args: Any) -> Any:
     try:
         return qmp.command(name, **args)
     except Exception as exc:   # the session's own error type is not ours to know
         raise DeviceProtocolError(f"QMP {name} {args} failed: {exc}") from exc
 
 
-def peripheral_ids(qmp: QmpSession) -> set[str]:
+def peripheral_ids(qmp: QmpMonitor) -> set[str]:
     """The ids of the devices added with an id (``-device ...,id=`` or device_add)."""
     return {entry["name"] for entry in _qmp(qmp, "qom-list", path="/machine/peripheral")
             if str(entry.get("type", "")).startswith("child<")}
 
 
-def hotplug_device(qmp: QmpSession, socket_path: str | os.PathLike[str], *,
+def hotplug_device(qmp: QmpMonitor, socket_path: str | os.PathLike[str], *,
                    device_id: str = DEVICE_ID, chardev_id: str = CHARDEV_ID,
                    bus: str | None = AUTO) -> PciFunction | None:
     """``chardev-add`` a socket to the server, ``device_add`` the ivshmem-doorbell.
@@ -105,7 +120,7 @@ def hotplug_device(qmp: QmpSession, socket_path: str | os.PathLike[str], *,
     return find_pci_function(qmp, device_id)
 
 
-def unplug_device(qmp: QmpSession, *, device_id: str = DEVICE_ID,
+def unplug_device(qmp: QmpMonitor, *, device_id: str = DEVICE_ID,
                   chardev_id: str | None = CHARDEV_ID, timeout: float = 30.0) -> None:
     """``device_del``, wait until QEMU really removed it, then ``chardev-remove``.
 
@@ -116,14 +131,15 @@ def unplug_device(qmp: QmpSession, *, device_id: str = DEVICE_ID,
     """
     deadline = time.monotonic() + timeout
     if device_id in peripheral_ids(qmp):
+        seen = len(qmp.events())
         _qmp(qmp, "device_del", id=device_id)
-        while device_id in peripheral_ids(qmp):
-            if time.monotonic() > deadline:
-                raise DeviceProtocolError(
-                    f"device_del {device_id}: QEMU still has the device after {timeout:.0f} s "
-                    "(the guest did not release it: a pc guest needs ACPI PCI hot-plug, "
-                    "a q35 guest pciehp)")
-            time.sleep(0.05)
+        deleted = qmp.wait_event("DEVICE_DELETED", timeout, start=seen,
+                                 match=lambda event: event.get("data", {}).get("device") == device_id)
+        if deleted is None:
+            raise DeviceProtocolError(
+                f"device_del {device_id}: QEMU still has the device after {timeout:g} s "
+                "(the guest did not release it: a pc guest needs ACPI PCI hot-plug, "
+                "a q35 guest pciehp)")
     if chardev_id is None:
         return
     # The device lets go of its chardev a moment after it left the QOM tree.
@@ -136,7 +152,7 @@ def unplug_device(qmp: QmpSession, *, device_id: str = DEVICE_ID,
             time.sleep(0.05)
 
 
-def list_pci_functions(qmp: QmpSession) -> list[PciFunction]:
+def list_pci_functions(qmp: QmpMonitor) -> list[PciFunction]:
     """Every function on every bus (bridges and root ports included), from query-pci."""
     functions: list[PciFunction] = []
 
@@ -162,7 +178,7 @@ def list_pci_functions(qmp: QmpSession) -> list[PciFunction]:
     return functions
 
 
-def find_pci_function(qmp: QmpSession, device_id: str | None = None) -> PciFunction | None:
+def find_pci_function(qmp: QmpMonitor, device_id: str | None = None) -> PciFunction | None:
     """The ivshmem function with qdev id ``device_id`` (or the first 1af4:1110)."""
     for function in list_pci_functions(qmp):
         if (function.vendor, function.device) != (PCI_VENDOR_ID, PCI_DEVICE_ID):

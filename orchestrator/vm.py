@@ -39,12 +39,13 @@ from orchestrator.machine import GuestMachine
 from orchestrator.qemu_command import DEFAULT_QEMU, build_qemu_argv, parse_hostfwd_port
 from orchestrator.qemu_process import QemuProcess, tail_of_file
 from orchestrator.qmp_session import QmpSession
-from orchestrator.ram_layout import DEFAULT_INITRD_ADDR_MAX
+from orchestrator.ram_layout import DEFAULT_INITRD_ADDR_MAX, read_ram_layout
 from orchestrator.serial_console import ConsoleWait, SerialConsole
 from orchestrator.snapshot import Snapshot, load_state, save_state
 from orchestrator.ssh_session import (DEFAULT_COMMAND_TIMEOUT, CommandResult, SshSession,
                                       wait_for_ssh_banner)
 from wdfhil.errors import ConfigError, LaunchError, WdfhilError
+from wdfhil.guest_ram import GuestRam
 from wdfhil.private_dirs import make_private_dir, remove_tree
 
 if TYPE_CHECKING:
@@ -183,8 +184,9 @@ class VM(GuestMachine):
         return list(process.argv) if process else []
 
     @property
-    def pool_window(self) -> tuple[int, int]:
-        return self.config.pool.base, self.config.pool.size
+    def monitor(self) -> QmpSession:
+        """QMP: the machine-level control of :class:`GuestMachine`."""
+        return self.qmp
 
     @property
     def running(self) -> bool:
@@ -213,6 +215,31 @@ class VM(GuestMachine):
     def console_text(self) -> str:
         console = self._host.console
         return console.text() if console else ""
+
+    def open_memory(self) -> GuestRam:
+        """Guest RAM mapped from the shared RAM file, laid out as QEMU reports it."""
+        return GuestRam.open(self.ram_file, read_ram_layout(self.qmp))
+
+    def diagnose(self) -> str:
+        """Run state, QEMU's exit code, and the console and QEMU log tails."""
+        host = self._host
+        lines = [f"VM {self.name} ({self.config.name}, {self.accelerator or '?'}): {self._state}"]
+        process = host.process
+        if process is not None:
+            code = process.poll()
+            lines.append("QEMU running" if code is None else f"QEMU exited (code {code})")
+        if host.qmp is not None and process is not None and process.alive():
+            try:
+                lines.append(f"run state: {host.qmp.command('query-status', timeout=2.0)['status']}")
+            except WdfhilError as exc:
+                lines.append(f"run state unknown: {exc}")
+        console_tail = host.console.tail() if host.console else ""
+        if console_tail:
+            lines += ["console tail:", console_tail]
+        log_tail = process.log_tail() if process else ""
+        if log_tail:
+            lines += ["QEMU log tail:", log_tail]
+        return "\n".join(lines)
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> None:

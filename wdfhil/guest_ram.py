@@ -1,35 +1,22 @@
 """Guest RAM of a running VM, mapped from its shared RAM file, as PhysicalMemory.
 
 QEMU keeps guest RAM in one ``memory-backend-file`` (``share=on``) but shows
-it to the guest in pieces: RAM below 4 GiB up to the PCI hole
-(``ram-below-4g``) and the rest from 4 GiB up (``ram-above-4g``). Where each
-piece starts depends on machine type and RAM size, so the layout is read from
-QEMU itself (``info mtree``) instead of being hard-coded, and every
-guest-physical address is translated to a file offset through it.
+it to the guest in pieces: RAM below 4 GiB up to the PCI hole and the rest
+from 4 GiB up. A :class:`RamLayout` says where each piece starts and where it
+lives in the file; the VM layer reads it from QEMU itself
+(``orchestrator.ram_layout.read_ram_layout``). Guest RAM is shared by the
+framework (its pools) and the device (its DMA), so it lives in the shared
+layer and neither of them imports the other.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
-import re
 from dataclasses import dataclass
-from typing import Any, Protocol
 
-from framework_emu.physical_memory import PAGE_SIZE, PhysicalMemory, PhysicalMemoryError
 from wdfhil.errors import DeviceProtocolError
-
-FOUR_GIB = 1 << 32
-# Legacy VGA window and BIOS shadow (0xA0000-0xFFFFF): RAM in the file, but the
-# guest sees VGA MMIO and ROM there (higher-priority regions in mtree), and no
-# guest hands it to a device. Left out of the layout so DMA there is refused.
-LEGACY_WINDOW = (0xA0000, 0x100000)
-
-
-class QmpSession(Protocol):
-    """What this package needs of a QMP connection: one synchronous command call."""
-
-    def command(self, name: str, **args: Any) -> Any: ...
+from wdfhil.physical_memory import FOUR_GIB, PAGE_SIZE, PhysicalMemory, PhysicalMemoryError
 
 
 @dataclass(frozen=True)
@@ -81,88 +68,6 @@ class RamLayout:
     def single(cls, size: int) -> "RamLayout":
         """All RAM at guest-physical 0 (a bench or test backing, no PCI hole)."""
         return cls((RamRange(0, size, 0),), backend="file", backend_size=size)
-
-
-# One line of `info mtree`:  START-END (prio P, KIND): NAME [@TARGET TSTART-TEND]
-_MTREE_LINE = re.compile(
-    r"^\s*(?P<start>[0-9a-fA-F]+)-(?P<end>[0-9a-fA-F]+)\s+\(prio\s+-?\d+,\s*(?P<kind>[\w-]+)\):\s*"
-    r"(?P<alias>alias\s+)?(?P<name>\S+)"
-    r"(?:\s+@(?P<target>\S+)\s+(?P<tstart>[0-9a-fA-F]+)-(?P<tend>[0-9a-fA-F]+))?")
-_SECTION = re.compile(r"^(address-space|memory-region):\s*(?P<name>.+?)\s*$")
-_RAM_ALIASES = ("ram-below-4g", "ram-above-4g")
-_RAM_BACKENDS = ("ram0", "pc.ram")
-
-
-def parse_mtree(text: str) -> RamLayout:
-    """The RAM layout from ``info mtree`` text (QEMU 7.2 pc and q35 tested).
-
-    Uses the ``ram-below-4g``/``ram-above-4g`` aliases of the system address
-    space; without aliases, a RAM region named ``ram0`` or ``pc.ram`` mapped
-    directly in the system address space counts as RAM at its address.
-    """
-    sections: dict[str, list[re.Match[str]]] = {}
-    current: list[re.Match[str]] | None = None
-    for line in text.splitlines():
-        head = _SECTION.match(line)
-        if head:
-            current = sections.setdefault(f"{head.group(1)}:{head.group('name')}", [])
-            continue
-        match = _MTREE_LINE.match(line)
-        if match and current is not None:
-            current.append(match)
-    system = sections.get("address-space:memory") or sections.get("memory-region:system")
-    if not system:
-        raise DeviceProtocolError(
-            "info mtree shows no 'address-space: memory' (or 'memory-region: system'): "
-            f"cannot find guest RAM; mtree began with: {text[:300]!r}")
-    ranges: list[RamRange] = []
-    backend = ""
-    for m in system:
-        if m.group("alias") and m.group("name") in _RAM_ALIASES and m.group("target"):
-            backend = m.group("target")
-            start, end = int(m.group("start"), 16), int(m.group("end"), 16) + 1
-            tstart = int(m.group("tstart"), 16)
-            ranges.append(RamRange(start, end - start, tstart))
-    if not ranges:
-        for m in system:
-            if not m.group("alias") and m.group("kind") == "ram" and m.group("name") in _RAM_BACKENDS:
-                backend = m.group("name")
-                start, end = int(m.group("start"), 16), int(m.group("end"), 16) + 1
-                ranges.append(RamRange(start, end - start, 0))
-    if not ranges:
-        raise DeviceProtocolError(
-            "info mtree shows neither ram-below-4g/ram-above-4g aliases nor a ram0/pc.ram "
-            "region in the system address space: cannot find guest RAM")
-    backend_size = 0
-    for m in sections.get(f"memory-region:{backend}", []):
-        if m.group("name") == backend and not m.group("alias"):
-            backend_size = int(m.group("end"), 16) + 1 - int(m.group("start"), 16)
-            break
-    ranges = _without_legacy_window(sorted(ranges, key=lambda r: r.gpa))
-    for a, b in zip(ranges, ranges[1:]):
-        if a.end > b.gpa:
-            raise DeviceProtocolError(f"info mtree shows overlapping RAM ranges: {a} and {b}")
-    return RamLayout(tuple(ranges), backend=backend, backend_size=backend_size)
-
-
-def _without_legacy_window(ranges: list[RamRange]) -> list[RamRange]:
-    lo, hi = LEGACY_WINDOW
-    out: list[RamRange] = []
-    for r in ranges:
-        if r.gpa < hi and r.end > lo:
-            if r.gpa < lo:
-                out.append(RamRange(r.gpa, lo - r.gpa, r.file_offset))
-            if r.end > hi:
-                out.append(RamRange(hi, r.end - hi, r.file_offset + hi - r.gpa))
-        else:
-            out.append(r)
-    return out
-
-
-def read_ram_layout(qmp: QmpSession) -> RamLayout:
-    """Ask a running QEMU (QMP) for its RAM layout."""
-    text = qmp.command("human-monitor-command", **{"command-line": "info mtree"})
-    return parse_mtree(str(text))
 
 
 class GuestRam(PhysicalMemory):

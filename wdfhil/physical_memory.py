@@ -1,10 +1,12 @@
-"""The one small interface through which the emulated framework touches memory.
+"""The one small interface through which the framework and the device touch guest memory.
 
 The framework never holds a Python object for "a buffer": it holds guest-
 physical addresses and reads or writes them through a :class:`PhysicalMemory`.
 Unit tests plug in :class:`InProcessMemory`; everything else plugs in the
-VM's shared guest RAM (``device_model.GuestRam``), so the same framework code
-runs against the real memory of a real guest.
+VM's shared guest RAM (:class:`wdfhil.guest_ram.GuestRam`), so the same framework code
+runs against the real memory of a real guest. The device model DMAs through the
+same interface, which is why it lives in the shared layer: the framework and
+the device both use guest memory and neither imports the other.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from wdfhil.errors import WdfhilError
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
+FOUR_GIB = 1 << 32  # where RAM above the PCI hole starts; 32-bit DMA's limit
 
 
 class PhysicalMemoryError(WdfhilError):

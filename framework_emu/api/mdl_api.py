@@ -10,7 +10,7 @@ from ..errors import ArgumentError
 from ..mdl import (MAX_MDL_LENGTH, MDL_MAPPED_TO_SYSTEM_VA, MDL_PAGES_LOCKED, MDL_PARTIAL,
                    MDL_PARTIAL_HAS_BEEN_MAPPED, MDL_SOURCE_IS_NONPAGED_POOL, MDL_TAG, MDL_WRITE_OPERATION,
                    ADDRESS_AND_SIZE_TO_SPAN_PAGES, Mdl, MmSizeOfMdl)
-from ..physical_memory import PAGE_SHIFT, PAGE_SIZE
+from wdfhil.physical_memory import PAGE_SHIFT, PAGE_SIZE
 from ..pool import PoolType
 from .validation import check_size
 

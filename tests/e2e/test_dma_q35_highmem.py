@@ -36,7 +36,7 @@ def test_roundtrip_across_4g(session, source_where, target_where):
 
 
 def test_device_dmas_into_the_pool_window_above_4g(session):
-    base, size = session.vm.pool_window
+    base, size = session.vm.config.pool.window
     assert base >= FOUR_GIB, "this config puts the pool window above 4 GiB"
     length = 3 * 4096 + 123
     source_gpa, target_gpa = base + 0x10_0000 + 17, base + 0x20_0000 + 4000

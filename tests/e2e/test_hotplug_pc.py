@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from device_model.hotplug import unplug_device
+from orchestrator.hotplug import unplug_device
 from orchestrator.agent_client import Step
 from orchestrator.dma_session import DmaSession, echo_roundtrip
 from wdfhil.errors import GuestError

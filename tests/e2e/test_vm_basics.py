@@ -13,7 +13,7 @@ import stat
 
 import pytest
 
-from device_model.guest_ram import parse_mtree
+from orchestrator.ram_layout import parse_mtree
 from orchestrator.cleanup import folder_parent
 from orchestrator.guest_config import load_guest_config
 from orchestrator.vm import VM
@@ -64,7 +64,7 @@ def iomem_entries(text: str) -> list[tuple[int, int, str]]:
 
 
 def test_guest_iomem_shows_the_pool_window_reserved(shared_vm):
-    base, size = shared_vm.pool_window
+    base, size = shared_vm.config.pool.window
     entries = iomem_entries(shared_vm.run_checked("cat /proc/iomem"))
     assert (base, base + size - 1, "Reserved") in entries
     for start, end, name in entries:
@@ -75,7 +75,7 @@ def test_guest_iomem_shows_the_pool_window_reserved(shared_vm):
 
 def test_the_ram_file_is_guest_memory(shared_vm):
     """Bytes written into the RAM file appear at that guest-physical address, and back."""
-    base, size = shared_vm.pool_window
+    base, size = shared_vm.config.pool.window
     offset = shared_vm.config.ram_split.file_offset(base + 0x3000, 64)
     host_text = f"from-host-{secrets.token_hex(8)}".encode()
     guest_text = f"from-guest-{secrets.token_hex(8)}"
@@ -107,7 +107,7 @@ def test_qmp_answers_and_agrees_on_the_ram_layout(shared_vm):
     assert shared_vm.qmp.command("query-status")["status"] == "running"
     layout = parse_mtree(shared_vm.qmp.hmp("info mtree"))
     assert layout.below_4g == shared_vm.config.ram_split.below_4g
-    base, size = shared_vm.pool_window
+    base, size = shared_vm.config.pool.window
     assert layout.file_offset(base, size) == shared_vm.config.ram_split.file_offset(base, size)
 
 

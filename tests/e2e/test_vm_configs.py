@@ -14,7 +14,7 @@ def test_highmem_and_iommu_guests_side_by_side(vm_factory):
     assert highmem.ssh_port != iommu.ssh_port and highmem.ram_file != iommu.ram_file
 
     for machine in (highmem, iommu):
-        base, size = machine.pool_window
+        base, size = machine.config.pool.window
         iomem = machine.run_checked("cat /proc/iomem")
         assert f"{base:08x}-{base + size - 1:08x} : Reserved" in iomem, iomem
         # the hot-plug root port (a PCI bridge, class 0x0604) exists on q35
@@ -22,7 +22,7 @@ def test_highmem_and_iommu_guests_side_by_side(vm_factory):
         assert "0x060400" in classes
         assert machine.ram_file.stat().st_size == machine.config.memory
 
-    assert highmem.pool_window[0] >= 1 << 32
+    assert highmem.config.pool.window[0] >= 1 << 32
     assert "100000000-" in highmem.run_checked("grep 'System RAM' /proc/iomem")
 
     assert "intel_iommu=on" in iommu.run_checked("cat /proc/cmdline")

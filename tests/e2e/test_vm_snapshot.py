@@ -38,7 +38,7 @@ def test_restored_guests_carry_the_saved_state_and_run_beside_the_original(
         # the same snapshot again: a reset to the saved state
         second = vm_factory("pc-256m", restore_from=snapshot)
         assert second.run_checked("cat /tmp/state") == f"{token}\n"
-        base, size = second.pool_window
+        base, size = second.config.pool.window
         assert f"{base:08x}-{base + size - 1:08x} : Reserved" in second.run_checked(
             "cat /proc/iomem")
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from qemu.qmp.legacy import QEMUMonitorProtocol
-
 from device_model.device import EchoDevice
+from orchestrator.qmp_session import QmpSession
 from wdfhil.private_dirs import make_private_dir, remove_tree
 
 QEMU = "qemu-system-x86_64"
@@ -40,7 +40,7 @@ class PausedQemu:
             "-machine", "memory-backend=ram0",
             "-qmp", f"unix:{self.qmp_path},server=on,wait=off", *extra_args]
         self.process: subprocess.Popen[bytes] | None = None
-        self.monitor: QEMUMonitorProtocol | None = None
+        self.monitor: QmpSession | None = None
         try:
             with open(self.log_path, "wb") as log:
                 self.process = subprocess.Popen(self.command_line, stdout=log, stderr=subprocess.STDOUT,
@@ -57,13 +57,20 @@ class PausedQemu:
             if self.process.poll() is not None:
                 raise RuntimeError(f"QEMU exited with {self.process.returncode}: {self.log()}")
             if self.qmp_path.exists():
-                monitor = QEMUMonitorProtocol(str(self.qmp_path))
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 try:
-                    monitor.connect()
+                    sock.connect(str(self.qmp_path))
+                except OSError:
+                    sock.close()
+                else:
+                    monitor = QmpSession("paused-qemu")
+                    try:
+                        monitor.connect(sock, timeout=max(1.0, deadline - time.monotonic()))
+                    except BaseException:
+                        monitor.close()
+                        raise
                     self.monitor = monitor
                     return
-                except OSError:
-                    monitor.close()
             if time.monotonic() > deadline:
                 raise RuntimeError(f"no QMP socket from QEMU within {timeout} s: {self.log()}")
             time.sleep(0.02)
@@ -74,10 +81,18 @@ class PausedQemu:
         except OSError:
             return ""
 
-    # The QMP session interface the device model takes.
+    # The QMP session interface the VM layer's hot-plug takes.
     def command(self, name: str, **args: Any) -> Any:
         assert self.monitor is not None
-        return self.monitor.cmd(name, **args)
+        return self.monitor.command(name, **args)
+
+    def events(self) -> list[dict[str, Any]]:
+        assert self.monitor is not None
+        return self.monitor.events()
+
+    def wait_event(self, name: str, timeout: float, **kwargs: Any) -> dict[str, Any] | None:
+        assert self.monitor is not None
+        return self.monitor.wait_event(name, timeout, **kwargs)
 
     def hmp(self, line: str) -> str:
         return str(self.command("human-monitor-command", **{"command-line": line}))

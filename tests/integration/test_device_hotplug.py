@@ -7,9 +7,9 @@ import pytest
 
 from device_model.abi import BAR2_SIZE, PCI_DEVICE_ID, PCI_VENDOR_ID
 from device_model.device import EchoDevice
-from device_model.hotplug import (
+from orchestrator.hotplug import (
     ROOT_PORT_ID, find_pci_function, hotplug_device, list_pci_functions, peripheral_ids,
-    root_port_args, unplug_device,
+    ivshmem_device_args, root_port_args, unplug_device,
 )
 from wdfhil.errors import DeviceProtocolError
 
@@ -30,7 +30,7 @@ def test_hotplug_shows_the_function_and_connects_a_peer(device, machine, extra):
     with PausedQemu(machine, "256M", extra) as qemu:
         qemu.run_until(lambda: bars_numbered(qemu))
         assert device.peers == []
-        function = device.hotplug(qemu)
+        function = hotplug_device(qemu, device.socket_path)
         peer = device.wait_for_peer(30)
         assert function is not None and function.qdev_id == "wdfhil0"
         assert (function.vendor, function.device) == (PCI_VENDOR_ID, PCI_DEVICE_ID)
@@ -44,13 +44,13 @@ def test_hotplug_shows_the_function_and_connects_a_peer(device, machine, extra):
 def test_q35_unplug_and_replug_gets_a_new_peer(device):
     with PausedQemu("q35", "256M", Q35_ARGS) as qemu:
         assert ROOT_PORT_ID in peripheral_ids(qemu)
-        device.hotplug(qemu)
+        hotplug_device(qemu, device.socket_path)
         first = device.wait_for_peer(30)
-        device.unplug(qemu)
+        unplug_device(qemu)
         device.wait_for_no_peer(first, 30)
         assert "wdfhil0" not in peripheral_ids(qemu)
         assert "wdfhil0-chr" not in {c["label"] for c in qemu.command("query-chardev")}
-        device.hotplug(qemu)
+        hotplug_device(qemu, device.socket_path)
         second = device.wait_for_peer(30)
         assert second != first and device.peers == [second]
         assert device.header()["guest_peer"] == second
@@ -60,10 +60,10 @@ def test_pc_unplug_without_a_guest_says_why(device):
     """On pc, ACPI hot-unplug needs the guest OS to eject the device: with none
     running, unplug must fail with an explanation, not hang."""
     with PausedQemu("pc", "256M") as qemu:
-        device.hotplug(qemu)
+        hotplug_device(qemu, device.socket_path)
         peer = device.wait_for_peer(30)
         with pytest.raises(DeviceProtocolError, match="ACPI"):
-            device.unplug(qemu, timeout=1.0)
+            unplug_device(qemu, timeout=1.0)
         assert device.peers == [peer]
 
 
@@ -72,7 +72,7 @@ def test_second_device_is_a_second_peer(device, tmp_path):
     other_dir = tmp_path / "other"
     other_dir.mkdir(mode=0o700)
     with EchoDevice(other_dir, dma_mask=0xFFFFFFFF) as other, \
-            PausedQemu("pc", "256M", device.qemu_args()) as qemu:
+            PausedQemu("pc", "256M", ivshmem_device_args(device.socket_path)) as qemu:
         device.wait_for_peer(30)
         hotplug_device(qemu, other.socket_path, device_id="wdfhil1", chardev_id="wdfhil1-chr")
         other.wait_for_peer(30)

@@ -12,8 +12,10 @@ from device_model.abi import (
     ABI_VERSION, BAR0_IV_POSITION, BAR2_SIZE, HEADER_FIELDS, MAGIC, PCI_DEVICE_ID, PCI_VENDOR_ID,
     RING_ENTRIES,
 )
-from device_model.guest_ram import GuestRam, read_ram_layout
-from device_model.hotplug import find_pci_function
+from orchestrator.hotplug import ivshmem_device_args
+from orchestrator.ram_layout import read_ram_layout
+from wdfhil.guest_ram import GuestRam
+from orchestrator.hotplug import find_pci_function
 
 from device_paused_qemu import PausedQemu
 
@@ -27,7 +29,7 @@ MIB, GIB = 1 << 20, 1 << 30
     ("pc", "4G", [(0, 0xA0000), (MIB, 3 * GIB), (4 * GIB, 5 * GIB)]),
 ])
 def test_guest_ram_matches_what_qemu_shows(device, machine, memory, expected):
-    with PausedQemu(machine, memory, device.qemu_args()) as qemu:
+    with PausedQemu(machine, memory, ivshmem_device_args(device.socket_path)) as qemu:
         layout = read_ram_layout(qemu)
         with GuestRam.open(qemu.ram_file, layout) as ram:
             assert ram.ram_ranges() == expected
@@ -42,7 +44,7 @@ def test_guest_ram_matches_what_qemu_shows(device, machine, memory, expected):
 
 @pytest.mark.parametrize("machine", ["pc", "q35"])
 def test_handshake_bars_and_bar2_as_qemu_maps_it(device, machine):
-    with PausedQemu(machine, "256M", device.qemu_args()) as qemu:
+    with PausedQemu(machine, "256M", ivshmem_device_args(device.socket_path)) as qemu:
         peer = device.wait_for_peer(30)
         function = find_pci_function(qemu)
         assert function is not None and function.qdev_id == "wdfhil0"
@@ -66,11 +68,11 @@ def test_handshake_bars_and_bar2_as_qemu_maps_it(device, machine):
 
 
 def test_peer_leaves_with_qemu_and_a_new_qemu_is_served(device):
-    with PausedQemu("pc", "256M", device.qemu_args()) as first:
+    with PausedQemu("pc", "256M", ivshmem_device_args(device.socket_path)) as first:
         first_peer = device.wait_for_peer(30)
         first.kill()
         device.wait_for_no_peer(first_peer, 30)
-    with PausedQemu("q35", "256M", device.qemu_args()) as second:
+    with PausedQemu("q35", "256M", ivshmem_device_args(device.socket_path)) as second:
         second_peer = device.wait_for_peer(30)
         assert second_peer != first_peer
         assert device.peers == [second_peer]

@@ -11,7 +11,7 @@ import pytest
 from device_model.device import EchoDevice
 from device_model.host_driver import HostDriver
 from device_model.ivshmem_client import IvshmemClient
-from framework_emu.physical_memory import InProcessMemory
+from wdfhil.physical_memory import InProcessMemory
 
 from device_helpers import holey_memory
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from framework_emu.physical_memory import InProcessMemory
+from wdfhil.physical_memory import InProcessMemory
 
 MIB = 1 << 20
 GIB = 1 << 30

@@ -96,7 +96,7 @@ def test_segments_in_both_ram_ranges_and_coalescing(validator):
 
 def test_contiguous_segments_across_the_hole_are_not_merged():
     # Two RAM ranges that touch in guest-physical space but are separate windows.
-    from framework_emu.physical_memory import InProcessMemory
+    from wdfhil.physical_memory import InProcessMemory
     v = DescriptorValidator(RamWindows(InProcessMemory(ranges=[(0, 0x2000), (0x2000, 0x4000)])))
     plan = v.validate(sqe(W, segments=[Segment(0x1000, 0x1000), Segment(0x2000, 0x1000)]))
     assert [(g, n) for g, n, _v in plan.runs] == [(0x1000, 0x1000), (0x2000, 0x1000)]

@@ -16,7 +16,7 @@ from device_model.abi import (
 )
 from device_model.descriptors import DescriptorValidator, RamWindows, Refusal, TransferPlan
 from device_model.dma_engine import DmaEngine
-from framework_emu.physical_memory import InProcessMemory
+from wdfhil.physical_memory import InProcessMemory
 
 from device_helpers import GIB, HIGH, LOW, MIB, holey_memory
 

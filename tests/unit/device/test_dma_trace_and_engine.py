@@ -11,7 +11,7 @@ import pytest
 from device_model.abi import BAR2_SIZE, DATA_OFFSET, DATA_SIZE, Descriptor, DescriptorFlag, Opcode, Segment, pack_segment
 from device_model.descriptors import DescriptorValidator, RamWindows, TransferPlan
 from device_model.dma_engine import DmaEngine
-from device_model.guest_ram import GuestRam, RamLayout
+from wdfhil.guest_ram import GuestRam, RamLayout
 from device_model.ivshmem_server import create_shared_memory
 from device_model.trace import TO_DEVICE, TO_GUEST, read_trace
 

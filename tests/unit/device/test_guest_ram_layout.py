@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from device_model.guest_ram import GuestRam, RamLayout, RamRange, parse_mtree, read_ram_layout
-from framework_emu.physical_memory import PhysicalMemoryError
+from orchestrator.ram_layout import parse_mtree, read_ram_layout
+from wdfhil.guest_ram import GuestRam, RamLayout, RamRange
+from wdfhil.physical_memory import PhysicalMemoryError
 from wdfhil.errors import DeviceProtocolError
 
 MTREE = Path(__file__).parent / "mtree"

@@ -13,7 +13,7 @@ import pytest
 from device_model.abi import CompletionStatus, Descriptor, Opcode, Segment
 from device_model.device import EchoDevice
 from device_model.faults import STALE_DMA_POISON, FaultKind, FaultPlan, FaultRule
-from device_model.guest_ram import GuestRam, RamLayout, RamRange
+from wdfhil.guest_ram import GuestRam, RamLayout, RamRange
 from device_model.host_driver import HostDriver
 from device_model.ivshmem_client import IvshmemClient
 

@@ -23,10 +23,10 @@ from device_model.descriptors import (
 from device_model.device import EchoDevice
 from device_model.dma_engine import DmaEngine
 from device_model.faults import FaultKind, FaultPlan, FaultRule
-from device_model.guest_ram import GuestRam, RamLayout, RamRange
+from wdfhil.guest_ram import GuestRam, RamLayout, RamRange
 from device_model.host_driver import HostDriver
 from device_model.ivshmem_client import IvshmemClient
-from framework_emu.physical_memory import PAGE_SIZE
+from wdfhil.physical_memory import PAGE_SIZE
 
 from device_helpers import GIB, HIGH, LOW, MIB, holey_memory
 

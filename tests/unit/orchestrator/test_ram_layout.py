@@ -8,9 +8,8 @@ import subprocess
 import pytest
 from hypothesis import given, strategies as st
 
-from device_model.guest_ram import parse_mtree
 from orchestrator.qmp_session import QmpSession
-from orchestrator.ram_layout import FOUR_GIB, RamSplit
+from orchestrator.ram_layout import FOUR_GIB, RamSplit, parse_mtree
 
 MIB = 1 << 20
 GIB = 1 << 30
