@@ -64,7 +64,7 @@ def violations(package: str) -> list[str]:
             if any(a.startswith(name + ".") for a in allowed):
                 continue
             found.append(f"{path.relative_to(ROOT)} imports {name}")
-    return found
+    return sorted(found)
 
 
 @pytest.mark.parametrize("package", PACKAGES)
