@@ -119,7 +119,7 @@ def _list(args: argparse.Namespace) -> int:
         _print(f"no images in {store.root}")
         return 0
     _print(f"{'NAME':<16} {'DIGEST':<13} {'SIZE':>8}  {'BUILT':<16} {'KERNEL':<34} "
-           f"{'PACKAGES':<12} STATE")
+           f"{'LOCK':<12} STATE")
     for cached in images:
         state = ("current" if cached.digest in current.get(cached.name, ())
                  else "stale" if cached.name in current else "(recipe not shipped)")
