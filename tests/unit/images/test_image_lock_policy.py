@@ -54,7 +54,7 @@ def recipe(archive: FakeArchive, recipe_dir: Path, monkeypatch) -> Path:
 
 def vanish_old_kernel(archive: FakeArchive) -> None:
     """What the security archive does on a kernel update."""
-    for name in (f"linux-image-cloud-amd64", f"linux-image-{OLD_ABI}-cloud-amd64",
+    for name in ("linux-image-cloud-amd64", f"linux-image-{OLD_ABI}-cloud-amd64",
                  f"linux-headers-{OLD_ABI}-cloud-amd64", f"linux-headers-{OLD_ABI}-common",
                  "linux-kbuild-6.1"):
         archive.remove(name, OLD)
