@@ -8,13 +8,15 @@ after a marker file (the image manifest, ``.complete``) is written. So a
 folder that has its marker is whole, and a Ctrl-C or a crash leaves at most
 a ``.build-*`` folder, which ``wdfhil image clean`` removes.
 
-An image's digest covers the recipe's fields, the lock's pins, the init
+An image's digest covers the recipe's fields, the packages the build uses
+(the lock's pins, or their re-resolution when the lock is stale), the init
 script, the guest C sources, the generated ABI header and the builder's own
 source. Unpacked trees (the kernel package, the headers packages, the
 userland packages) are keyed by their packages' SHA256, so changing a guest
 C source rebuilds the image without unpacking 10,000 header files again.
-Layout: ``<images root>/<recipe>/<digest>/`` and ``cache_dir("unpacked")/
-<role>/<key>/``.
+Layout: ``<images root>/<recipe>/<digest>/`` (beside them
+``<pinned digest>.resolved.json``: the re-resolution a stale lock was built
+with) and ``cache_dir("unpacked")/<role>/<key>/``.
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ from wdfhil.errors import ImageBuildError
 from wdfhil.private_dirs import cache_dir, make_private_dir, remove_tree
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
-# Builder modules whose code does not shape an image (the command line).
-_NOT_BUILDER = {"cli.py"}
+# Builder modules whose code does not shape an image (the command line, its progress line).
+_NOT_BUILDER = {"cli.py", "progress.py"}
 BUILD_PREFIX = ".build-"
 COMPLETE_MARKER = ".complete"
 
