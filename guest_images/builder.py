@@ -1,7 +1,10 @@
 """Building a guest image from a recipe: :func:`build_image`.
 
-The steps, in order: pin the packages (lock), compute the content digest
-and return the cached image when there is one; otherwise fetch and check
+The steps, in order: read the lock, compute the content digest and return
+the cached image when there is one; otherwise decide which packages the
+build uses (the pins, or, when Debian has replaced some, the recipe
+re-resolved within the lock's suite: :func:`~guest_images.lockfile.
+resolve_build`), fetch and check
 the .deb files, unpack them (nothing is installed on the host), pick the
 boot modules and their dependencies, compile the agent and the kernel
 module, generate the keys, assemble the root tree, write the initramfs and
@@ -30,7 +33,9 @@ from guest_images.guest_programs import (AGENT_BINARY, AGENT_SOURCES, HEADERS_PR
 from guest_images.image import CLIENT_KEY_FILE, INITRAMFS_FILE, KERNEL_FILE, GuestImage
 from guest_images.keys import generate_client_key, generate_host_key
 from guest_images.kmodules import KernelModule, ModuleTree, module_file_depends
-from guest_images.lockfile import Lock, locked, relock_hint
+from guest_images.lockfile import ROLES, Lock, PinnedPackage, Resolution, relock_hint
+from guest_images.lockfile import locked as recipe_lock
+from guest_images.lockfile import resolve_build, strict_mode
 from guest_images.recipe import Recipe, load_recipe
 from guest_images.rootfs import GuestTree, StagingTree
 from wdfhil.errors import ImageBuildError
@@ -60,32 +65,68 @@ def unpacked_tree_key(lock: Lock, role: str) -> str:
 
 
 def build_image(recipe: str | Path | None = None, *, cache_root: Path | None = None,
-                progress: Progress | None = None) -> GuestImage:
+                progress: Progress | None = None, locked: bool | None = None) -> GuestImage:
     """The image of ``recipe`` (a name, a recipe file, or None for the default),
     from the cache when its content digest is there, else built now.
 
     ``cache_root`` (default ``cache_dir("images")``) holds the images; the
     downloaded packages (``cache_dir("debs")``, checked by SHA256) and the
     unpacked package trees (``cache_dir("unpacked")``, keyed by SHA256) are
-    shared by every root. ``progress`` receives one line per step.
+    shared by every root. ``progress`` receives one line per step; the
+    stale-lock notice goes to its ``notice`` method when it has one.
+    ``locked`` (default: ``WDFHIL_LOCKED`` in the environment) refuses to
+    build when a pinned version can no longer be had, instead of
+    re-resolving the recipe within the lock's suite.
     """
     say = _serialized(progress or log.info)
+    notify = _serialized(getattr(progress, "notice", None) or progress or log.warning)
+    strict = strict_mode(locked)
     loaded = load_recipe(recipe)
-    lock = locked(loaded, say)
-    digest = image_digest(loaded, lock)
+    pinned = recipe_lock(loaded, say)
+    digest = image_digest(loaded, pinned)
     store = ImageStore(cache_root)
     if store.is_built(loaded.name, digest):
         say(f"image {loaded.name} {digest[:12]} is in the cache")
         return GuestImage.from_folder(store.folder(loaded.name, digest))
+    if not strict:  # built before from a re-resolution of this same lock?
+        earlier = store.resolution(loaded.name, digest)
+        if earlier is not None and store.is_built(loaded.name, earlier.digest):
+            notify(earlier.notice)
+            say(f"image {loaded.name} {earlier.digest[:12]} is in the cache")
+            return GuestImage.from_folder(store.folder(loaded.name, earlier.digest))
     started = time.monotonic()
+    resolution = resolve_build(loaded, pinned, strict=strict,
+                               have_locally=_have_locally(pinned), progress=say)
+    if resolution.re_resolved:
+        notice = resolution.notice(loaded.lock_path)
+        notify(notice)
+        pinned_digest, digest = digest, image_digest(loaded, resolution.lock)
+        store.remember_resolution(loaded.name, pinned_digest, digest, notice,
+                                  resolution.lock)
+        if store.is_built(loaded.name, digest):
+            say(f"image {loaded.name} {digest[:12]} is in the cache")
+            return GuestImage.from_folder(store.folder(loaded.name, digest))
 
     def fill(output: Path) -> None:
         with private_dir("wdfhil-image-") as work:
-            ImageBuild(loaded, lock, digest, work, output, say).run()
+            ImageBuild(loaded, resolution, digest, work, output, say).run()
 
     folder = store.build(loaded.name, digest, fill)
     say(f"image {loaded.name} {digest[:12]} ready after {time.monotonic() - started:.1f} s")
     return GuestImage.from_folder(folder)
+
+
+def _have_locally(lock: Lock) -> Callable[[PinnedPackage], bool]:
+    """Whether a pin needs nothing from apt: its role's unpacked tree is cached, or its
+    .deb is (with the pinned SHA256)."""
+    unpacked = {role: (default_unpacked_root() / role / unpacked_tree_key(lock, role)
+                       / COMPLETE_MARKER).exists() for role in ROLES}
+    debs = cache_dir("debs")
+
+    def have(pin: PinnedPackage) -> bool:
+        return unpacked[pin.role] or apt.cached_deb(pin.name, pin.version, pin.arch,
+                                                    pin.sha256, debs) is not None
+    return have
 
 
 def _serialized(progress: Progress) -> Progress:
@@ -102,15 +143,16 @@ def _serialized(progress: Progress) -> Progress:
 class ImageBuild:
     """One build of one image: each step a method, run in order by :meth:`run`."""
 
-    def __init__(self, recipe: Recipe, lock: Lock, digest: str, work: Path, output: Path,
-                 say: Progress) -> None:
+    def __init__(self, recipe: Recipe, resolution: Resolution, digest: str, work: Path,
+                 output: Path, say: Progress) -> None:
         self.recipe = recipe
-        self.lock = lock
+        self.resolution = resolution
+        self.lock = resolution.lock
         self.digest = digest
         self.work = work
         self.output = output
         self.say = say
-        self.release = lock.kernel_release
+        self.release = self.lock.kernel_release
         self.tree = GuestTree()
 
     def run(self) -> None:
@@ -155,6 +197,10 @@ class ImageBuild:
         self.say(f"writing the initramfs ({len(self.tree.entries())} entries, "
                  f"{self.tree.data_size / 2**20:.1f} MiB)")
         write_initramfs(self.tree.entries(), self.output / INITRAMFS_FILE)
+        self.publish(vmlinuz, host_key, boot_modules)
+
+    def publish(self, vmlinuz: Path, host_key: str, boot_modules: list[KernelModule]) -> None:
+        """Copy the kernel and write the manifest: last, its presence marks a whole image."""
         shutil.copyfile(vmlinuz, self.output / KERNEL_FILE)
         image = GuestImage(
             name=self.recipe.name, digest=self.digest, kernel=self.output / KERNEL_FILE,
@@ -164,13 +210,15 @@ class ImageBuild:
             agent_path=AGENT_GUEST_PATH, module_path=MODULE_GUEST_PATH,
             details={
                 "recipe": str(self.recipe.path),
-                "packages": {p.name: p.version for p in self.lock.packages},
+                "kernel_package": self.lock.with_role("kernel")[0].name,
+                "packages": self.lock.versions(),
+                "lock": self.resolution.to_data(self.recipe.lock_path),
                 "boot_modules": [m.guest_path for m in boot_modules],
                 "init_failed_marker": INIT_FAILED_MARKER,
                 "ssh_port": SSH_PORT,
                 "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             })
-        image.write_manifest()  # last: its presence marks a complete image
+        image.write_manifest()
 
     def unpacked(self, role: str, *, prepare: Callable[[Path], None] | None = None) -> Path:
         """The packages of ``role`` unpacked together (and prepared), from the shared
@@ -181,10 +229,13 @@ class ImageBuild:
         def fill(folder: Path) -> None:
             root = folder / "root"
             for pin in pins:
-                self.say(f"fetching {pin.name} {pin.version}")
+                if apt.cached_deb(pin.name, pin.version, pin.arch, pin.sha256,
+                                  debs_dir) is None:
+                    self.say(f"downloading {pin.name} {pin.version} "
+                             f"({pin.size / 2**20:.1f} MiB)")
                 deb = apt.fetch_deb(pin.name, pin.version, pin.arch, pin.sha256, debs_dir,
                                     relock_hint=relock_hint(self.recipe))
-                self.say(f"unpacking {pin.name}")
+                self.say(f"unpacking {pin.name} {pin.version}")
                 apt.extract_deb(deb, root)
             if prepare is not None:
                 prepare(root)

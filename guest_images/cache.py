@@ -8,13 +8,15 @@ after a marker file (the image manifest, ``.complete``) is written. So a
 folder that has its marker is whole, and a Ctrl-C or a crash leaves at most
 a ``.build-*`` folder, which ``wdfhil image clean`` removes.
 
-An image's digest covers the recipe's fields, the lock's pins, the init
+An image's digest covers the recipe's fields, the packages the build uses
+(the lock's pins, or their re-resolution when the lock is stale), the init
 script, the guest C sources, the generated ABI header and the builder's own
 source. Unpacked trees (the kernel package, the headers packages, the
 userland packages) are keyed by their packages' SHA256, so changing a guest
 C source rebuilds the image without unpacking 10,000 header files again.
-Layout: ``<images root>/<recipe>/<digest>/`` and ``cache_dir("unpacked")/
-<role>/<key>/``.
+Layout: ``<images root>/<recipe>/<digest>/`` (beside them
+``<pinned digest>.resolved.json``: the re-resolution a stale lock was built
+with) and ``cache_dir("unpacked")/<role>/<key>/``.
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ from wdfhil.errors import ImageBuildError
 from wdfhil.private_dirs import cache_dir, make_private_dir, remove_tree
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
-# Builder modules whose code does not shape an image (the command line).
-_NOT_BUILDER = {"cli.py"}
+# Builder modules whose code does not shape an image (the command line, its progress line).
+_NOT_BUILDER = {"cli.py", "progress.py"}
 BUILD_PREFIX = ".build-"
 COMPLETE_MARKER = ".complete"
 
@@ -145,6 +147,19 @@ def remove_abandoned_builds(root: Path) -> int:
 
 
 @dataclass(frozen=True)
+class RememberedResolution:
+    """A lock that was stale when an image was built: the digest the image got from
+    the re-resolved packages, the notice printed then, and those packages."""
+
+    digest: str
+    notice: str
+    lock: Lock
+
+
+RESOLUTION_SUFFIX = ".resolved.json"
+
+
+@dataclass(frozen=True)
 class CachedImage:
     name: str
     digest: str
@@ -172,6 +187,40 @@ class ImageStore:
     def build(self, name: str, digest: str, fill: Callable[[Path], None]) -> Path:
         """The image folder, filled by ``fill`` (which writes the manifest last) if needed."""
         return cached_folder(self.root / name, digest, MANIFEST, fill)
+
+    def _resolution_file(self, name: str, pinned_digest: str) -> Path:
+        return self.root / name / f"{pinned_digest}{RESOLUTION_SUFFIX}"
+
+    def remember_resolution(self, name: str, pinned_digest: str, digest: str, notice: str,
+                            lock: Lock) -> None:
+        """Remember that the lock whose image would be ``pinned_digest`` was stale and
+        built as ``digest``, so the next build finds that image without asking apt."""
+        path = self._resolution_file(name, pinned_digest)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps({"digest": digest, "notice": notice,
+                                         "lock": lock.to_data()}, indent=1))
+        os.replace(temporary, path)
+
+    def resolution(self, name: str, pinned_digest: str) -> RememberedResolution | None:
+        """What :meth:`remember_resolution` wrote for this lock (None if nothing, or
+        damaged: then the build just resolves again)."""
+        try:
+            data = json.loads(self._resolution_file(name, pinned_digest).read_text())
+            return RememberedResolution(data["digest"], data["notice"],
+                                        Lock.from_data(data["lock"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def forget_resolutions(self, keep: set[tuple[str, str]]) -> int:
+        """Remove the remembered resolutions of every (name, pinned digest) not in ``keep``."""
+        removed = 0
+        for path in self.root.glob(f"*/*{RESOLUTION_SUFFIX}"):
+            key = (path.parent.name, path.name[:-len(RESOLUTION_SUFFIX)])
+            if key not in keep:
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
 
     def images(self) -> list[CachedImage]:
         found = []

@@ -8,7 +8,9 @@ import time
 from guest_images.builder import build_image, unpacked_tree_key
 from guest_images.cache import (ImageStore, default_unpacked_root, image_digest,
                                 remove_abandoned_builds)
-from guest_images.lockfile import ROLES, Lock, check_lock, load_lock, resolve_lock, write_lock
+from guest_images.image import GuestImage
+from guest_images.lockfile import LOCKED_ENV, ROLES, Lock, check_lock, load_lock, relock
+from guest_images.progress import StatusLine
 from guest_images.recipe import DEFAULT_RECIPE, available_recipes, load_recipe
 from wdfhil.errors import WdfhilError
 from wdfhil.private_dirs import cache_dir, remove_tree
@@ -26,6 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help=f"recipe name or file (default: {DEFAULT_RECIPE})")
     build.add_argument("--relock", action="store_true",
                        help="re-pin the recipe's packages from apt before building")
+    build.add_argument("--locked", action="store_true",
+                       help="strict: fail when a pinned version can no longer be downloaded "
+                            f"instead of re-resolving within the lock's suite (also: "
+                            f"{LOCKED_ENV}=1)")
     build.set_defaults(func=_build)
 
     lock = commands.add_parser("lock", help="re-pin a recipe's packages to apt's current "
@@ -34,7 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help=f"recipe name or file (default: {DEFAULT_RECIPE})")
     lock.set_defaults(func=_lock)
 
-    listing = commands.add_parser("list", help="list the cached images")
+    listing = commands.add_parser("list", help="list the cached images, with the kernel "
+                                               "and package versions each was built from")
+    listing.add_argument("--packages", action="store_true",
+                         help="also list every package version of each image")
     listing.set_defaults(func=_list)
 
     clean = commands.add_parser("clean", help="remove cached images that no recipe builds "
@@ -54,10 +63,9 @@ def _print(message: str) -> None:
 
 def _relock(recipe_arg: str | None) -> None:
     recipe = load_recipe(recipe_arg)
-    lock = resolve_lock(recipe, _print)
-    write_lock(recipe.lock_path, recipe, lock)
-    _print(f"pinned {len(lock.packages)} packages (kernel {lock.kernel_release}) "
-           f"in {recipe.lock_path}")
+    lock = relock(recipe, _print)
+    _print(f"pinned {len(lock.packages)} packages (kernel {lock.kernel_release}, "
+           f"suite {lock.suite or 'unknown'}) in {recipe.lock_path}")
 
 
 def _lock(args: argparse.Namespace) -> int:
@@ -68,19 +76,25 @@ def _lock(args: argparse.Namespace) -> int:
 def _build(args: argparse.Namespace) -> int:
     if args.relock:
         _relock(args.recipe)
-    image = build_image(args.recipe, progress=_print)
+    status = StatusLine()
+    try:
+        image = build_image(args.recipe, progress=status, locked=True if args.locked else None)
+    finally:
+        status.clear()
     _print(f"image:     {image.name} {image.digest}\n"
-           f"kernel:    {image.kernel} ({image.kernel_version})\n"
+           f"built:     {image.provenance}\n"
+           f"kernel:    {image.kernel} ({image.kernel_release})\n"
            f"initramfs: {image.initramfs} ({_mib(image.initramfs.stat().st_size)})\n"
            f"cmdline:   {' '.join(image.kernel_cmdline)}\n"
            f"ssh:       {image.ssh_user} with {image.client_key}, host key {image.host_key}")
     return 0
 
 
-def current_locks() -> dict[str, tuple[str, Lock]]:
-    """(digest, lock) of each shipped recipe as it builds now (recipes without a valid
-    lock are left out; nothing is asked of apt)."""
-    found = {}
+def current_locks(store: ImageStore) -> dict[str, list[tuple[str, Lock]]]:
+    """(digest, lock) of each shipped recipe as it builds now: its lock as committed,
+    and the re-resolution a build used if that lock was stale. Recipes without a
+    valid lock are left out; nothing is asked of apt."""
+    found: dict[str, list[tuple[str, Lock]]] = {}
     for name in available_recipes():
         try:
             recipe = load_recipe(name)
@@ -88,38 +102,58 @@ def current_locks() -> dict[str, tuple[str, Lock]]:
             check_lock(recipe, lock)
         except WdfhilError:
             continue
-        found[name] = (image_digest(recipe, lock), lock)
+        digest = image_digest(recipe, lock)
+        found[name] = [(digest, lock)]
+        earlier = store.resolution(name, digest)
+        if earlier is not None:
+            found[name].append((earlier.digest, earlier.lock))
     return found
 
 
-def _list(_args: argparse.Namespace) -> int:
+def _list(args: argparse.Namespace) -> int:
     store = ImageStore()
-    current = {name: digest for name, (digest, _lock) in current_locks().items()}
+    current = {name: {digest for digest, _lock in locks}
+               for name, locks in current_locks(store).items()}
     images = store.images()
     if not images:
         _print(f"no images in {store.root}")
         return 0
-    _print(f"{'NAME':<20} {'DIGEST':<14} {'SIZE':>9}  {'BUILT':<17} STATE")
-    for image in images:
-        state = ("current" if current.get(image.name) == image.digest
-                 else "stale" if image.name in current else "(recipe not shipped)")
-        built = time.strftime("%Y-%m-%d %H:%M", time.localtime(image.built_at))
-        _print(f"{image.name:<20} {image.digest[:12]:<14} {_mib(image.size):>9}  "
-               f"{built:<17} {state}")
+    _print(f"{'NAME':<16} {'DIGEST':<13} {'SIZE':>8}  {'BUILT':<16} {'KERNEL':<34} "
+           f"{'LOCK':<12} STATE")
+    for cached in images:
+        state = ("current" if cached.digest in current.get(cached.name, ())
+                 else "stale" if cached.name in current else "(recipe not shipped)")
+        built = time.strftime("%Y-%m-%d %H:%M", time.localtime(cached.built_at))
+        try:
+            image = GuestImage.from_folder(cached.folder)
+        except WdfhilError:
+            _print(f"{cached.name:<16} {cached.digest[:12]:<13} {'':>8}  {built:<16} "
+                   "(damaged: no readable manifest)")
+            continue
+        kernel_package = image.details.get("kernel_package", "")
+        kernel = f"{image.kernel_release} {image.package_versions.get(kernel_package, '')}"
+        _print(f"{cached.name:<16} {cached.digest[:12]:<13} {_mib(cached.size):>8}  "
+               f"{built:<16} {kernel.strip():<34} {image.lock_state:<12} {state}")
+        if args.packages:
+            for package, version in sorted(image.package_versions.items()):
+                _print(f"    {package} {version}")
     return 0
 
 
 def _clean(args: argparse.Namespace) -> int:
     store = ImageStore()
-    current = current_locks()
+    current = current_locks(store)
     removed = 0
     for image in store.images():
-        if args.all or (image.name in current and current[image.name][0] != image.digest):
+        if args.all or (image.name in current and
+                        image.digest not in {digest for digest, _lock in current[image.name]}):
             store.remove(image.name, image.digest)
             removed += 1
+    store.forget_resolutions(set() if args.all else
+                             {(name, locks[0][0]) for name, locks in current.items()})
     unpacked_root = default_unpacked_root()
     keep = {(role, unpacked_tree_key(lock, role))
-            for _digest, lock in current.values() for role in ROLES}
+            for locks in current.values() for _digest, lock in locks for role in ROLES}
     trees = 0
     for role in ROLES:
         for tree in sorted((unpacked_root / role).glob("[!.]*")):

@@ -49,6 +49,38 @@ class GuestImage:
     def folder(self) -> Path:
         return self.kernel.parent
 
+    @property
+    def kernel_release(self) -> str:
+        """The guest kernel's release (``uname -r``), e.g. ``6.1.0-57-cloud-amd64``."""
+        return self.kernel_version
+
+    @property
+    def package_versions(self) -> dict[str, str]:
+        """Every Debian package the image was built from -> its exact version."""
+        return dict(self.details.get("packages", {}))
+
+    @property
+    def lock_state(self) -> str:
+        """``pinned`` (built from the lock as committed), ``re-resolved`` (the lock was
+        stale and the archive's versions were used) or ``unknown`` (older manifest)."""
+        return self.details.get("lock", {}).get("state", "unknown")
+
+    @property
+    def provenance(self) -> str:
+        """One line for a report: image, kernel and where the package versions came from."""
+        kernel_package = self.details.get("kernel_package", "")
+        kernel = self.package_versions.get(kernel_package)
+        line = (f"image {self.name} {self.digest[:12]}: kernel {self.kernel_release}"
+                f"{f' ({kernel})' if kernel else ''}, {len(self.package_versions)} Debian "
+                "packages")
+        lock = self.details.get("lock", {})
+        if lock.get("state") == "re-resolved":
+            line += (f" re-resolved from the archive ({Path(lock.get('file', '')).name} "
+                     f"is stale: {len(lock.get('changes', []))} changed)")
+        elif lock.get("state") == "pinned":
+            line += f" as pinned in {Path(lock.get('file', '')).name}"
+        return line
+
     def to_manifest(self) -> dict[str, Any]:
         return {
             "format": MANIFEST_FORMAT, "name": self.name, "digest": self.digest,

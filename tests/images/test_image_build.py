@@ -51,7 +51,13 @@ def test_concurrent_builds_made_one_image(session_build) -> None:
 def test_image_fields(image) -> None:
     lock = load_lock(load_recipe(None).lock_path)
     assert image.name == "debian12-cloud"
-    assert image.kernel_version == lock.kernel_release
+    # Built from the lock as committed, or (the lock went stale) re-resolved, and said so.
+    assert image.lock_state in ("pinned", "re-resolved"), image.details
+    if image.lock_state == "pinned":
+        assert image.kernel_version == lock.kernel_release
+        assert image.package_versions == lock.versions()
+    assert f"linux-image-{image.kernel_release}" in image.package_versions
+    assert image.kernel_release in image.provenance
     assert image.ssh_user == "root" and image.ready_marker == "WDFHIL-READY"
     assert image.agent_path == "/usr/bin/wdfhil-agent"
     assert image.module_path == "/lib/modules/wdfhil/wdfhil_pci.ko"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import guest_images.builder as builder
 import guest_images.cache as cache
 from guest_images import build_image, load_recipe
 from guest_images.builder import ImageBuild
@@ -163,7 +164,15 @@ def _leftover_work_dirs() -> set[str]:
     return {p.name for p in Path(tempfile.gettempdir()).glob("wdfhil-image-*")}
 
 
-def test_interrupted_build_leaves_no_image_and_no_temp_folder(tmp_path, monkeypatch) -> None:
+@pytest.fixture
+def pins_at_hand(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every pin counts as cached, so build_image asks apt nothing (the lock policy
+    is tested against a fake apt in test_image_lock_policy.py)."""
+    monkeypatch.setattr(builder, "_have_locally", lambda lock: lambda pin: True)
+
+
+def test_interrupted_build_leaves_no_image_and_no_temp_folder(tmp_path, monkeypatch,
+                                                              pins_at_hand) -> None:
     before = _leftover_work_dirs()
 
     def interrupted(self: ImageBuild) -> None:
@@ -180,7 +189,7 @@ def test_interrupted_build_leaves_no_image_and_no_temp_folder(tmp_path, monkeypa
     assert _leftover_work_dirs() <= before
 
 
-def test_second_build_is_a_cache_hit(tmp_path, monkeypatch) -> None:
+def test_second_build_is_a_cache_hit(tmp_path, monkeypatch, pins_at_hand) -> None:
     """The cache plumbing of build_image, with a stand-in for the slow build steps
     (the real build is checked in tests/images)."""
     runs = []

@@ -17,6 +17,7 @@ def test_committed_lock_matches_default_recipe() -> None:
     lock = load_lock(recipe.lock_path)
     check_lock(recipe, lock)
     assert lock.kernel_package == recipe.kernel_package
+    assert lock.suite == "bookworm", "re-resolution stays within the lock's Debian release"
     (kernel,) = lock.with_role("kernel")
     assert kernel.name == f"linux-image-{lock.kernel_release}"
     headers = {p.name for p in lock.with_role("headers")}
