@@ -85,15 +85,16 @@ def build_image(recipe: str | Path | None = None, *, cache_root: Path | None = N
     pinned = recipe_lock(loaded, say)
     digest = image_digest(loaded, pinned)
     store = ImageStore(cache_root)
-    if store.is_built(loaded.name, digest):
-        say(f"image {loaded.name} {digest[:12]} is in the cache")
-        return GuestImage.from_folder(store.folder(loaded.name, digest))
+    cached = _cached_image(store, loaded.name, digest, say)
+    if cached is not None:
+        return cached
     if not strict:  # built before from a re-resolution of this same lock?
         earlier = store.resolution(loaded.name, digest)
         if earlier is not None and store.is_built(loaded.name, earlier.digest):
-            notify(earlier.notice)
-            say(f"image {loaded.name} {earlier.digest[:12]} is in the cache")
-            return GuestImage.from_folder(store.folder(loaded.name, earlier.digest))
+            cached = _cached_image(store, loaded.name, earlier.digest, say)
+            if cached is not None:
+                notify(earlier.notice)
+                return cached
     started = time.monotonic()
     resolution = resolve_build(loaded, pinned, strict=strict,
                                have_locally=_have_locally(pinned), progress=say)
@@ -103,9 +104,9 @@ def build_image(recipe: str | Path | None = None, *, cache_root: Path | None = N
         pinned_digest, digest = digest, image_digest(loaded, resolution.lock)
         store.remember_resolution(loaded.name, pinned_digest, digest, notice,
                                   resolution.lock)
-        if store.is_built(loaded.name, digest):
-            say(f"image {loaded.name} {digest[:12]} is in the cache")
-            return GuestImage.from_folder(store.folder(loaded.name, digest))
+        cached = _cached_image(store, loaded.name, digest, say)
+        if cached is not None:
+            return cached
 
     def fill(output: Path) -> None:
         with private_dir("wdfhil-image-") as work:
@@ -114,6 +115,23 @@ def build_image(recipe: str | Path | None = None, *, cache_root: Path | None = N
     folder = store.build(loaded.name, digest, fill)
     say(f"image {loaded.name} {digest[:12]} ready after {time.monotonic() - started:.1f} s")
     return GuestImage.from_folder(folder)
+
+
+def _cached_image(store: ImageStore, name: str, digest: str, say: Progress) -> GuestImage | None:
+    """The cached image ``digest`` if it is there and whole; a damaged one (a file
+    truncated or changed since its build, or a manifest from before file digests)
+    is removed, said in one line, and None makes the caller build it again."""
+    if not store.is_built(name, digest):
+        return None
+    try:
+        image = GuestImage.from_folder(store.folder(name, digest))
+        image.verify()
+    except ImageBuildError as exc:
+        say(f"{exc}; removing it and building it again")
+        store.remove(name, digest)
+        return None
+    say(f"image {name} {digest[:12]} is in the cache")
+    return image
 
 
 def _have_locally(lock: Lock) -> Callable[[PinnedPackage], bool]:
@@ -218,7 +236,7 @@ class ImageBuild:
                 "ssh_port": SSH_PORT,
                 "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             })
-        image.write_manifest()
+        image.with_file_records().write_manifest()
 
     def unpacked(self, role: str, *, prepare: Callable[[Path], None] | None = None) -> Path:
         """The packages of ``role`` unpacked together (and prepared), from the shared

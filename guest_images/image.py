@@ -7,18 +7,43 @@ place only when complete, so a folder with a manifest is a whole image.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from wdfhil.errors import ImageBuildError
 
 MANIFEST = "image.json"
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2   # 2: the manifest records each boot file's size and SHA256
 KERNEL_FILE = "vmlinuz"
 INITRAMFS_FILE = "initramfs.cpio.gz"
 CLIENT_KEY_FILE = "client_key"
+
+# (path, size, mtime_ns, inode) of files this process already hashed and found whole:
+# verifying an image again (every cache hit, every boot) costs a stat, not a hash.
+_VERIFIED: set[tuple[str, int, int, int]] = set()
+
+
+class ImageDamaged(ImageBuildError):
+    """A cached image file no longer matches what its build recorded (truncated,
+    overwritten, deleted): booting it would fail in a way that names no file."""
+
+    def __init__(self, message: str, *, folder: Path, file: str) -> None:
+        super().__init__(message)
+        self.folder = folder
+        self.file = file
+
+
+def file_record(path: Path) -> dict[str, Any]:
+    """Size and SHA256 of ``path``, as the manifest keeps them."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
 @dataclass(frozen=True)
@@ -44,6 +69,41 @@ class GuestImage:
     agent_path: str
     module_path: str
     details: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    files: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def boot_files(self) -> tuple[Path, ...]:
+        """What a boot reads from the image folder."""
+        return (self.kernel, self.initramfs, self.client_key)
+
+    def with_file_records(self) -> "GuestImage":
+        """This image with the size and SHA256 of its boot files (taken when it is built)."""
+        return replace(self, files={path.name: file_record(path) for path in self.boot_files})
+
+    def verify(self) -> None:
+        """Check every boot file against the size and SHA256 its build recorded;
+        :class:`ImageDamaged` names the first file that differs."""
+        for path in self.boot_files:
+            expected = self.files.get(path.name)
+            if expected is None:
+                raise self._damaged(path, "the manifest records no digest for it")
+            try:
+                info = os.stat(path)
+            except OSError as exc:
+                raise self._damaged(path, exc.strerror or str(exc)) from None
+            key = (str(path), info.st_size, info.st_mtime_ns, info.st_ino)
+            if key in _VERIFIED:
+                continue
+            if info.st_size != expected["size"]:
+                raise self._damaged(path, f"{info.st_size} bytes, built with {expected['size']}")
+            if file_record(path)["sha256"] != expected["sha256"]:
+                raise self._damaged(path, "its SHA256 differs from the one recorded at build time")
+            _VERIFIED.add(key)
+
+    def _damaged(self, path: Path, why: str) -> ImageDamaged:
+        return ImageDamaged(f"image {self.name} {self.digest[:12]} is damaged: {path.name} "
+                            f"in {self.folder}: {why} (`wdfhil image build` rebuilds it)",
+                            folder=self.folder, file=path.name)
 
     @property
     def folder(self) -> Path:
@@ -89,7 +149,7 @@ class GuestImage:
             "host_key": self.host_key, "ssh_user": self.ssh_user,
             "ready_marker": self.ready_marker, "kernel_version": self.kernel_version,
             "agent_path": self.agent_path, "module_path": self.module_path,
-            "details": self.details,
+            "details": self.details, "files": self.files,
         }
 
     def write_manifest(self) -> None:
@@ -109,7 +169,8 @@ class GuestImage:
                 client_key=folder / data["client_key"], host_key=data["host_key"],
                 ssh_user=data["ssh_user"], ready_marker=data["ready_marker"],
                 kernel_version=data["kernel_version"], agent_path=data["agent_path"],
-                module_path=data["module_path"], details=data.get("details", {}))
+                module_path=data["module_path"], details=data.get("details", {}),
+                files=data.get("files", {}))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ImageBuildError(f"damaged image in {folder}: {exc}") from None
         for path in (image.kernel, image.initramfs, image.client_key):

@@ -204,7 +204,7 @@ def test_second_build_is_a_cache_hit(tmp_path, monkeypatch, pins_at_hand) -> Non
                    self.output / "initramfs.cpio.gz", ("console=ttyS0",),
                    self.output / "client_key", "ssh-ed25519 AAAA", "root", "WDFHIL-READY",
                    self.release, "/usr/bin/wdfhil-agent",
-                   "/lib/modules/wdfhil/wdfhil_pci.ko").write_manifest()
+                   "/lib/modules/wdfhil/wdfhil_pci.ko").with_file_records().write_manifest()
 
     assert real_run is not fake_run
     monkeypatch.setattr(ImageBuild, "run", fake_run)
