@@ -90,7 +90,7 @@ BAD_CASES = [
     ("  base: 0x110000000", "  base: 8M", 11, "pool.base", "at least"),
     ("  base: 0x110000000", "  base: 0x138000000", 11, "pool.base", "not inside"),
     ("  base: 0x110000000", "  base: 0x7c000000", 11, "pool.base", "not inside"),  # across the hole
-    ("  base: 0x110000000", "  bass: 0x110000000", 11, "bass", "unknown field"),
+    ("  base: 0x110000000", "  bass: 0x110000000", 11, "pool.bass", "unknown field"),
     ("  size: 256M", "  size: 0", 12, "pool.size", "positive multiple"),
     ("  size: 256M", "  size: 1000", 12, "pool.size", "positive multiple"),
     ("image: debian12-cloud", "image: [a, b]", 13, "image", "expected str"),
@@ -125,7 +125,7 @@ ARGS_BLOCK = "kernel_args:\n  - quiet\n  - loglevel=3\n"
 SHAPE_CASES = [
     (POOL_BLOCK, "", "pool", 1, "missing"),
     (POOL_BLOCK, "pool: 64M\n", "pool", 10, "mapping"),
-    ("  size: 256M\n", "", "size", 11, "missing"),  # the pool mapping starts at 'base'
+    ("  size: 256M\n", "", "pool.size", 11, "missing"),  # the pool mapping starts at 'base'
     (ARGS_BLOCK, "kernel_args: quiet\n", "kernel_args", 7, "list of strings"),
 ]
 
@@ -178,3 +178,30 @@ def test_config_identity_ignores_where_it_was_read(tmp_path):
     second = load_guest_config(write(tmp_path, "# a comment\n" + GOOD, "a2.yaml"))
     assert first.with_changes(name="x") == second.with_changes(name="x")
     assert hash(first.with_changes(name="x")) == hash(second.with_changes(name="x"))
+
+
+@pytest.mark.parametrize("content", [
+    b"machine: pc\nmemory: 256M\x00\n",
+    b"machine: pc\ndescription: caf\xe9\n",
+    b"machine: " + b"[" * 100_000 + b"]" * 100_000 + b"\n",
+    b"a: &a [" + b", ".join([b"lol"] * 9) + b"]\n" + b"".join(
+        b"%c: &%c [" % (n, n) + b", ".join([b"*%c" % p] * 9) + b"]\n"
+        for p, n in zip(b"abcdefgh", b"bcdefghi")) + b"machine: *i\n",
+], ids=["nul", "latin1", "deep", "alias-bomb"])
+def test_hostile_config_files_exit_2_with_file_and_line(tmp_path, capsys, content):
+    from orchestrator.cli import main
+
+    path = tmp_path / "hostile.yaml"
+    path.write_bytes(content)
+    assert main(["vm", "configs", str(path)]) == 2
+    out = capsys.readouterr().out
+    assert out.startswith(f"INVALID {path}:") and len(out) < 2000
+    assert main(["vm", "run", "--config", str(path), "--", "true"]) == 2
+    assert f"wdfhil: error: {path}:" in capsys.readouterr().err
+
+
+def test_config_dev_zero_exits_2(capsys):
+    from orchestrator.cli import main
+
+    assert main(["vm", "run", "--config", "/dev/zero", "--", "true"]) == 2
+    assert "/dev/zero: the file is larger than" in capsys.readouterr().err
