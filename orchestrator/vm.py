@@ -46,7 +46,7 @@ from orchestrator.ssh_session import (DEFAULT_COMMAND_TIMEOUT, CommandResult, Ss
                                       wait_for_ssh_banner)
 from wdfhil.errors import ConfigError, LaunchError, WdfhilError
 from wdfhil.guest_ram import GuestRam
-from wdfhil.private_dirs import make_private_dir, remove_tree
+from wdfhil.private_dirs import create_private_files, make_private_dir, remove_tree
 
 if TYPE_CHECKING:
     from guest_images import GuestImage
@@ -279,6 +279,7 @@ class VM(GuestMachine):
         self.config.check_pool_clear_of_initrd(self.image.initramfs.stat().st_size,
                                                read_initrd_addr_max(self.image.kernel))
         host.run_dir = make_private_dir(f"wdfhil-vm-{os.getpid()}-", folder_parent())
+        create_private_files(host.run_dir, RAM_FILE, QEMU_LOG, CONSOLE_LOG)  # 0600, not 0644
         console_ours, console_theirs = socket.socketpair()
         qmp_ours, qmp_theirs = socket.socketpair()
         host.sockets += [console_ours, console_theirs, qmp_ours, qmp_theirs]
