@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from orchestrator.cleanup import (folder_parent, install_sigterm_handler, signals_deferred,
                                   sweep_stale_folders, track)
-from orchestrator.guest_config import GuestConfig
+from orchestrator.guest_config import GuestConfig, check_pool_window_in_iomem
 from orchestrator.kvm_probe import choose_accelerator
 from orchestrator.machine import GuestMachine
 from orchestrator.qemu_command import DEFAULT_QEMU, build_qemu_argv, parse_hostfwd_port
@@ -314,6 +314,8 @@ class VM(GuestMachine):
         host.ssh = SshSession.connect(
             SSH_HOST, self.ssh_port, user=self.image.ssh_user, client_key=self.image.client_key,
             host_key=self.image.host_key, timeout=max(5.0, deadline - time.monotonic()))
+        # the guest really reserved the window, and its kernel does not run in it
+        check_pool_window_in_iomem(self.config, host.ssh.run_checked("cat /proc/iomem"))
         if snapshot is not None:
             self._set_guest_clock()
 
