@@ -30,7 +30,7 @@ from typing import Any, Mapping
 from orchestrator.ram_layout import DEFAULT_INITRD_ADDR_MAX, MACHINES, RamSplit
 from wdfhil.errors import ConfigError, GuestError
 from wdfhil.units import format_size, parse_size
-from wdfhil.yamlfile import YamlMap, load_yaml_mapping, reject_unknown_keys, take
+from wdfhil.yamlfile import YamlMap, brief, load_yaml_mapping, reject_unknown_keys, take
 
 GUESTS_DIR = Path(__file__).resolve().parent.parent / "ci" / "guests"
 DEFAULT_GUEST = "pc-256m"
@@ -173,7 +173,7 @@ class GuestConfig:
             where = f"kernel_args[{index}]"
             if not isinstance(arg, str) or not arg or any(c.isspace() for c in arg):
                 raise self.error(where, "each kernel argument must be one non-empty word "
-                                 f"without spaces (got {arg!r})", arg)
+                                 f"without spaces (got {brief(arg)})", arg)
             if arg.startswith("memmap="):
                 raise self.error(where, "memmap= comes from the pool window; set "
                                  "pool.base and pool.size instead", arg)
@@ -330,7 +330,7 @@ def load_guest_config(name_or_path: str | Path = DEFAULT_GUEST,
     for index, arg in enumerate(args):
         lines[f"kernel_args[{index}]"] = args.line_of(index)
         if not isinstance(arg, str):
-            raise ConfigError(f"expected a string, got {type(arg).__name__} {arg!r}",
+            raise ConfigError(f"expected a string, got {type(arg).__name__} {brief(arg)}",
                               file=str(path), line=args.line_of(index),
                               field=f"kernel_args[{index}]", value=arg)
 

@@ -35,6 +35,7 @@ _MISSING: Any = object()
 MAX_FILE_BYTES = 1 << 20
 MAX_DEPTH = 64          # nested mappings/sequences (the composer recurses per level)
 MAX_NODES = 100_000     # nodes of the document with every alias expanded
+MAX_NUMBER_CHARS = 100  # YAML 1.1 base-60 ints (1:2:3...) cost quadratic time in their length
 BRIEF_CHARS = 60        # how much of a value an error message shows
 
 
@@ -58,6 +59,8 @@ def brief(value: Any, limit: int = BRIEF_CHARS) -> str:
     def walk(item: Any, depth: int) -> bool:
         if isinstance(item, (str, bytes)):
             return put(repr(item[:limit + 1]))
+        if isinstance(item, int) and not isinstance(item, bool) and item.bit_length() > 256:
+            return put(f"<{item.bit_length()}-bit int>")
         if isinstance(item, (bool, int, float)) or item is None:
             return put(repr(item))
         if isinstance(item, dict):
@@ -138,7 +141,12 @@ class _LocatingLoader(yaml.SafeLoader):
     def __init__(self, stream: str) -> None:
         self._fields: list[str] = []  # the dotted place being composed, one part a level
         self._expanded: dict[int, int] = {}  # id(node) -> nodes it stands for, expanded
+        self._node_fields: dict[int, str] = {}  # id(node) -> its dotted place, for errors
         super().__init__(stream)
+
+    def _node_error(self, node: yaml.Node, message: str) -> ConfigError:
+        return ConfigError(message, file=self.source_name, line=node.start_mark.line + 1,
+                           field=self._node_fields.get(id(node)) or None)
 
     def _limit_error(self, message: str, mark: Any) -> ConfigError:
         return ConfigError(message, file=self.source_name,
@@ -183,9 +191,37 @@ class _LocatingLoader(yaml.SafeLoader):
             raise self._limit_error(f"more than {MAX_NODES} values once its aliases are "
                                     f"expanded (an alias bomb?)", node.start_mark)
         self._expanded[id(node)] = size
+        self._node_fields[id(node)] = "".join(self._fields).lstrip(".")
         return node
 
+    def construct_object(self, node, deep=False):  # type: ignore[override]
+        # PyYAML's constructors raise plain ValueError, TypeError, IndexError,
+        # AttributeError... on values such as 2001-13-45, a 5000-digit int or
+        # an empty !!int: name the value's place instead.
+        try:
+            return super().construct_object(node, deep)
+        except (ConfigError, yaml.YAMLError):
+            raise
+        except Exception as exc:
+            raise self._node_error(node, f"cannot read this value: {str(exc)[:120]}"
+                                   ) from None
+
+    def construct_yaml_int(self, node):  # type: ignore[override]
+        self._check_number_length(node)
+        return super().construct_yaml_int(node)
+
+    def construct_yaml_float(self, node):  # type: ignore[override]
+        self._check_number_length(node)
+        return super().construct_yaml_float(node)
+
+    def _check_number_length(self, node: yaml.ScalarNode) -> None:
+        if len(node.value) > MAX_NUMBER_CHARS:
+            raise self._node_error(node, f"a number written with more than {MAX_NUMBER_CHARS} "
+                                   f"characters")
+
     def construct_yaml_map(self, node: yaml.MappingNode):  # type: ignore[override]
+        if not isinstance(node, yaml.MappingNode):  # e.g. a scalar tagged !!map
+            raise self._node_error(node, f"expected a mapping, found a {node.id}")
         data = YamlMap()
         data.file = self.source_name
         data.line = node.start_mark.line + 1
@@ -207,6 +243,8 @@ class _LocatingLoader(yaml.SafeLoader):
             data.key_lines[key] = key_node.start_mark.line + 1
 
     def construct_yaml_seq(self, node: yaml.SequenceNode):  # type: ignore[override]
+        if not isinstance(node, yaml.SequenceNode):
+            raise self._node_error(node, f"expected a sequence, found a {node.id}")
         data = YamlList()
         data.file = self.source_name
         data.line = node.start_mark.line + 1
@@ -217,6 +255,8 @@ class _LocatingLoader(yaml.SafeLoader):
 
 _LocatingLoader.add_constructor("tag:yaml.org,2002:map", _LocatingLoader.construct_yaml_map)
 _LocatingLoader.add_constructor("tag:yaml.org,2002:seq", _LocatingLoader.construct_yaml_seq)
+_LocatingLoader.add_constructor("tag:yaml.org,2002:int", _LocatingLoader.construct_yaml_int)
+_LocatingLoader.add_constructor("tag:yaml.org,2002:float", _LocatingLoader.construct_yaml_float)
 
 
 def _name_fields(root: Any) -> None:
@@ -295,8 +335,13 @@ def load_yaml_text(text: str, source_name: str) -> Any:
                           line=line) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"YAML error: {brief(str(exc), 200)}", file=source_name) from None
+    except ConfigError:
+        raise
     except RecursionError:  # a bound above should always come first
         raise ConfigError("nested too deeply", file=source_name) from None
+    except Exception as exc:  # PyYAML has more ways to fail on odd input than it documents
+        raise ConfigError(f"cannot read the file as YAML ({type(exc).__name__}: "
+                          f"{str(exc)[:120]})", file=source_name) from None
     finally:
         if loader is not None:
             loader.dispose()

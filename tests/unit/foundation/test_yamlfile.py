@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wdfhil.errors import ConfigError
 from wdfhil.units import parse_size
@@ -185,3 +187,35 @@ def test_brief_is_bounded_whatever_the_value():
     text = brief(shared)
     assert text.startswith("[[[[") and text.endswith("...") and len(text) <= 63
     assert brief("x" * 10_000_000).endswith("...") and brief({"a": 1}) == "{'a': 1}"
+
+
+@pytest.mark.parametrize("text,field,words", [
+    ("memory: " + "1" * 5000 + "\n", "memory", "more than 100 characters"),
+    ("a: " + ":".join(["59"] * 100_000) + "\n", "a", "more than 100 characters"),  # base 60
+    ("pool:\n  when: 2001-13-45\n", "pool.when", "month must be in 1..12"),
+    ("a: [1, {b: !!int zz}]\n", "a[1].b", "invalid literal"),
+    ("a: !<tag:yaml.org,2002:int> ''\n", "a", "cannot read this value"),  # IndexError
+    ("a:\n  b: !!timestamp x\n", "a.b", "cannot read this value"),         # AttributeError
+    ("a: !!map x\n", "a", "expected a mapping, found a scalar"),          # ValueError
+    ("a: !!seq x\n", "a", "expected a sequence, found a scalar"),
+], ids=["5000-digits", "sexagesimal", "bad-date", "bad-int-tag", "empty-int", "bad-timestamp",
+        "scalar-map", "scalar-seq"])
+def test_values_pyyaml_cannot_build_are_config_errors(text, field, words):
+    with pytest.raises(ConfigError) as info:
+        load_yaml_text(text, "v.yaml")
+    assert info.value.field == field and words in str(info.value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(
+    st.binary(max_size=200),
+    st.text(alphabet=st.sampled_from(list("ab:-[]{}&*!|>'\"#?,. \n\t0123456789\x00\x85")),
+            max_size=200),
+))
+def test_any_input_is_data_or_a_config_error(tmp_path_factory, content):
+    path = tmp_path_factory.mktemp("fuzz") / "any.yaml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    try:
+        load_yaml_file(path)
+    except ConfigError as error:
+        assert error.file == str(path)
