@@ -39,13 +39,12 @@ import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from wdfhil.private_dirs import Liveness, folder_liveness, remove_tree
+from wdfhil.private_dirs import RUN_FOLDER_PREFIX, Liveness, folder_liveness, remove_tree
 
 log = logging.getLogger(__name__)
 
 SHM_DIR = Path("/dev/shm")
 FOLDER_PREFIXES = ("wdfhil-vm-", "wdfhil-snap-")
-SWEPT_PREFIX = "wdfhil-"   # every folder of ours is named so; its lock decides
 _PID_IN_NAME = re.compile(r"^(?:wdfhil-vm|wdfhil-snap)-(\d+)-")
 # A folder without a liveness lock is either being made this instant (the
 # lock comes right after mkdir) or was left by a wdfhil without locks.
@@ -179,7 +178,7 @@ def sweep_stale_folders(parents: tuple[Path, ...] | None = None) -> list[Path]:
         except OSError:
             continue
         for entry in entries:
-            if not entry.name.startswith(SWEPT_PREFIX):
+            if not entry.name.startswith(RUN_FOLDER_PREFIX):
                 continue
             try:
                 info = entry.lstat()

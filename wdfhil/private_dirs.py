@@ -3,9 +3,13 @@
 Run folders hold sockets, keys and guest RAM; nobody else on the machine may
 read them, and none may outlive a run.
 
-Every folder made here carries a *liveness lock*: the file
-:data:`LIVENESS_FILE` inside it, on which the making process holds an
-exclusive ``flock`` until it removes the folder. The kernel drops the lock
+Every run folder (a folder made here whose name starts with
+:data:`RUN_FOLDER_PREFIX`, ``wdfhil-``: a VM's, a snapshot's, a device's)
+carries a *liveness lock*: the file :data:`LIVENESS_FILE` inside it, on
+which the making process holds an exclusive ``flock`` until it removes the
+folder. (Other private folders, such as the image cache's ``.build-*``
+scratch folders that are renamed into the cache, get none: nothing sweeps
+them by lock, and the lock file would be published with them.) The kernel drops the lock
 when the process dies, however it dies, and a lock is a property of the
 file, not of a pid, so another PID namespace sharing ``/dev/shm`` sees it
 too. A sweeper (``orchestrator.cleanup``) removes a folder only when
@@ -28,6 +32,7 @@ from pathlib import Path
 from typing import Iterator
 
 LIVENESS_FILE = ".wdfhil-alive.lock"
+RUN_FOLDER_PREFIX = "wdfhil-"   # folders named so get a liveness lock and may be swept
 
 _held: dict[str, int] = {}          # folder -> fd holding its liveness lock
 _held_guard = threading.Lock()
@@ -127,12 +132,14 @@ def folder_liveness(folder: str | Path) -> Liveness:
 
 
 def make_private_dir(prefix: str, parent: str | Path | None = None) -> Path:
-    """A fresh 0700 folder holding this process's liveness lock; the caller
-    owns its removal (see :func:`private_dir`, :func:`remove_tree`)."""
+    """A fresh 0700 folder (a run folder, with this process's liveness lock,
+    when ``prefix`` starts with ``wdfhil-``); the caller owns its removal
+    (see :func:`private_dir`, :func:`remove_tree`)."""
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=str(parent) if parent else None))
     try:
         os.chmod(path, 0o700)
-        hold_liveness_lock(path)
+        if prefix.startswith(RUN_FOLDER_PREFIX):
+            hold_liveness_lock(path)
     except BaseException:
         shutil.rmtree(path, ignore_errors=True)
         raise

@@ -88,8 +88,8 @@ def test_private_files_are_0600_whatever_the_umask_and_stay_so(tmp_path):
         os.umask(old_umask)
 
 
-def test_a_private_dir_holds_its_liveness_lock_until_removed(tmp_path):
-    with private_dir("t-", parent=tmp_path) as folder:
+def test_a_run_folder_holds_its_liveness_lock_until_removed(tmp_path):
+    with private_dir("wdfhil-t-", parent=tmp_path) as folder:
         assert mode(folder / LIVENESS_FILE) == 0o600
         assert folder_liveness(folder) is Liveness.ALIVE
         release_liveness_lock(folder)
@@ -100,8 +100,14 @@ def test_a_private_dir_holds_its_liveness_lock_until_removed(tmp_path):
     assert not folder.exists()
 
 
+def test_other_private_folders_get_no_lock_file(tmp_path):
+    """The image cache renames its .build-* scratch folder into the cache: no lock inside."""
+    with private_dir(".build-", parent=tmp_path) as folder:
+        assert list(folder.iterdir()) == [] and folder_liveness(folder) is Liveness.UNKNOWN
+
+
 def test_the_lock_is_released_when_the_folder_is_removed(tmp_path):
-    folder = make_private_dir("t-", tmp_path)
+    folder = make_private_dir("wdfhil-t-", tmp_path)
     fds_before = len(os.listdir("/proc/self/fd"))
     remove_tree(folder)
     assert len(os.listdir("/proc/self/fd")) == fds_before - 1
