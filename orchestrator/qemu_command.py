@@ -49,11 +49,10 @@ def kernel_command_line(config: GuestConfig, image: "GuestImage") -> str:
     return " ".join([*image.kernel_cmdline, *config.kernel_arguments()])
 
 
-def user_netdev(netdev_id: str, *, restrict: bool = True) -> str:
+def user_netdev(netdev_id: str) -> str:
     """The ``-netdev`` of the guest's one NIC: QEMU user networking that only
     carries the SSH forward (``restrict=on`` keeps explicit forwards working)."""
-    return (f"user,id={netdev_id},restrict={'on' if restrict else 'off'},"
-            f"hostfwd=tcp:127.0.0.1:0-:{GUEST_SSH_PORT}")
+    return f"user,id={netdev_id},restrict=on,hostfwd=tcp:127.0.0.1:0-:{GUEST_SSH_PORT}"
 
 
 def build_qemu_argv(config: GuestConfig, image: "GuestImage", *, accelerator: str,
