@@ -94,8 +94,8 @@ def _string_list(mapping: YamlMap, key: str, check: Callable[[str], str], what: 
         line = items.line_of(index) if isinstance(items, YamlList) else mapping.line_of(key)
 
         def fail(message: str) -> ConfigError:
-            return ConfigError(message, file=mapping.file, line=line, field=f"{key}[{index}]",
-                               value=item)
+            return ConfigError(message, file=mapping.file, line=line,
+                               field=f"{mapping.field_name(key)}[{index}]", value=item)
 
         if not isinstance(item, str):
             raise fail(f"expected a {what} (a string), got {type(item).__name__} {item!r}")

@@ -3,19 +3,25 @@
 Three layers, from the normal path to the last resort:
 
 1. ``with VM(...)`` unwinds on any exception. SIGINT already raises
-   KeyboardInterrupt; :func:`install_sigterm_handler` makes SIGTERM raise
-   :class:`TerminatedBySignal` (a KeyboardInterrupt) in the main thread too,
-   so a CI runner cancelling a job also unwinds the context managers.
+   KeyboardInterrupt; :func:`install_sigterm_handler` makes SIGTERM and
+   SIGHUP (the terminal closed) raise :class:`TerminatedBySignal` (a
+   KeyboardInterrupt) in the main thread too, so a CI runner cancelling a
+   job, or a closed terminal, also unwinds the context managers.
    :func:`signals_deferred` keeps a second Ctrl-C from cutting a shutdown
    in half: the signal is held and raised again once cleanup is done.
 2. :func:`track` registers a release function with ``weakref.finalize``,
    which runs it when the owner is garbage collected or, at the latest, at
    interpreter exit (for a VM that nobody closed).
 3. SIGKILL of the test process runs no Python at all: QEMU dies by
-   ``PR_SET_PDEATHSIG`` (see qemu_process), and the run folders left in
-   /dev/shm carry the owner's pid in their names, so the next VM started on
-   the machine removes those whose owner is dead
-   (:func:`sweep_stale_folders`).
+   ``PR_SET_PDEATHSIG`` (see qemu_process), and the folders left behind
+   (``wdfhil-vm-*``, ``wdfhil-snap-*`` in /dev/shm, ``wdfhil-dev-*`` in the
+   temp dir, any ``wdfhil-*`` made by ``make_private_dir``) are removed by
+   the next VM started on the machine or ``wdfhil vm sweep``
+   (:func:`sweep_stale_folders`). Liveness is the folder's lock
+   (``wdfhil.private_dirs``), which the kernel drops when its owner dies;
+   a pid in a name means nothing in another PID namespace, so it is only
+   consulted for folders without a lock (made by an older wdfhil), and then
+   only once they are :data:`UNLOCKED_GRACE_S` old.
 """
 
 from __future__ import annotations
@@ -25,19 +31,25 @@ import logging
 import os
 import re
 import signal
+import stat
 import tempfile
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from wdfhil.private_dirs import remove_tree
+from wdfhil.private_dirs import RUN_FOLDER_PREFIX, Liveness, folder_liveness, remove_tree
 
 log = logging.getLogger(__name__)
 
 SHM_DIR = Path("/dev/shm")
 FOLDER_PREFIXES = ("wdfhil-vm-", "wdfhil-snap-")
 _PID_IN_NAME = re.compile(r"^(?:wdfhil-vm|wdfhil-snap)-(\d+)-")
+# A folder without a liveness lock is either being made this instant (the
+# lock comes right after mkdir) or was left by a wdfhil without locks.
+UNLOCKED_GRACE_S = 60.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 class TerminatedBySignal(KeyboardInterrupt):
@@ -57,21 +69,23 @@ def _in_main_thread() -> bool:
 
 
 def install_sigterm_handler() -> bool:
-    """Make SIGTERM raise TerminatedBySignal in the main thread.
+    """Make SIGTERM and SIGHUP raise TerminatedBySignal in the main thread.
 
-    Only when SIGTERM still has its default action (a program or test
-    runner with its own handler keeps it) and only from the main thread
-    (Python allows no other). Returns whether the handler is ours now.
+    Each only when it still has its default action (a program or test
+    runner with its own handler keeps it; ``nohup`` keeps SIGHUP ignored)
+    and only from the main thread (Python allows no other). Returns whether
+    the SIGTERM handler is ours now.
     """
     if not _in_main_thread():
         return False
-    current = signal.getsignal(signal.SIGTERM)
-    if current is _raise_terminated:
-        return True
-    if current is not signal.SIG_DFL:
-        return False
-    signal.signal(signal.SIGTERM, _raise_terminated)
-    return True
+    ours = {}
+    for sig in STOP_SIGNALS:
+        current = signal.getsignal(sig)
+        if current is signal.SIG_DFL:
+            signal.signal(sig, _raise_terminated)
+            current = _raise_terminated
+        ours[sig] = current is _raise_terminated
+    return ours[signal.SIGTERM]
 
 
 _deferring = False
@@ -79,7 +93,7 @@ _deferring = False
 
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM while the block runs; raise the first one after.
+    """Hold SIGINT, SIGTERM and SIGHUP while the block runs; raise the first one after.
 
     Used around shutdown so a Ctrl-C cannot leave QEMU half-stopped. Outside
     the main thread it does nothing (signals are only delivered there).
@@ -93,7 +107,7 @@ def signals_deferred() -> Iterator[None]:
     def hold(signum: int, frame: Any) -> None:
         pending.append(signum)
 
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, *STOP_SIGNALS)}
     for sig in previous:
         signal.signal(sig, hold)
     _deferring = True
@@ -134,11 +148,26 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def sweep_stale_folders(parents: tuple[Path, ...] | None = None) -> list[Path]:
-    """Remove run/snapshot folders whose owning process is dead; the removed ones.
+def _abandoned(entry: Path, info: os.stat_result) -> bool:
+    """Whether nobody alive owns the folder ``entry`` (see the module's docstring)."""
+    liveness = folder_liveness(entry)
+    if liveness is not Liveness.UNKNOWN:
+        return liveness is Liveness.ABANDONED
+    match = _PID_IN_NAME.match(entry.name)
+    if match is None:
+        return False  # no lock and no pid: nothing tells us its owner is gone
+    pid = int(match.group(1))
+    if pid == os.getpid() or _pid_alive(pid):
+        return False
+    return time.time() - info.st_mtime > UNLOCKED_GRACE_S
 
-    Only folders owned by this user whose name carries a pid that no longer
-    exists are touched, so another live run (ours or a colleague's) is safe.
+
+def sweep_stale_folders(parents: tuple[Path, ...] | None = None) -> list[Path]:
+    """Remove our folders whose owner is gone; the removed ones.
+
+    Only this user's ``wdfhil-*`` folders are looked at, and only those whose
+    liveness lock nobody holds are removed, so a live run (ours, a
+    colleague's, or one in another PID namespace sharing /dev/shm) is safe.
     """
     if parents is None:
         parents = tuple({folder_parent(), Path(tempfile.gettempdir())})
@@ -149,19 +178,17 @@ def sweep_stale_folders(parents: tuple[Path, ...] | None = None) -> list[Path]:
         except OSError:
             continue
         for entry in entries:
-            match = _PID_IN_NAME.match(entry.name)
-            if not match:
+            if not entry.name.startswith(RUN_FOLDER_PREFIX):
                 continue
             try:
                 info = entry.lstat()
             except OSError:
                 continue
-            if info.st_uid != os.getuid() or not entry.is_dir():
+            if info.st_uid != os.getuid() or not stat.S_ISDIR(info.st_mode):
                 continue
-            pid = int(match.group(1))
-            if pid == os.getpid() or _pid_alive(pid):
+            if not _abandoned(entry, info):
                 continue
-            log.info("removing %s left behind by dead process %d", entry, pid)
+            log.info("removing %s: its owner is gone", entry)
             remove_tree(entry)
             removed.append(entry)
     return removed

@@ -8,19 +8,29 @@ The files live in ``ci/guests/NAME.yaml``; every mistake in one is reported
 with the file, the line and the field, and the pool window is checked
 against the RAM layout QEMU will give the guest, because a window outside
 RAM (or across the PCI hole) would silently reserve nothing.
+
+Where the guest kernel itself lands is only known once it runs: KASLR
+moves it out of the window (the decompressor avoids ``memmap=`` ranges),
+but without KASLR (``nokaslr``, or no free slot) it runs from 16 MiB up,
+over a window placed there, and the framework's writes then corrupt the
+kernel. So a booted guest's ``/proc/iomem`` is checked
+(:func:`check_pool_window_in_iomem`, called by the VM once SSH is up), and
+``wdfhil vm configs`` warns about windows that rely on KASLR
+(:func:`pool_window_warnings`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from orchestrator.ram_layout import DEFAULT_INITRD_ADDR_MAX, MACHINES, RamSplit
-from wdfhil.errors import ConfigError
+from wdfhil.errors import ConfigError, GuestError
 from wdfhil.units import format_size, parse_size
-from wdfhil.yamlfile import YamlMap, load_yaml_mapping, reject_unknown_keys, take
+from wdfhil.yamlfile import YamlMap, brief, load_yaml_mapping, reject_unknown_keys, take
 
 GUESTS_DIR = Path(__file__).resolve().parent.parent / "ci" / "guests"
 DEFAULT_GUEST = "pc-256m"
@@ -33,6 +43,11 @@ MAX_CPUS = 64
 # QEMU loads the compressed kernel at 1 MiB and the kernel decompresses to
 # 16 MiB; a pool window below that would be overwritten while booting.
 MIN_POOL_BASE = 16 << 20
+# Without KASLR the x86-64 kernel runs from LOAD_PHYSICAL_ADDR (16 MiB) up.
+# Debian 12's cloud kernel (6.1) then occupies 0x1000000-0x37fffff (code to
+# bss, measured in /proc/iomem with nokaslr); rounded up, this is where a
+# window depends on KASLR moving the kernel elsewhere.
+UNRANDOMIZED_KERNEL = (16 << 20, 64 << 20)
 
 _FIELDS = ("description", "machine", "memory", "cpus", "accelerator", "iommu",
            "kernel_args", "pool", "image")
@@ -158,7 +173,7 @@ class GuestConfig:
             where = f"kernel_args[{index}]"
             if not isinstance(arg, str) or not arg or any(c.isspace() for c in arg):
                 raise self.error(where, "each kernel argument must be one non-empty word "
-                                 f"without spaces (got {arg!r})", arg)
+                                 f"without spaces (got {brief(arg)})", arg)
             if arg.startswith("memmap="):
                 raise self.error(where, "memmap= comes from the pool window; set "
                                  "pool.base and pool.size instead", arg)
@@ -181,6 +196,94 @@ class GuestConfig:
             raise self.error("pool.base", f"pool window {pool.describe()} is not inside one "
                              f"RAM range of this {self.machine} guest with "
                              f"{format_size(self.memory)}: {split.describe()}", pool.base)
+
+
+# -- the window against the running guest ------------------------------------
+@dataclass(frozen=True)
+class IomemRange:
+    """One line of ``/proc/iomem``: ``[start, end)``, its name and nesting depth."""
+
+    start: int
+    end: int
+    name: str
+    depth: int
+
+    def overlaps(self, start: int, end: int) -> bool:
+        return self.start < end and start < self.end
+
+    def describe(self) -> str:
+        return f"'{self.name}' {self.start:#x}-{self.end - 1:#x}"
+
+
+_IOMEM_LINE = re.compile(r"^(?P<indent> *)(?P<start>[0-9a-fA-F]+)-(?P<end>[0-9a-fA-F]+) : "
+                         r"(?P<name>.*?)\s*$")
+
+
+def parse_iomem(text: str) -> list[IomemRange]:
+    """The ranges of ``/proc/iomem`` (two spaces of indent a level)."""
+    ranges = []
+    for line in text.splitlines():
+        match = _IOMEM_LINE.match(line)
+        if match:
+            ranges.append(IomemRange(int(match["start"], 16), int(match["end"], 16) + 1,
+                                     match["name"], len(match["indent"]) // 2))
+    return ranges
+
+
+def check_pool_window_in_iomem(config: GuestConfig, iomem_text: str) -> None:
+    """Refuse a running guest whose pool window is not what the framework may write.
+
+    ``iomem_text`` is the guest's ``/proc/iomem`` as root. The window must be
+    wholly covered by top-level ``Reserved`` ranges (the guest honoured
+    ``memmap=``), and no ``Kernel code/rodata/data/bss`` range may overlap it
+    (the kernel was placed there before it read ``memmap=``: without KASLR
+    it runs from 16 MiB up). A ConfigError naming ``pool.base`` otherwise.
+    """
+    ranges = parse_iomem(iomem_text)
+    if not ranges or all(r.start == 0 and r.end == 1 for r in ranges):
+        raise GuestError("cannot check the pool window: the guest's /proc/iomem shows no "
+                         "addresses (read it as root)", stdout=iomem_text[:2000])
+    pool = config.pool
+    for entry in ranges:
+        if entry.name.startswith("Kernel ") and entry.overlaps(pool.base, pool.end):
+            raise config.error(
+                "pool.base", f"the guest kernel runs inside the pool window "
+                f"{pool.describe()}: {entry.describe()} (its placement depends on KASLR; "
+                f"without it the kernel runs from 0x1000000 up); framework writes there "
+                f"would corrupt the kernel. Move the window to "
+                f"{UNRANDOMIZED_KERNEL[1]:#x} ({format_size(UNRANDOMIZED_KERNEL[1])}) or higher",
+                pool.base)
+    covered = pool.base
+    for entry in sorted((r for r in ranges if r.depth == 0), key=lambda r: r.start):
+        if entry.end <= covered or entry.start >= pool.end:
+            continue
+        if entry.start > covered or entry.name.lower() != "reserved":
+            what = (f"{entry.describe()} is in it" if entry.start <= covered
+                    else f"{covered:#x}-{entry.start - 1:#x} is not reserved")
+            raise config.error(
+                "pool.base", f"the guest did not reserve the pool window {pool.describe()}: "
+                f"{what}; the guest kernel may use that memory", pool.base)
+        covered = entry.end
+        if covered >= pool.end:
+            return
+    raise config.error("pool.base", f"the guest did not reserve the pool window "
+                       f"{pool.describe()}: {covered:#x}-{pool.end - 1:#x} is not reserved",
+                       pool.base)
+
+
+def pool_window_warnings(config: GuestConfig) -> list[str]:
+    """What ``wdfhil vm configs`` warns about: a window that only works while
+    KASLR moves the kernel out of it (refused at start when it does not)."""
+    start, end = UNRANDOMIZED_KERNEL
+    if not config.pool.overlaps(start, end):
+        return []
+    nokaslr = "nokaslr" in config.kernel_args
+    return [f"pool window {config.pool.describe()} overlaps {start:#x}-{end - 1:#x}, where the "
+            f"kernel runs without KASLR; "
+            + ("with nokaslr in kernel_args every start will be refused"
+               if nokaslr else "it works only while KASLR places the kernel elsewhere, "
+               "and a start is refused when it does not")
+            + f"; a base of {format_size(end)} or more does not depend on it"]
 
 
 def list_guest_configs(directory: Path = GUESTS_DIR) -> list[str]:
@@ -227,7 +330,7 @@ def load_guest_config(name_or_path: str | Path = DEFAULT_GUEST,
     for index, arg in enumerate(args):
         lines[f"kernel_args[{index}]"] = args.line_of(index)
         if not isinstance(arg, str):
-            raise ConfigError(f"expected a string, got {type(arg).__name__} {arg!r}",
+            raise ConfigError(f"expected a string, got {type(arg).__name__} {brief(arg)}",
                               file=str(path), line=args.line_of(index),
                               field=f"kernel_args[{index}]", value=arg)
 

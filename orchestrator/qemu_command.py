@@ -9,7 +9,10 @@ unit-tested in one place:
   of a socket pair each: nothing to race for or clean up in the file system;
 - SSH is forwarded from a port the host picks (``hostfwd=...:0-:22``) and
   read back from ``info usernet`` (:func:`parse_hostfwd_port`), so two VMs
-  never collide on a port;
+  never collide on a port; that forward is *all* the network the guest
+  has: user networking runs with ``restrict=on``, so the guest (untrusted:
+  it runs the code under test) reaches neither the host's loopback services
+  (10.0.2.2 is the host's 127.0.0.1) nor anything beyond the host;
 - on q35 one ``pcie-root-port`` (id :data:`HOTPLUG_ROOT_PORT`) is always
   added so a device can be hot-plugged later; an Intel IOMMU comes first
   among the devices and needs the split IRQ chip;
@@ -44,6 +47,12 @@ GUEST_SSH_PORT = 22
 def kernel_command_line(config: GuestConfig, image: "GuestImage") -> str:
     """The image's base arguments, then the config's (pool window, IOMMU, extras)."""
     return " ".join([*image.kernel_cmdline, *config.kernel_arguments()])
+
+
+def user_netdev(netdev_id: str) -> str:
+    """The ``-netdev`` of the guest's one NIC: QEMU user networking that only
+    carries the SSH forward (``restrict=on`` keeps explicit forwards working)."""
+    return f"user,id={netdev_id},restrict=on,hostfwd=tcp:127.0.0.1:0-:{GUEST_SSH_PORT}"
 
 
 def build_qemu_argv(config: GuestConfig, image: "GuestImage", *, accelerator: str,
@@ -84,7 +93,7 @@ def build_qemu_argv(config: GuestConfig, image: "GuestImage", *, accelerator: st
         argv += ["-device", f"pcie-root-port,id={HOTPLUG_ROOT_PORT},chassis=1,"
                             f"pref64-reserve={HOTPLUG_PREF64_RESERVE}"]
     argv += [
-        "-netdev", f"user,id={NETDEV_ID},hostfwd=tcp:127.0.0.1:0-:{GUEST_SSH_PORT}",
+        "-netdev", user_netdev(NETDEV_ID),
         "-device", f"virtio-net-pci,netdev={NETDEV_ID}",
         # Entropy for the guest: dropbear waits for the kernel's random pool,
         # which fills seconds sooner under TCG with this device.

@@ -27,7 +27,7 @@ from orchestrator.cleanup import folder_parent, track
 from orchestrator.guest_config import GuestConfig
 from orchestrator.qmp_session import QmpError, QmpSession
 from wdfhil.errors import ConfigError, LaunchError
-from wdfhil.private_dirs import make_private_dir, remove_tree
+from wdfhil.private_dirs import create_private_files, make_private_dir, remove_tree
 
 if TYPE_CHECKING:
     from guest_images import GuestImage
@@ -65,6 +65,7 @@ class Snapshot:
         if path is not None:
             return Path(path), None
         folder = make_private_dir(f"wdfhil-snap-{os.getpid()}-", folder_parent())
+        create_private_files(folder, STATE_FILE)  # `cat >` keeps its 0600
         return folder / STATE_FILE, folder
 
     @property

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from orchestrator.cleanup import (folder_parent, install_sigterm_handler, signals_deferred,
                                   sweep_stale_folders, track)
-from orchestrator.guest_config import GuestConfig
+from orchestrator.guest_config import GuestConfig, check_pool_window_in_iomem
 from orchestrator.kvm_probe import choose_accelerator
 from orchestrator.machine import GuestMachine
 from orchestrator.qemu_command import DEFAULT_QEMU, build_qemu_argv, parse_hostfwd_port
@@ -46,7 +46,7 @@ from orchestrator.ssh_session import (DEFAULT_COMMAND_TIMEOUT, CommandResult, Ss
                                       wait_for_ssh_banner)
 from wdfhil.errors import ConfigError, LaunchError, WdfhilError
 from wdfhil.guest_ram import GuestRam
-from wdfhil.private_dirs import make_private_dir, remove_tree
+from wdfhil.private_dirs import create_private_files, make_private_dir, remove_tree
 
 if TYPE_CHECKING:
     from guest_images import GuestImage
@@ -279,6 +279,7 @@ class VM(GuestMachine):
         self.config.check_pool_clear_of_initrd(self.image.initramfs.stat().st_size,
                                                read_initrd_addr_max(self.image.kernel))
         host.run_dir = make_private_dir(f"wdfhil-vm-{os.getpid()}-", folder_parent())
+        create_private_files(host.run_dir, RAM_FILE, QEMU_LOG, CONSOLE_LOG)  # 0600, not 0644
         console_ours, console_theirs = socket.socketpair()
         qmp_ours, qmp_theirs = socket.socketpair()
         host.sockets += [console_ours, console_theirs, qmp_ours, qmp_theirs]
@@ -313,6 +314,8 @@ class VM(GuestMachine):
         host.ssh = SshSession.connect(
             SSH_HOST, self.ssh_port, user=self.image.ssh_user, client_key=self.image.client_key,
             host_key=self.image.host_key, timeout=max(5.0, deadline - time.monotonic()))
+        # the guest really reserved the window, and its kernel does not run in it
+        check_pool_window_in_iomem(self.config, host.ssh.run_checked("cat /proc/iomem"))
         if snapshot is not None:
             self._set_guest_clock()
 

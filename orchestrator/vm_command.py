@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from orchestrator.guest_config import (ACCELERATORS, DEFAULT_GUEST, list_guest_configs,
-                                       load_guest_config)
+                                       load_guest_config, pool_window_warnings)
 from wdfhil.errors import ConfigError
 from wdfhil.units import format_size
 
@@ -57,6 +57,8 @@ def _configs(args: argparse.Namespace) -> int:
         print(f"ok      {config.name:16} {config.machine:4} {format_size(config.memory):>4} "
               f"{config.cpus} cpu{extras}; RAM {config.ram_split.describe()}; "
               f"pool {config.pool.describe()}")
+        for warning in pool_window_warnings(config):
+            print(f"warning {config.name}: {warning}")
     return 2 if failed else 0
 
 

@@ -115,6 +115,6 @@ def test_console_holds_the_boot_log_and_ssh_is_on_localhost_only(shared_vm, gues
     text = shared_vm.console_text()
     assert guest_image.ready_marker in text
     forward = [a for a in shared_vm.command_line if "hostfwd=" in a]
-    assert forward == ["user,id=n0,hostfwd=tcp:127.0.0.1:0-:22"]
+    assert forward == ["user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:0-:22"]
     assert 1024 <= shared_vm.ssh_port < 65536
     assert os.path.basename(shared_vm.command_line[0]).startswith("qemu-system")

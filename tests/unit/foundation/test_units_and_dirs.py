@@ -7,7 +7,9 @@ import stat
 
 import pytest
 
-from wdfhil.private_dirs import cache_dir, private_dir
+from wdfhil.private_dirs import (LIVENESS_FILE, Liveness, cache_dir, create_private_files,
+                                 folder_liveness, hold_liveness_lock, make_private_dir,
+                                 private_dir, release_liveness_lock, remove_tree)
 from wdfhil.units import format_size, parse_size
 
 
@@ -45,3 +47,68 @@ def test_cache_dir_honours_override(tmp_path, monkeypatch):
     monkeypatch.setenv("WDFHIL_CACHE_DIR", str(tmp_path / "c"))
     path = cache_dir("images")
     assert path == tmp_path / "c" / "images" and path.is_dir()
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_cache_dir_creates_every_missing_folder_0700(tmp_path, monkeypatch):
+    monkeypatch.delenv("WDFHIL_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home" / ".cache"))
+    old_umask = os.umask(0o022)
+    try:
+        path = cache_dir("images", "recipe")
+    finally:
+        os.umask(old_umask)
+    for folder in (tmp_path / "home", tmp_path / "home" / ".cache",
+                   tmp_path / "home" / ".cache" / "wdfhil", path.parent, path):
+        assert mode(folder) == 0o700, folder
+
+
+def test_an_open_cache_root_of_ours_is_closed(tmp_path, monkeypatch):
+    root = tmp_path / "c"
+    root.mkdir(mode=0o755)
+    os.chmod(root, 0o755)
+    monkeypatch.setenv("WDFHIL_CACHE_DIR", str(root))
+    cache_dir()
+    assert mode(root) == 0o700
+
+
+def test_private_files_are_0600_whatever_the_umask_and_stay_so(tmp_path):
+    old_umask = os.umask(0o022)
+    try:
+        with private_dir("t-", parent=tmp_path) as folder:
+            create_private_files(folder, "ram", "qemu.log")
+            assert mode(folder / "ram") == mode(folder / "qemu.log") == 0o600
+            with open(folder / "qemu.log", "ab") as log:  # as QemuProcess opens its log
+                log.write(b"x")
+            assert mode(folder / "qemu.log") == 0o600
+    finally:
+        os.umask(old_umask)
+
+
+def test_a_run_folder_holds_its_liveness_lock_until_removed(tmp_path):
+    with private_dir("wdfhil-t-", parent=tmp_path) as folder:
+        assert mode(folder / LIVENESS_FILE) == 0o600
+        assert folder_liveness(folder) is Liveness.ALIVE
+        release_liveness_lock(folder)
+        assert folder_liveness(folder) is Liveness.ABANDONED
+        hold_liveness_lock(folder)
+        assert folder_liveness(folder) is Liveness.ALIVE
+    assert folder_liveness(folder) is Liveness.UNKNOWN  # gone
+    assert not folder.exists()
+
+
+def test_other_private_folders_get_no_lock_file(tmp_path):
+    """The image cache renames its .build-* scratch folder into the cache: no lock inside."""
+    with private_dir(".build-", parent=tmp_path) as folder:
+        assert list(folder.iterdir()) == [] and folder_liveness(folder) is Liveness.UNKNOWN
+
+
+def test_the_lock_is_released_when_the_folder_is_removed(tmp_path):
+    folder = make_private_dir("wdfhil-t-", tmp_path)
+    fds_before = len(os.listdir("/proc/self/fd"))
+    remove_tree(folder)
+    assert len(os.listdir("/proc/self/fd")) == fds_before - 1
+    remove_tree(folder)  # again: nothing to do

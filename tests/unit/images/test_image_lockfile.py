@@ -64,7 +64,7 @@ def test_bad_sha256_names_line_and_field(tmp_path: Path) -> None:
         load_lock(bad)
     assert info.value.file == str(bad)
     assert info.value.line == index + 1
-    assert info.value.field == "sha256"
+    assert info.value.field == "packages[0].sha256"
 
 
 def test_bad_role_is_refused(tmp_path: Path) -> None:
@@ -73,4 +73,4 @@ def test_bad_role_is_refused(tmp_path: Path) -> None:
     bad.write_text(text)
     with pytest.raises(ConfigError, match="is not one of kernel, headers, userland") as info:
         load_lock(bad)
-    assert info.value.field == "role"
+    assert info.value.field == "packages[4].role"

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 
-from orchestrator.guest_config import (DEFAULT_GUEST, GuestConfig, PoolWindow, list_guest_configs,
-                                       load_guest_config)
-from wdfhil.errors import ConfigError
+from orchestrator.guest_config import (DEFAULT_GUEST, GuestConfig, IomemRange, PoolWindow,
+                                       check_pool_window_in_iomem, list_guest_configs,
+                                       load_guest_config, parse_iomem, pool_window_warnings)
+from wdfhil.errors import ConfigError, GuestError
+from wdfhil.units import parse_size
 
 GOOD = """\
 description: test guest
@@ -90,7 +93,7 @@ BAD_CASES = [
     ("  base: 0x110000000", "  base: 8M", 11, "pool.base", "at least"),
     ("  base: 0x110000000", "  base: 0x138000000", 11, "pool.base", "not inside"),
     ("  base: 0x110000000", "  base: 0x7c000000", 11, "pool.base", "not inside"),  # across the hole
-    ("  base: 0x110000000", "  bass: 0x110000000", 11, "bass", "unknown field"),
+    ("  base: 0x110000000", "  bass: 0x110000000", 11, "pool.bass", "unknown field"),
     ("  size: 256M", "  size: 0", 12, "pool.size", "positive multiple"),
     ("  size: 256M", "  size: 1000", 12, "pool.size", "positive multiple"),
     ("image: debian12-cloud", "image: [a, b]", 13, "image", "expected str"),
@@ -125,7 +128,7 @@ ARGS_BLOCK = "kernel_args:\n  - quiet\n  - loglevel=3\n"
 SHAPE_CASES = [
     (POOL_BLOCK, "", "pool", 1, "missing"),
     (POOL_BLOCK, "pool: 64M\n", "pool", 10, "mapping"),
-    ("  size: 256M\n", "", "size", 11, "missing"),  # the pool mapping starts at 'base'
+    ("  size: 256M\n", "", "pool.size", 11, "missing"),  # the pool mapping starts at 'base'
     (ARGS_BLOCK, "kernel_args: quiet\n", "kernel_args", 7, "list of strings"),
 ]
 
@@ -178,3 +181,118 @@ def test_config_identity_ignores_where_it_was_read(tmp_path):
     second = load_guest_config(write(tmp_path, "# a comment\n" + GOOD, "a2.yaml"))
     assert first.with_changes(name="x") == second.with_changes(name="x")
     assert hash(first.with_changes(name="x")) == hash(second.with_changes(name="x"))
+
+
+@pytest.mark.parametrize("content", [
+    b"machine: pc\nmemory: 256M\x00\n",
+    b"machine: pc\ndescription: caf\xe9\n",
+    b"machine: " + b"[" * 100_000 + b"]" * 100_000 + b"\n",
+    b"a: &a [" + b", ".join([b"lol"] * 9) + b"]\n" + b"".join(
+        b"%c: &%c [" % (n, n) + b", ".join([b"*%c" % p] * 9) + b"]\n"
+        for p, n in zip(b"abcdefgh", b"bcdefghi")) + b"machine: *i\n",
+], ids=["nul", "latin1", "deep", "alias-bomb"])
+def test_hostile_config_files_exit_2_with_file_and_line(tmp_path, capsys, content):
+    from orchestrator.cli import main
+
+    path = tmp_path / "hostile.yaml"
+    path.write_bytes(content)
+    assert main(["vm", "configs", str(path)]) == 2
+    out = capsys.readouterr().out
+    assert out.startswith(f"INVALID {path}:") and len(out) < 2000
+    assert main(["vm", "run", "--config", str(path), "--", "true"]) == 2
+    assert f"wdfhil: error: {path}:" in capsys.readouterr().err
+
+
+def test_config_dev_zero_exits_2(capsys):
+    from orchestrator.cli import main
+
+    assert main(["vm", "run", "--config", "/dev/zero", "--", "true"]) == 2
+    assert "/dev/zero: the file is larger than" in capsys.readouterr().err
+
+
+# -- the window against the running guest's /proc/iomem (captured from real guests) --------
+IOMEM = Path(__file__).parent / "iomem"
+
+
+def iomem(name: str) -> str:
+    return (IOMEM / f"{name}.txt").read_text()
+
+
+def pc_with(base: str | None = None, kernel_args: tuple[str, ...] = ()) -> GuestConfig:
+    config = load_guest_config("pc-256m")
+    pool = PoolWindow(parse_size(base), config.pool.size) if base else config.pool
+    return config.with_changes(pool=pool, kernel_args=kernel_args)
+
+
+def test_iomem_is_parsed_with_nesting():
+    ranges = parse_iomem(iomem("pc-256m-nokaslr"))
+    code = next(r for r in ranges if r.name == "Kernel code")
+    assert (code.start, code.end, code.depth) == (0x1000000, 0x1e01ef2, 1)
+    assert IomemRange(0x4000000, 0x8000000, "Reserved", 0) in ranges
+    assert ranges[-1] == IomemRange(0xfd00000000, 0x10000000000, "Reserved", 0)
+
+
+@pytest.mark.parametrize("capture", ["pc-256m", "pc-256m-nokaslr"])
+def test_a_reserved_window_clear_of_the_kernel_passes(capture):
+    check_pool_window_in_iomem(pc_with(), iomem(capture))
+
+
+def test_a_window_the_kernel_runs_in_is_refused_naming_pool_base():
+    """pool.base 16M with nokaslr: the kernel's code sits at 0x1000000-0x1e01ef1."""
+    config = pc_with("16M", ("nokaslr",))
+    with pytest.raises(ConfigError) as info:
+        check_pool_window_in_iomem(config, iomem("pc-256m-pool-16M-nokaslr"))
+    error = info.value
+    assert (error.field, error.line) == ("pool.base", config.field_lines["pool.base"])
+    assert "'Kernel code' 0x1000000-0x1e01ef1" in str(error) and "KASLR" in str(error)
+
+
+@pytest.mark.parametrize("base,words", [
+    ("32M", "'System RAM' 0x100000-0x3ffffff is in it"),     # the guest never reserved it
+    ("96M", "'System RAM' 0x8000000-0xffdffff is in it"),    # half reserved, half RAM
+])
+def test_a_window_the_guest_did_not_reserve_is_refused(base, words):
+    """The capture's window is 64M-128M; a config claiming another one must not pass."""
+    with pytest.raises(ConfigError) as info:
+        check_pool_window_in_iomem(pc_with(base), iomem("pc-256m"))
+    assert info.value.field == "pool.base" and "did not reserve" in str(info.value)
+    assert words in str(info.value)
+
+
+def test_a_window_over_several_adjacent_reserved_ranges_passes():
+    text = ("00100000-03ffffff : System RAM\n04000000-05ffffff : Reserved\n"
+            "06000000-07ffffff : Reserved\n08000000-0ffdffff : System RAM\n")
+    check_pool_window_in_iomem(pc_with(), text)
+
+
+def test_a_gap_in_the_reserved_ranges_is_refused():
+    text = "00100000-03ffffff : System RAM\n04000000-05ffffff : Reserved\n"
+    with pytest.raises(ConfigError) as info:
+        check_pool_window_in_iomem(pc_with(), text)
+    assert "0x6000000-0x7ffffff is not reserved" in str(info.value)
+
+
+def test_iomem_read_without_root_cannot_vouch_for_anything():
+    text = "00000000-00000000 : Reserved\n00000000-00000000 : System RAM\n"
+    with pytest.raises(GuestError):
+        check_pool_window_in_iomem(pc_with(), text)
+
+
+def test_windows_that_depend_on_kernel_placement_are_warned_about():
+    assert pool_window_warnings(pc_with()) == []           # shipped: 64M, above the kernel
+    for name in list_guest_configs():
+        assert pool_window_warnings(load_guest_config(name)) == [], name
+    (warning,) = pool_window_warnings(pc_with("16M"))
+    assert "KASLR" in warning and "0x1000000-0x3ffffff" in warning
+    (warning,) = pool_window_warnings(pc_with("16M", ("nokaslr",)))
+    assert "every start will be refused" in warning
+
+
+def test_vm_configs_prints_the_warning(tmp_path, capsys):
+    from orchestrator.cli import main
+
+    path = write(tmp_path, "machine: pc\nmemory: 256M\npool:\n  base: 32M\n  size: 16M\n",
+                 "low.yaml")
+    assert main(["vm", "configs", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "ok      low" in out and "warning low: pool window 0x2000000-0x3000000" in out
