@@ -78,9 +78,26 @@ class PoolType(enum.IntEnum):
 _VALID_POOL_TYPES = frozenset(int(p) for p in PoolType) - {3, 7, 35}
 
 
+POOL_COLD_ALLOCATION = 0x100
+_FX_PAGED_POOL_TYPES = frozenset({int(PoolType.PagedPool), int(PoolType.PagedPoolCacheAligned)})
+
+
 def is_paged_pool(pool_type: int) -> bool:
-    """FxIsPagedPoolType: the base type (bit 0) is PagedPool."""
+    """The kernel's view (BASE_POOL_TYPE_MASK): the base type, bit 0, is PagedPool.
+
+    This is what the pool itself, poolmon and Driver Verifier's pool checks go by
+    (PagedPoolSession is paged here)."""
     return (int(pool_type) & 1) == 1
+
+
+def fx_is_paged_pool_type(pool_type: int) -> bool:
+    """The framework's view (wdfpool.cpp FxIsPagedPoolType): only PagedPool and
+    PagedPoolCacheAligned, with POOL_COLD_ALLOCATION ignored, are paged [S].
+
+    The session types (PagedPoolSession 33, PagedPoolCacheAlignedSession 37) are
+    *not* paged to the framework: WdfMemoryCreate allows them up to DISPATCH_LEVEL,
+    embeds a small buffer in its object, and disposes them at any IRQL."""
+    return (int(pool_type) & ~POOL_COLD_ALLOCATION) in _FX_PAGED_POOL_TYPES
 
 
 def is_cache_aligned(pool_type: int) -> bool:
@@ -392,12 +409,16 @@ class Pool:
             self._heap_by_type[pool_type] = heap
         return heap
 
+    def _frees_table(self, pool_type: int) -> dict[bytes, int]:
+        """The tag -> frees table of ``pool_type``'s poolmon Type."""
+        return self._paged_frees if is_paged_pool(pool_type) else self._nonpaged_frees
+
     def _size_class(self, pool_type: int, size: int) -> tuple:
         """Where a ``size``-byte request (0 < size <= SMALL_BLOCK_LIMIT) of ``pool_type`` goes:
         (free list, units, heap, frees table); free list and heap are None when the
         request is too large for the pool's blocks (the cache-aligned pools) and takes pages."""
         heap = self._heap(pool_type)
-        frees = self._paged_frees if pool_type & 1 else self._nonpaged_frees
+        frees = self._frees_table(pool_type)
         if size > heap.max_size:
             size_class = (None, (size + PAGE_SIZE - 1) >> PAGE_SHIFT, None, frees)
         else:
@@ -418,7 +439,7 @@ class Pool:
         else:
             bucket = heap = None
             units = (size + PAGE_SIZE - 1) >> PAGE_SHIFT or 1
-            frees = self._paged_frees if pool_type & 1 else self._nonpaged_frees
+            frees = self._frees_table(pool_type)
         if bucket:
             block = bucket.popitem()[0]
             va = block + self._small_offset
@@ -539,7 +560,7 @@ class Pool:
                     rows[(t, kind)] = [count, count, 0]
         for rec in self.live.values():
             if tag is None or rec[1] == tag:
-                key = (rec[1], "Paged" if rec[2] & 1 else "Nonp")
+                key = (rec[1], pool_kind(rec[2]))
                 row = rows.get(key)
                 if row is None:
                     row = rows[key] = [0, 0, 0]
