@@ -173,7 +173,7 @@ class Request(FxObject):
             if direct_out:
                 # The I/O manager probes for write access where the device writes the buffer.
                 device_writes = io.major == IRP_MJ_READ or (self.is_ioctl and io.method == METHOD_OUT_DIRECT)
-                self.mdl = fx._build_locked_mdl(self.data_buffer, data_size, write=device_writes, site=site)
+                self.mdl = fx._mdl_table.locked(self.data_buffer, data_size, write=device_writes, site=site)
                 if self.mdl is None:
                     self.free_buffers()
                     return False
@@ -194,7 +194,7 @@ class Request(FxObject):
     def free_buffers(self) -> None:
         pool = self.fx._pool
         if self.mdl is not None:
-            self.fx._free_mdl(self.mdl, None)
+            self.fx._mdl_table.free(self.mdl, None)
             self.mdl = None
         if self.system_buffer:
             pool.free(self.system_buffer)

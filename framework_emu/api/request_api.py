@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..bugcheck import WDF_VERIFIER_FATAL_ERROR, BugCheck, wdf_violation
+from ..bugcheck import WDF_VERIFIER_FATAL_ERROR, WDF_VIOLATION, BugCheck, wdf_violation
 from ..callsite import driver_site, format_site
 from ..core import OUT
 from ..errors import ArgumentError
@@ -72,7 +72,7 @@ class RequestApi:
                 f"{rule_prefix}{request.io.kind}A", "error",
                 f"{call} on {request.describe()} after it completed", driver_site(), request,
                 status=NTSTATUS.STATUS_INVALID_DEVICE_STATE), fatal=True,
-                bugcheck=(0x10D, (WDF_VERIFIER_FATAL_ERROR, request.handle, 0, 0)))
+                bugcheck=(WDF_VIOLATION, (WDF_VERIFIER_FATAL_ERROR, request.handle, 0, 0)))
             return None
         return request
 
@@ -200,7 +200,7 @@ class RequestApi:
                 if mem is not None:
                     mem.retire_with_request(site)
             if request.mdl is not None:
-                self._free_mdl(request.mdl, site)
+                self._mdl_table.free(request.mdl, site)
                 request.mdl = None
             if self._verifier_on:
                 ranges = request.buffer_ranges()
