@@ -34,17 +34,18 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from .bugcheck import BAD_POOL_CALLER, BugCheck
+from .bugcheck import BAD_POOL_CALLER, BPC_DOUBLE_FREE, BPC_NOT_IN_ANY_POOL, BPC_WRONG_TAG, BugCheck
 from .callsite import CallSite, format_site
 from .errors import ArgumentError
 from wdfhil.physical_memory import PAGE_SHIFT, PAGE_SIZE, PhysicalMemory
 from .pooltag import format_tag, tag_value
+from .recently_freed import RecentlyFreed
 
 POOL_HEADER_SIZE = 16
 SMALL_BLOCK_LIMIT = PAGE_SIZE - POOL_HEADER_SIZE  # largest request served from a pool page
 MEMORY_ALLOCATION_ALIGNMENT = 16
 CACHE_LINE = 64
-_FREED_HISTORY = 65536  # freed addresses remembered to name a double free
+FREED_BLOCKS_KEPT = 65536  # freed addresses remembered to name a double free
 
 
 class PoolType(enum.IntEnum):
@@ -113,6 +114,11 @@ def check_pool_type(pool_type: int, field_name: str = "PoolType") -> int:
     if value not in _VALID_POOL_TYPES:
         raise ArgumentError("not a usable POOL_TYPE", field=field_name, value=pool_type)
     return value
+
+
+def pool_kind_name(pool_type: int) -> str:
+    """"paged" or "nonpaged", as the kernel classifies the pool type (for messages)."""
+    return "paged" if is_paged_pool(pool_type) else "nonpaged"
 
 
 def pool_kind(pool_type: int) -> str:
@@ -381,8 +387,7 @@ class Pool:
         # (pool_type << 12) | size -> (free list, units, heap, frees table) of a request
         # a pool page serves: the placement arithmetic, done once per size.
         self._size_classes: dict[int, tuple[dict[int, None] | None, int, SmallBlockHeap | None, dict[bytes, int]]] = {}
-        self._freed: dict[int, tuple[bytes, CallSite | None]] = {}
-        self._frees_since_trim = 0
+        self.recently_freed: RecentlyFreed[int, tuple[bytes, CallSite | None]] = RecentlyFreed(FREED_BLOCKS_KEPT)
         # tag -> frees, one table per poolmon Type. Only frees are counted as they happen:
         # allocations and bytes still out are read off ``live`` when poolmon is asked.
         self._nonpaged_frees: dict[bytes, int] = {}
@@ -469,23 +474,24 @@ class Pool:
     def free(self, va: int, tag: bytes | None = None, site: CallSite | None = None) -> int:
         """Return an allocation, giving back its size; ``tag`` (ExFreePoolWithTag) must match.
 
-        Bad frees bug-check BAD_POOL_CALLER (0xC2) as the kernel does: P1 0x07
-        for a double free, 0x0A for a wrong tag [I: parameter layout from the
-        bug check reference], 0x42 for an address that is no allocation.
+        Bad frees bug-check BAD_POOL_CALLER (0xC2) as the kernel does [D]: P1 0x07
+        for a double free (P3 the header contents: the tag here), 0x0A for a wrong
+        tag, 0x42 for an address that is no allocation. (Under Driver Verifier the
+        driver's own frees are checked first, with 0xC4 codes: api/pool_api.py.)
         """
         rec = self.live.pop(va, None)
         if rec is None:
-            freed = self._freed.get(va)
+            freed = self.recently_freed.get(va)
             if freed is not None:
-                raise BugCheck(BAD_POOL_CALLER, (0x07, 0, tag_value(freed[0]), va),
+                raise BugCheck(BAD_POOL_CALLER, (BPC_DOUBLE_FREE, 0, tag_value(freed[0]), va),
                                f"double free of pool block 0x{va:x} (tag {format_tag(freed[0])}),"
                                f" first freed at {format_site(freed[1])}, again at {format_site(site)}")
-            raise BugCheck(BAD_POOL_CALLER, (0x42, va, 0, 0),
+            raise BugCheck(BAD_POOL_CALLER, (BPC_NOT_IN_ANY_POOL, va, 0, 0),
                            f"attempt to free 0x{va:x}, which is not a pool allocation (at {format_site(site)})")
         size, rtag, pool_type, rsite, serial, block, units, bucket, frees = rec
         if tag is not None and tag != rtag:
             self.live[va] = rec
-            raise BugCheck(BAD_POOL_CALLER, (0x0A, va, tag_value(rtag), tag_value(tag)),
+            raise BugCheck(BAD_POOL_CALLER, (BPC_WRONG_TAG, va, tag_value(rtag), tag_value(tag)),
                            f"ExFreePoolWithTag of 0x{va:x} with tag {format_tag(tag)}, but it was"
                            f" allocated with tag {format_tag(rtag)} at {format_site(rsite)}")
         frees[rtag] = frees.get(rtag, 0) + 1
@@ -499,13 +505,7 @@ class Pool:
             self.pages.free(block, units)
         else:
             bucket[block] = None
-        freed = self._freed
-        freed[va] = (rtag, site)
-        self._frees_since_trim += 1
-        if self._frees_since_trim > _FREED_HISTORY:
-            self._frees_since_trim = 0
-            if len(freed) > 2 * _FREED_HISTORY:
-                self._freed = dict(list(freed.items())[-_FREED_HISTORY:])
+        self.recently_freed.remember(va, (rtag, site))
         return size
 
     def trim(self) -> int:
