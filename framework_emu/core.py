@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .api.validation import parent_to_resolve
 from .attributes import WDF_OBJECT_ATTRIBUTES, WdfExecutionLevelPassive, context_size
 from .bugcheck import (PAGE_FAULT_IN_NONPAGED_AREA, WDF_INVALID_HANDLE, WDF_REQUIRED_PARAMETER_IS_NULL, WDF_VIOLATION,
                        WDF_VERIFIER_FATAL_ERROR, BugCheck, wdf_violation)
@@ -23,7 +24,7 @@ from .irql import DISPATCH_LEVEL, ProcessorIrql, irql_name
 from .mdl import MdlTable
 from .memory import RequestBufferMemory, allocate_object_storage
 from .ntstatus import NTSTATUS
-from .objects import TYPE_NAMES, FxObject
+from .objects import FX_TYPE_OBJECT, TYPE_NAMES, FxObject
 from wdfhil.physical_memory import PhysicalMemory, PhysicalMemoryError
 from .pool import Pool
 from .pooltag import FX_TAG
@@ -223,6 +224,13 @@ class FrameworkCore:
         raise wdf_violation(WDF_INVALID_HANDLE, handle, expected, 0,
                             f"0x{handle:x} is not a handle (this framework never issued it);"
                             f" {want} expected at {format_site(site)}")
+
+    def _resolve_parent(self, attributes: WDF_OBJECT_ATTRIBUTES | None) -> FxObject | None:
+        """The attributes' ParentObject, resolved first as the entry points do
+        (FxValidateObjectAttributesForParentHandle, then FxObjectHandleGetPtr): None
+        without attributes, with a wrong Size, or without a parent."""
+        handle = parent_to_resolve(attributes)
+        return None if handle is None else self._object(handle, FX_TYPE_OBJECT)
 
     @staticmethod
     def _null(what: str) -> BugCheck:

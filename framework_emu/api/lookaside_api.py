@@ -28,11 +28,9 @@ class LookasideApi:
         self._driver_obj or self._require_driver()
         if type(PoolType) is not int or PoolType not in _VALID_POOL_TYPES:
             PoolType = check_pool_type(PoolType)  # a plain int from here on (IntEnum hashes slowly)
-        parent = None
-        if LookasideAttributes is not None and LookasideAttributes.ParentObject:
-            parent = self._object(LookasideAttributes.ParentObject, FX_TYPE_OBJECT)
-        elif MemoryAttributes is not None and MemoryAttributes.ParentObject:
-            self._object(MemoryAttributes.ParentObject, FX_TYPE_OBJECT)
+        parent = self._resolve_parent(LookasideAttributes)
+        if parent is None:
+            self._resolve_parent(MemoryAttributes)   # checked, as the source does, but not the list's parent
         if PLookaside is None:
             raise self._null("PLookaside")
         if BufferSize == 0:

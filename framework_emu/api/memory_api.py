@@ -11,7 +11,7 @@ from ..errors import ArgumentError
 from ..irql import APC_LEVEL, DISPATCH_LEVEL
 from ..memory import PoolMemory, PreallocatedMemory
 from ..ntstatus import NTSTATUS
-from ..objects import FX_TYPE_MEMORY_PREALLOCATED, FX_TYPE_OBJECT, IFX_TYPE_MEMORY
+from ..objects import FX_TYPE_MEMORY_PREALLOCATED, IFX_TYPE_MEMORY
 from ..pool import _VALID_POOL_TYPES, check_pool_type, fx_is_paged_pool_type
 from ..pooltag import tag_bytes
 from .validation import check_size, validate_object_attributes
@@ -55,9 +55,7 @@ class MemoryApi:
             pool_type = None
         if pool_type is None:
             pool_type = check_pool_type(PoolType)
-        parent = None
-        if Attributes is not None and Attributes.ParentObject:
-            parent = self._object(Attributes.ParentObject, FX_TYPE_OBJECT)
+        parent = self._resolve_parent(Attributes)
         if Memory is None:
             raise self._null("Memory")
         max_level = _APC_LEVEL if fx_is_paged_pool_type(pool_type) else _DISPATCH_LEVEL
@@ -96,9 +94,7 @@ class MemoryApi:
         """-> (status, memory). Wraps the driver's buffer: stores address and size only,
         never frees it. No IRQL check at run time (KmdfIrql still applies)."""
         self._driver_obj or self._require_driver()
-        parent = None
-        if Attributes is not None and Attributes.ParentObject:
-            parent = self._object(Attributes.ParentObject, FX_TYPE_OBJECT)
+        parent = self._resolve_parent(Attributes)
         if not Buffer:
             raise self._null("Buffer")
         if PMemory is None:
