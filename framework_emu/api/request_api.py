@@ -12,7 +12,7 @@ from ..mdl import Mdl
 from ..ntstatus import NTSTATUS
 from ..objects import FX_TYPE_REQUEST
 from ..request import (IRP_MJ_DEVICE_CONTROL, IRP_MJ_INTERNAL_DEVICE_CONTROL, IRP_MJ_READ, IRP_MJ_WRITE,
-                       METHOD_BUFFERED, METHOD_IN_DIRECT, METHOD_OUT_DIRECT, KPROCESSOR_MODE, IoRequest, Request)
+                       METHOD_BUFFERED, KPROCESSOR_MODE, IoRequest, Request)
 from ..verifier import finding_for
 from .validation import check_size
 
@@ -139,19 +139,35 @@ class RequestApi:
         return self._retrieve_buffer(Request, MinimumRequiredSize, Buffer, "WdfRequestRetrieveOutputBuffer",
                                      "output")
 
-    def WdfRequestRetrieveOutputWdmMdl(self, Request: int, *, Mdl: Any = OUT) -> tuple[int, Mdl | None]:
-        """-> (status, mdl) of a direct-I/O request's data; buffered requests have none."""
-        request = self._request_for_buffer(Request, "WdfRequestRetrieveOutputWdmMdl", "BufAfterReqCompleted")
-        if Mdl is None:
+    def _retrieve_mdl(self, handle: int, mdl_out: Any, call: str) -> Request | None:
+        """WdfRequestRetrieve*WdmMdl's checks: handle, NULL output, verifier (not completed)."""
+        request = self._request_for_buffer(handle, call, "BufAfterReqCompleted")
+        if mdl_out is None:
             raise self._null("Mdl")
+        return request
+
+    def WdfRequestRetrieveInputWdmMdl(self, Request: int, *, Mdl: Any = OUT) -> tuple[int, Mdl | None]:
+        """-> (status, mdl), as fxrequestapi.cpp: a read has no input (STATUS_INVALID_DEVICE_REQUEST);
+        otherwise FxRequest::GetMdl (see Request.get_mdl)."""
+        request = self._retrieve_mdl(Request, Mdl, "WdfRequestRetrieveInputWdmMdl")
         if request is None:
             return NTSTATUS.STATUS_INVALID_DEVICE_STATE, None
-        io = request.io
-        if io.major == IRP_MJ_WRITE:
+        if request.io.major == IRP_MJ_READ:
             return NTSTATUS.STATUS_INVALID_DEVICE_REQUEST, None
-        if request.mdl is None or (request.is_ioctl and io.method not in (METHOD_IN_DIRECT, METHOD_OUT_DIRECT)):
-            return NTSTATUS.STATUS_BUFFER_TOO_SMALL, None
-        return NTSTATUS.STATUS_SUCCESS, request.mdl
+        return request.get_mdl(driver_site())
+
+    def WdfRequestRetrieveOutputWdmMdl(self, Request: int, *, Mdl: Any = OUT) -> tuple[int, Mdl | None]:
+        """-> (status, mdl), as fxrequestapi.cpp: a write has no output (STATUS_INVALID_DEVICE_REQUEST);
+        IOCTLs: FxRequest::GetDeviceControlOutputMdl (METHOD_BUFFERED gets an MDL over the system
+        buffer); reads: FxRequest::GetMdl."""
+        request = self._retrieve_mdl(Request, Mdl, "WdfRequestRetrieveOutputWdmMdl")
+        if request is None:
+            return NTSTATUS.STATUS_INVALID_DEVICE_STATE, None
+        if request.io.major == IRP_MJ_WRITE:
+            return NTSTATUS.STATUS_INVALID_DEVICE_REQUEST, None
+        if request.is_ioctl:
+            return request.get_device_control_output_mdl(driver_site())
+        return request.get_mdl(driver_site())
 
     # -- completion ---------------------------------------------------------------------------
 
@@ -199,9 +215,7 @@ class RequestApi:
             for mem in (request.system_memory, request.output_memory):
                 if mem is not None:
                     mem.retire_with_request(site)
-            if request.mdl is not None:
-                self._mdl_table.free(request.mdl, site)
-                request.mdl = None
+            request.free_mdls(site)
             if self._verifier_on:
                 ranges = request.buffer_ranges()
                 request.system_buffer = request.data_buffer = 0
