@@ -46,6 +46,9 @@ WDF_REQUEST_FATAL_ERROR = 0x6
 WDF_OBJECT_ERROR = 0x7
 WDF_DMA_FATAL_ERROR = 0x8
 
+# WDF_REQUEST_FATAL_ERROR parameter 2 (wdfbugcodes.h).
+WDF_REQUEST_FATAL_ERROR_INFORMATION_LENGTH_MISMATCH = 0x4
+
 # DRIVER_VERIFIER_DETECTED_VIOLATION (0xC4) parameter 1, as the bug check reference lists them [D].
 DV_ZERO_BYTE_ALLOCATION = 0x00        # P2 IRQL, P3 pool type, P4 bytes
 DV_PAGED_ALLOCATION_IRQL = 0x01       # P2 IRQL, P3 pool type, P4 bytes: paged pool above APC_LEVEL

@@ -299,6 +299,20 @@ class Request(FxObject):
             setattr(self, attr, mem)
         return mem
 
+    def information_limit(self) -> int | None:
+        """The length VerifyCompleteInternal holds Information to: a read's or a write's length,
+        a user-mode IOCTL's output length when it has one; None where the framework cannot
+        know it (kernel-mode and internal IOCTLs, an IOCTL without output)."""
+        io = self.io
+        if io.major == IRP_MJ_READ:
+            return io.output_length
+        if io.major == IRP_MJ_WRITE:
+            return io.input_length
+        if (io.major == IRP_MJ_DEVICE_CONTROL and io.requestor_mode == KPROCESSOR_MODE.UserMode
+                and io.output_length > 0):
+            return io.output_length
+        return None
+
     def output_for_originator(self, information: int) -> bytes:
         """The bytes the originator gets back at completion (what the I/O manager copies)."""
         io = self.io

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..bugcheck import WDF_VERIFIER_FATAL_ERROR, WDF_VIOLATION, BugCheck, wdf_violation
+from ..bugcheck import (WDF_REQUEST_FATAL_ERROR, WDF_REQUEST_FATAL_ERROR_INFORMATION_LENGTH_MISMATCH,
+                        WDF_VERIFIER_FATAL_ERROR, WDF_VIOLATION, BugCheck, wdf_violation)
 from ..callsite import driver_site, format_site
 from ..core import OUT
 from ..errors import ArgumentError
 from ..mdl import Mdl
-from ..ntstatus import NTSTATUS
+from ..ntstatus import NT_SUCCESS, NTSTATUS
 from ..objects import FX_TYPE_REQUEST
 from ..request import (IRP_MJ_DEVICE_CONTROL, IRP_MJ_INTERNAL_DEVICE_CONTROL, IRP_MJ_READ, IRP_MJ_WRITE,
                        METHOD_BUFFERED, KPROCESSOR_MODE, IoRequest, Request)
@@ -187,31 +188,55 @@ class RequestApi:
         self._complete(request, Status, check_size(Information, "Information"))
 
     def _complete(self, request: Request, status: int, information: int) -> None:
-        """Complete: the request's memory objects and children are deleted, its buffers
-        go back (to the verifier's quarantine first), the originator gets the data."""
+        """WdfRequestComplete* in the framework's order (fxrequestapi.cpp VerifyRequestComplete,
+        fxrequest.cpp FxRequest::CompleteInternal) [S]:
+
+        1. verifier: a request the driver no longer owns (already completed) is not completed
+           again: an error finding, the call returns (VerifyRequestIsDriverOwned);
+        2. verifier: success with Information above the buffer length of a read, a write or a
+           user-mode IOCTL with an output buffer: 0x10D / WDF_REQUEST_FATAL_ERROR (0x6) /
+           INFORMATION_LENGTH_MISMATCH (0x4) (VerifyCompleteInternal);
+        3. a WDF facility status becomes a standard NTSTATUS;
+        4. the request's children are disposed and destroyed (EarlyDispose, DestroyChildren);
+        5. only then, references still held on its buffers: 0x10D/0x3 (P2 request, P3 count);
+        6. the IRP completes: the originator gets the data, the buffers go back (to the
+           verifier's quarantine first)."""
         self._check_dispatch("WdfRequestComplete")
         site = driver_site()
         if request.completed:
+            if self._verifier_on:
+                self._log(f"WdfRequestComplete: {request.describe()} is not owned by the driver (completed),"
+                          f" STATUS_INVALID_DEVICE_REQUEST at {format_site(site)}")
+                self._verifier.report(finding_for(
+                    "DoubleCompletion", "error", f"{request.describe()} completed a second time: ignored"
+                    " (VerifyRequestIsDriverOwned)", site, request,
+                    status=NTSTATUS.STATUS_INVALID_DEVICE_REQUEST), fatal=False)
+                return
             raise BugCheck(MULTIPLE_IRP_COMPLETE_REQUESTS, (request.handle, 0, 0, 0),
                            f"{request.describe()} completed a second time at {format_site(site)}",
                            details=request.format_history())
-        if request.irp_references:
-            raise wdf_violation(WDF_VERIFIER_FATAL_ERROR, request.handle, request.irp_references, 0,
-                                f"{request.describe()} completed at {format_site(site)} while its buffers still"
-                                f" hold {request.irp_references} reference(s)", details=request.format_history())
+        if self._verifier_on:
+            self._verify_complete_information(request, status, information, site)
+        status = nt_status_for_completion(status)
         io = request.io
         request.completed = True
         request.note("completed", site)
-        io.completed = True
-        io.completed_at = site
-        io.status = int(status)
-        io.information = information
-        io.output_data = request.output_for_originator(information)
         self._deleting_site = site
         try:
             if request.children:
                 for child in list(request.children):
                     child.delete(site)
+            if request.irp_references:
+                request.completed = False  # the machine stopped here; a test may release and retry
+                raise wdf_violation(WDF_VERIFIER_FATAL_ERROR, request.handle, request.irp_references, 0,
+                                    f"{request.describe()} completed at {format_site(site)} while its buffers"
+                                    f" still hold {request.irp_references} reference(s)",
+                                    details=request.format_history())
+            io.completed = True
+            io.completed_at = site
+            io.status = status
+            io.information = information
+            io.output_data = request.output_for_originator(information)
             for mem in (request.system_memory, request.output_memory):
                 if mem is not None:
                     mem.retire_with_request(site)
@@ -225,3 +250,36 @@ class RequestApi:
             request.release()
         finally:
             self._deleting_site = None
+
+    def _verify_complete_information(self, request: Request, status: int, information: int, site: Any) -> None:
+        """FxRequest::VerifyCompleteInternal: Information may not exceed the buffer on success."""
+        length = request.information_limit()
+        if length is None or not NT_SUCCESS(status) or information <= length:
+            return
+        self._verifier.report(finding_for(
+            "RequestInformationLengthMismatch", "error",
+            f"{request.describe()} completed with Information 0x{information:x}, more than its buffer length"
+            f" 0x{length:x}", site, request), fatal=True,
+            bugcheck=(WDF_VIOLATION, (WDF_REQUEST_FATAL_ERROR, WDF_REQUEST_FATAL_ERROR_INFORMATION_LENGTH_MISMATCH,
+                                      request.handle, 0)))
+
+
+_WDF_STATUS_ON_COMPLETION = {
+    NTSTATUS.STATUS_WDF_PAUSED: NTSTATUS.STATUS_DEVICE_BUSY,
+    NTSTATUS.STATUS_WDF_BUSY: NTSTATUS.STATUS_DEVICE_BUSY,
+    NTSTATUS.STATUS_WDF_INTERNAL_ERROR: NTSTATUS.STATUS_INTERNAL_ERROR,
+    NTSTATUS.STATUS_WDF_TOO_FRAGMENTED: NTSTATUS.STATUS_INVALID_DEVICE_REQUEST,
+    NTSTATUS.STATUS_WDF_TOO_MANY_TRANSFERS: NTSTATUS.STATUS_INVALID_DEVICE_REQUEST,
+    NTSTATUS.STATUS_WDF_NOT_ENOUGH_MAP_REGISTERS: NTSTATUS.STATUS_INSUFFICIENT_RESOURCES,
+}
+FACILITY_DRIVER_FRAMEWORK = 0x20
+
+
+def nt_status_for_completion(status: int) -> int:
+    """FxRequest::CompleteInternal: a status of the framework's facility (0x20) never reaches
+    the I/O manager; the known ones map to standard statuses, any other to
+    STATUS_INVALID_DEVICE_REQUEST [S]."""
+    status = int(status) & 0xFFFFFFFF
+    if (status & 0x0FFF0000) != FACILITY_DRIVER_FRAMEWORK << 16:
+        return status
+    return int(_WDF_STATUS_ON_COMPLETION.get(status, NTSTATUS.STATUS_INVALID_DEVICE_REQUEST))
