@@ -70,12 +70,12 @@ class PoolMemory(MemoryObject):
     DESCRIPTION = "memory from WdfMemoryCreate"
 
     def __init__(self, fx: Any, site: CallSite | None, buffer: int, size: int, tag: bytes, pool_type: int,
-                 storage: int, separate_buffer: bool) -> None:
+                 paged: bool, storage: int, separate_buffer: bool) -> None:
         MemoryObject.__init__(self, fx, site, buffer, size, tag)
         self.pool_type = pool_type
         self.storage_va = storage
         self.separate_buffer = separate_buffer  # the buffer is its own allocation (else inside storage_va)
-        if fx_is_paged_pool_type(pool_type):
+        if paged:  # as FxIsPagedPoolType has it
             self.passive_dispose = True  # FxMemoryBufferFromPool::_Create: MarkPassiveCallbacks for paged
 
     @classmethod
@@ -87,7 +87,8 @@ class PoolMemory(MemoryObject):
         verifier off, the buffer follows the object header in one allocation
         (FxMemoryBuffer); otherwise it is its own allocation (FxMemoryBufferFromPool)."""
         pool = fx._pool
-        if size < PAGE_SIZE and not fx._verifier_on and not fx_is_paged_pool_type(pool_type):
+        paged = fx_is_paged_pool_type(pool_type)
+        if size < PAGE_SIZE and not fx._verifier_on and not paged:
             if pool_type in _NORMALISED_TO_NONPAGED:
                 pool_type = _NON_PAGED_POOL  # FxMemoryObject::_Create normalises these [S]
             context_offset = align_up(MEMORY_BUFFER_OBJECT_SIZE + size, MEMORY_ALLOCATION_ALIGNMENT)
@@ -95,14 +96,14 @@ class PoolMemory(MemoryObject):
             storage = pool.allocate(pool_type, total, tag, site)
             if not storage:
                 return None
-            obj = cls(fx, site, storage + MEMORY_BUFFER_OBJECT_SIZE, size, tag, pool_type, storage, False)
+            obj = cls(fx, site, storage + MEMORY_BUFFER_OBJECT_SIZE, size, tag, pool_type, False, storage, False)
             if context_bytes:
                 obj.context_va = storage + context_offset + FX_CONTEXT_HEADER_SIZE
             return obj
         buffer = pool.allocate(pool_type, size, tag, site)
         if not buffer:
             return None
-        obj = cls(fx, site, buffer, size, tag, pool_type, 0, True)
+        obj = cls(fx, site, buffer, size, tag, pool_type, paged, 0, True)
         if context_bytes and not allocate_object_storage(fx, obj, context_bytes, site):
             pool.free(buffer)
             return None

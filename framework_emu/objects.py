@@ -109,9 +109,6 @@ class FxObject:
         self.refcount = 1
         self.created_at = site
         self.state = CREATED
-        self.children = None          # these three as instance values (the class defaults' values):
-        self.cleanup_callback = None  # delete() reads them on every call, and instance values are
-        self.destroy_callback = None  # what Python 3.11 specialises
 
     # -- description --------------------------------------------------------------
 

@@ -98,7 +98,7 @@ def fx_is_paged_pool_type(pool_type: int) -> bool:
     The session types (PagedPoolSession 33, PagedPoolCacheAlignedSession 37) are
     *not* paged to the framework: WdfMemoryCreate allows them up to DISPATCH_LEVEL,
     embeds a small buffer in its object, and disposes them at any IRQL."""
-    return (int(pool_type) & ~POOL_COLD_ALLOCATION) in _FX_PAGED_POOL_TYPES
+    return (pool_type & ~POOL_COLD_ALLOCATION) in _FX_PAGED_POOL_TYPES
 
 
 def is_cache_aligned(pool_type: int) -> bool:
