@@ -32,7 +32,7 @@ import bisect
 import enum
 import random
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 from .bugcheck import BAD_POOL_CALLER, BPC_DOUBLE_FREE, BPC_NOT_IN_ANY_POOL, BPC_WRONG_TAG, BugCheck
 from .callsite import CallSite, format_site
@@ -311,9 +311,28 @@ class PoolAllocation:
                 f" from {format_site(self.site)}>")
 
 
-# A live allocation is kept as a plain tuple (cheap on the hot path):
-# (size, tag, pool_type, site, serial, block, units, free list or None for whole pages,
-#  the frees-per-tag table of its poolmon Type)
+class LiveBlock(NamedTuple):
+    """The pool's record of one live allocation (a tuple: cheap to make on the hot path)."""
+
+    size: int
+    tag: bytes
+    pool_type: int
+    site: CallSite | None
+    serial: int
+    block: int                          # block (header) or first page, guest-physical
+    units: int                          # 16-byte units of a block, or pages
+    bucket: dict[int, None] | None      # the block's free list; None for whole pages
+    frees: dict[bytes, int]             # the frees-per-tag table of its poolmon Type
+
+    def allocation(self, va: int) -> PoolAllocation:
+        return PoolAllocation(va, self.size, self.tag, self.pool_type, self.site, self.serial)
+
+
+# Pool.allocate makes a LiveBlock by tuple.__new__ on the field values in order, without the
+# Python-level __new__ NamedTuple generates: ~1,700 fewer instructions per allocation
+# (callgrind, CPython 3.11; a plain tuple would save ~1,700 more, 4% of a WdfMemoryCreate +
+# WdfObjectDelete pair, at the price of positional reads).
+_new_live_block = tuple.__new__
 
 
 @dataclass
@@ -382,7 +401,7 @@ class Pool:
         self.kva_base = kva_base
         self.pages = PageAllocator(ram)
         self._heaps: dict[tuple[str, int], SmallBlockHeap] = {}
-        self.live: dict[int, tuple] = {}  # va -> (size, tag, pool_type, site, serial, block, units, free list, frees)
+        self.live: dict[int, LiveBlock] = {}
         self._heap_by_type: dict[int, SmallBlockHeap] = {}
         # (pool_type << 12) | size -> (free list, units, heap, frees table) of a request
         # a pool page serves: the placement arithmetic, done once per size.
@@ -464,11 +483,12 @@ class Pool:
                     self.failed += 1
                     return 0
             va = block + self.kva_base
-        self.live[va] = (size, tag, pool_type, site, serial, block, units, bucket, frees)
+        self.live[va] = record = _new_live_block(LiveBlock, (size, tag, pool_type, site, serial, block, units,
+                                                             bucket, frees))
         if self.on_allocate:
-            rec = PoolAllocation(va, size, tag, pool_type, site, serial)
+            allocation = record.allocation(va)
             for hook in self.on_allocate:
-                hook(rec)
+                hook(allocation)
         return va
 
     def free(self, va: int, tag: bytes | None = None, site: CallSite | None = None) -> int:
@@ -559,13 +579,13 @@ class Pool:
                 if tag is None or t == tag:
                     rows[(t, kind)] = [count, count, 0]
         for rec in self.live.values():
-            if tag is None or rec[1] == tag:
-                key = (rec[1], pool_kind(rec[2]))
+            if tag is None or rec.tag == tag:
+                key = (rec.tag, pool_kind(rec.pool_type))
                 row = rows.get(key)
                 if row is None:
                     row = rows[key] = [0, 0, 0]
                 row[0] += 1
-                row[2] += rec[0]
+                row[2] += rec.size
         return rows
 
     def poolmon(self) -> list[TagStats]:
@@ -587,16 +607,15 @@ class Pool:
         return "\n".join([head] + [str(s) for s in self.poolmon()])
 
     def bytes_in_use(self, tag: bytes | None = None) -> int:
-        return sum(rec[0] for rec in self.live.values() if tag is None or rec[1] == tag)
+        return sum(rec.size for rec in self.live.values() if tag is None or rec.tag == tag)
 
     def allocation(self, va: int) -> PoolAllocation | None:
         """The live allocation starting at ``va``."""
         rec = self.live.get(va)
-        return None if rec is None else PoolAllocation(va, rec[0], rec[1], rec[2], rec[3], rec[4])
+        return None if rec is None else rec.allocation(va)
 
     def allocations(self, tag: bytes | None = None) -> list[PoolAllocation]:
         """Live allocations (oldest first), optionally of one tag."""
-        out = [PoolAllocation(va, r[0], r[1], r[2], r[3], r[4])
-               for va, r in self.live.items() if tag is None or r[1] == tag]
+        out = [r.allocation(va) for va, r in self.live.items() if tag is None or r.tag == tag]
         out.sort(key=lambda a: a.serial)
         return out
