@@ -64,31 +64,43 @@ class RequestApi:
 
     # -- retrieving buffers ---------------------------------------------------------------
 
-    def _request_for_buffer(self, handle: int, call: str, rule_prefix: str) -> Request | None:
-        """The request; None (after a finding) if it already completed and the verifier is on."""
+    def _request_for_buffer(self, handle: int, out: Any, out_name: str, call: str) -> Request:
+        """The retrieval calls' first checks, in fxrequestapi.cpp's order: the handle, the
+        NULL output pointer (0x10D/0x4), the IRQL."""
         request = self._object(handle, FX_TYPE_REQUEST)
+        if out is None:
+            raise self._null(out_name)
         self._check_dispatch(call)
-        if request.completed and self._verifier_on:
-            self._verifier.report(finding_for(
-                f"{rule_prefix}{request.io.kind}A", "error",
-                f"{call} on {request.describe()} after it completed", driver_site(), request,
-                status=NTSTATUS.STATUS_INVALID_DEVICE_STATE), fatal=True,
-                bugcheck=(WDF_VIOLATION, (WDF_VERIFIER_FATAL_ERROR, request.handle, 0, 0)))
-            return None
         return request
 
-    def _input(self, request: Request) -> tuple[int, int, int, bool, str]:
-        if request.io.major == IRP_MJ_READ:
-            return NTSTATUS.STATUS_INVALID_DEVICE_REQUEST, 0, 0, False, "system"
-        return (*request.input_buffer(), "system")
+    def _verify_not_completed(self, request: Request, call: str, rule_prefix: str) -> int:
+        """FxRequest::VerifyRequestIsNotCompleted, the first thing GetMemoryObject, GetMdl and
+        their output twins do under the verifier: a completed request gives
+        STATUS_INTERNAL_ERROR. The emulator reports it as the BufAfterReqCompleted* /
+        MemAfterReqCompleted* rule (fatal in bugcheck mode)."""
+        if not (request.completed and self._verifier_on):
+            return NTSTATUS.STATUS_SUCCESS
+        self._verifier.report(finding_for(
+            f"{rule_prefix}{request.io.kind}A", "error",
+            f"{call} on {request.describe()} after it completed", driver_site(), request,
+            status=NTSTATUS.STATUS_INTERNAL_ERROR), fatal=True,
+            bugcheck=(WDF_VIOLATION, (WDF_VERIFIER_FATAL_ERROR, request.handle, 0, 0)))
+        return NTSTATUS.STATUS_INTERNAL_ERROR
 
-    def _output(self, request: Request) -> tuple[int, int, int, bool, str]:
+    def _buffer_of(self, request: Request, which: str, call: str,
+                   rule_prefix: str) -> tuple[int, int, int, bool, str]:
+        """(status, va, length, read_only, slot): fxrequestapi.cpp refuses a read's input and a
+        write's output (STATUS_INVALID_DEVICE_REQUEST) first; then GetMemoryObject (a read's
+        output too) or, for an IOCTL's output, GetDeviceControlOutputMemoryObject."""
         major = request.io.major
-        if major == IRP_MJ_WRITE:
+        if (which == "input" and major == IRP_MJ_READ) or (which == "output" and major == IRP_MJ_WRITE):
             return NTSTATUS.STATUS_INVALID_DEVICE_REQUEST, 0, 0, False, "system"
-        if major == IRP_MJ_READ:
-            return (*request.input_buffer(), "system")
-        return (*request.output_buffer(), "output")
+        status = self._verify_not_completed(request, call, rule_prefix)
+        if status:
+            return status, 0, 0, False, "system"
+        if which == "output" and request.is_ioctl:
+            return (*request.output_buffer(), "output")
+        return (*request.input_buffer(), "system")
 
     def _memory_handle(self, request: Request, found: tuple[int, int, int, bool, str]) -> tuple[int, int | None]:
         status, va, length, read_only, slot = found
@@ -99,12 +111,8 @@ class RequestApi:
         return NTSTATUS.STATUS_SUCCESS, mem.handle
 
     def _retrieve_memory(self, handle: int, memory_out: Any, call: str, which: str) -> tuple[int, int | None]:
-        request = self._request_for_buffer(handle, call, "MemAfterReqCompleted")
-        if memory_out is None:
-            raise self._null("Memory")
-        if request is None:
-            return NTSTATUS.STATUS_INVALID_DEVICE_STATE, None
-        return self._memory_handle(request, (self._input if which == "input" else self._output)(request))
+        request = self._request_for_buffer(handle, memory_out, "Memory", call)
+        return self._memory_handle(request, self._buffer_of(request, which, call, "MemAfterReqCompleted"))
 
     def WdfRequestRetrieveInputMemory(self, Request: int, *, Memory: Any = OUT) -> tuple[int, int | None]:
         """-> (status, memory). A read has no input (STATUS_INVALID_DEVICE_REQUEST)."""
@@ -116,13 +124,9 @@ class RequestApi:
 
     def _retrieve_buffer(self, handle: int, minimum: int, buffer_out: Any, call: str,
                          which: str) -> tuple[int, int | None, int | None]:
-        request = self._request_for_buffer(handle, call, "BufAfterReqCompleted")
-        if buffer_out is None:
-            raise self._null("Buffer")
+        request = self._request_for_buffer(handle, buffer_out, "Buffer", call)
         check_size(minimum, "MinimumRequiredSize")
-        if request is None:
-            return NTSTATUS.STATUS_INVALID_DEVICE_STATE, None, None
-        status, va, length, _read_only, _slot = (self._input if which == "input" else self._output)(request)
+        status, va, length, _read_only, _slot = self._buffer_of(request, which, call, "BufAfterReqCompleted")
         if status:
             return status, None, None
         if length < minimum:
@@ -140,32 +144,27 @@ class RequestApi:
         return self._retrieve_buffer(Request, MinimumRequiredSize, Buffer, "WdfRequestRetrieveOutputBuffer",
                                      "output")
 
-    def _retrieve_mdl(self, handle: int, mdl_out: Any, call: str) -> Request | None:
-        """WdfRequestRetrieve*WdmMdl's checks: handle, NULL output, verifier (not completed)."""
-        request = self._request_for_buffer(handle, call, "BufAfterReqCompleted")
-        if mdl_out is None:
-            raise self._null("Mdl")
-        return request
-
     def WdfRequestRetrieveInputWdmMdl(self, Request: int, *, Mdl: Any = OUT) -> tuple[int, Mdl | None]:
         """-> (status, mdl), as fxrequestapi.cpp: a read has no input (STATUS_INVALID_DEVICE_REQUEST);
         otherwise FxRequest::GetMdl (see Request.get_mdl)."""
-        request = self._retrieve_mdl(Request, Mdl, "WdfRequestRetrieveInputWdmMdl")
-        if request is None:
-            return NTSTATUS.STATUS_INVALID_DEVICE_STATE, None
+        call = "WdfRequestRetrieveInputWdmMdl"
+        request = self._request_for_buffer(Request, Mdl, "Mdl", call)
         if request.io.major == IRP_MJ_READ:
             return NTSTATUS.STATUS_INVALID_DEVICE_REQUEST, None
-        return request.get_mdl(driver_site())
+        status = self._verify_not_completed(request, call, "BufAfterReqCompleted")
+        return (status, None) if status else request.get_mdl(driver_site())
 
     def WdfRequestRetrieveOutputWdmMdl(self, Request: int, *, Mdl: Any = OUT) -> tuple[int, Mdl | None]:
         """-> (status, mdl), as fxrequestapi.cpp: a write has no output (STATUS_INVALID_DEVICE_REQUEST);
         IOCTLs: FxRequest::GetDeviceControlOutputMdl (METHOD_BUFFERED gets an MDL over the system
         buffer); reads: FxRequest::GetMdl."""
-        request = self._retrieve_mdl(Request, Mdl, "WdfRequestRetrieveOutputWdmMdl")
-        if request is None:
-            return NTSTATUS.STATUS_INVALID_DEVICE_STATE, None
+        call = "WdfRequestRetrieveOutputWdmMdl"
+        request = self._request_for_buffer(Request, Mdl, "Mdl", call)
         if request.io.major == IRP_MJ_WRITE:
             return NTSTATUS.STATUS_INVALID_DEVICE_REQUEST, None
+        status = self._verify_not_completed(request, call, "BufAfterReqCompleted")
+        if status:
+            return status, None
         if request.is_ioctl:
             return request.get_device_control_output_mdl(driver_site())
         return request.get_mdl(driver_site())
