@@ -15,7 +15,7 @@ from .attributes import (WDF_DECLARE_CONTEXT_TYPE, WDF_EXECUTION_LEVEL, WDF_OBJE
 from .bugcheck import WDF_VIOLATION, BugCheck
 from .callsite import CallSite, format_site
 from .core import KVA_DIRECT_MAP_BASE, OUT
-from .descriptor import (WDF_MEMORY_DESCRIPTOR, WDF_MEMORY_DESCRIPTOR_INIT_BUFFER, WDF_MEMORY_DESCRIPTOR_INIT_HANDLE,
+from .memory_descriptor import (WDF_MEMORY_DESCRIPTOR, WDF_MEMORY_DESCRIPTOR_INIT_BUFFER, WDF_MEMORY_DESCRIPTOR_INIT_HANDLE,
                          WDF_MEMORY_DESCRIPTOR_INIT_MDL, WDF_MEMORY_DESCRIPTOR_TYPE, WDFMEMORY_OFFSET,
                          DescribedBuffer, MemoryDescriptorNoBufferAllowed, MemoryDescriptorNullAllowed)
 from .driver import WDF_DRIVER_CONFIG, WdfDriverInitNoDispatchOverride, WdfDriverInitNonPnpDriver

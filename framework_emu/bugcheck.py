@@ -46,6 +46,25 @@ WDF_REQUEST_FATAL_ERROR = 0x6
 WDF_OBJECT_ERROR = 0x7
 WDF_DMA_FATAL_ERROR = 0x8
 
+# WDF_REQUEST_FATAL_ERROR parameter 2 (wdfbugcodes.h).
+WDF_REQUEST_FATAL_ERROR_INFORMATION_LENGTH_MISMATCH = 0x4
+
+# DRIVER_VERIFIER_DETECTED_VIOLATION (0xC4) parameter 1, as the bug check reference lists them [D].
+DV_ZERO_BYTE_ALLOCATION = 0x00        # P2 IRQL, P3 pool type, P4 bytes
+DV_PAGED_ALLOCATION_IRQL = 0x01       # P2 IRQL, P3 pool type, P4 bytes: paged pool above APC_LEVEL
+DV_NONPAGED_ALLOCATION_IRQL = 0x02    # P2 IRQL, P3 pool type, P4 bytes: nonpaged pool above DISPATCH_LEVEL
+DV_FREE_BAD_ADDRESS = 0x10            # P2 address, 0, 0: not returned by an allocation
+DV_PAGED_FREE_IRQL = 0x11             # P2 IRQL, P3 pool type, P4 address
+DV_NONPAGED_FREE_IRQL = 0x12          # P2 IRQL, P3 pool type, P4 address
+DV_DOUBLE_FREE = 0x13                 # P2 reserved, P3 pool header, P4 header contents
+DV_POOL_LEAK_ON_UNLOAD = 0x62         # P2 driver name, P3 reserved, P4 allocations not freed
+
+# BAD_POOL_CALLER (0xC2) parameter 1 [D].
+BPC_DOUBLE_FREE = 0x07                # P2 reserved, P3 pool header contents, P4 address
+BPC_WRONG_TAG = 0x0A                  # P2 address, P3 allocator's tag, P4 tag used to free
+BPC_NOT_IN_ANY_POOL = 0x42            # P2 address, 0, 0
+BPC_ZERO_TAG = 0x9B                   # P2 pool type, P3 bytes, P4 caller's address
+
 WDF_P1_NAMES = {
     WDF_VERIFIER_FATAL_ERROR: "WDF_VERIFIER_FATAL_ERROR",
     WDF_REQUIRED_PARAMETER_IS_NULL: "WDF_REQUIRED_PARAMETER_IS_NULL",

@@ -13,16 +13,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from .api.validation import parent_to_resolve
 from .attributes import WDF_OBJECT_ATTRIBUTES, WdfExecutionLevelPassive, context_size
-from .bugcheck import (PAGE_FAULT_IN_NONPAGED_AREA, WDF_INVALID_HANDLE, WDF_REQUIRED_PARAMETER_IS_NULL,
+from .bugcheck import (PAGE_FAULT_IN_NONPAGED_AREA, WDF_INVALID_HANDLE, WDF_REQUIRED_PARAMETER_IS_NULL, WDF_VIOLATION,
                        WDF_VERIFIER_FATAL_ERROR, BugCheck, wdf_violation)
 from .callsite import CallSite, driver_site, format_site
 from .errors import ArgumentError, FrameworkStateError
 from .handles import HandleTable
 from .irql import DISPATCH_LEVEL, ProcessorIrql, irql_name
+from .mdl import MdlTable
 from .memory import RequestBufferMemory, allocate_object_storage
 from .ntstatus import NTSTATUS
-from .objects import TYPE_NAMES, FxObject
+from .objects import FX_TYPE_OBJECT, TYPE_NAMES, FxObject
 from wdfhil.physical_memory import PhysicalMemory, PhysicalMemoryError
 from .pool import Pool
 from .pooltag import FX_TAG
@@ -74,8 +76,7 @@ class FrameworkCore:
         self._driver_tag = FX_TAG
         self._unloaded = False
         self._deleting_site: CallSite | None = None
-        self._mdls: dict[int, Any] = {}
-        self._freed_mdls: dict[int, Any] = {}
+        self._mdl_table = MdlTable(self)
         self.log: list[str] = []  # the framework's trace (its in-flight recorder), newest last
 
     # -- public state -----------------------------------------------------------------------
@@ -208,7 +209,7 @@ class FrameworkCore:
                 self._verifier.report(finding_for(
                     f"MemAfterReqCompleted{request.io.kind}A", "error",
                     f"{dead.describe()} used after its request completed", site, dead), fatal=True,
-                    bugcheck=(0x10D, (WDF_VERIFIER_FATAL_ERROR, request.handle, handle, 0)))
+                    bugcheck=(WDF_VIOLATION, (WDF_VERIFIER_FATAL_ERROR, request.handle, handle, 0)))
                 if expected in dead.QI_TYPES:
                     return dead  # record mode: go on, as the real machine would, on freed memory
             ended = [(event, at) for event, at in dead.history() if event != "freed"][-1]
@@ -223,6 +224,13 @@ class FrameworkCore:
         raise wdf_violation(WDF_INVALID_HANDLE, handle, expected, 0,
                             f"0x{handle:x} is not a handle (this framework never issued it);"
                             f" {want} expected at {format_site(site)}")
+
+    def _resolve_parent(self, attributes: WDF_OBJECT_ATTRIBUTES | None) -> FxObject | None:
+        """The attributes' ParentObject, resolved first as the entry points do
+        (FxValidateObjectAttributesForParentHandle, then FxObjectHandleGetPtr): None
+        without attributes, with a wrong Size, or without a parent."""
+        handle = parent_to_resolve(attributes)
+        return None if handle is None else self._object(handle, FX_TYPE_OBJECT)
 
     @staticmethod
     def _null(what: str) -> BugCheck:
@@ -293,7 +301,7 @@ class FrameworkCore:
             Finding("KmdfIrql", "error",
                     f"{call} called at {irql_name(level)}; its maximum is {irql_name(max_level)}",
                     site, status=status),
-            fatal=fatal, bugcheck=(0x10D, (WDF_VERIFIER_FATAL_ERROR, level, max_level, 0)))
+            fatal=fatal, bugcheck=(WDF_VIOLATION, (WDF_VERIFIER_FATAL_ERROR, level, max_level, 0)))
 
     def _check_dispatch(self, call: str) -> None:
         """The common case of KmdfIrql: calls allowed up to DISPATCH_LEVEL."""
@@ -310,4 +318,4 @@ class FrameworkCore:
             f"BufAfterReqCompleted{request.io.kind}A", "error",
             f"{action} 0x{va:x}+0x{length:x}, a buffer of {request.describe()}, after the request completed",
             site or driver_site(), request), fatal=True,
-            bugcheck=(0x10D, (WDF_VERIFIER_FATAL_ERROR, request.handle, va, 0)))
+            bugcheck=(WDF_VIOLATION, (WDF_VERIFIER_FATAL_ERROR, request.handle, va, 0)))

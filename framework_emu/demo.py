@@ -56,8 +56,9 @@ def main() -> int:
         _say(f"{name}: buffer at page offset 0x{small % PAGE_SIZE:03x},"
              f" {'crosses into the next page' if last != first else 'stays in one page'}")
 
-    _step("Lookaside list: the block freed last comes back, with its old contents")
-    status, lookaside = fx.WdfLookasideListCreate(None, 64, PoolType.NonPagedPool, attributes, b"Look")
+    _step("Lookaside list of PAGE_SIZE buffers: the buffer freed last comes back, with its old contents"
+          " (lists below PAGE_SIZE zero each block)")
+    status, lookaside = fx.WdfLookasideListCreate(None, PAGE_SIZE, PoolType.NonPagedPool, attributes, b"Look")
     status, first_memory = fx.WdfMemoryCreateFromLookaside(lookaside)
     fx.WdfMemoryCopyFromBuffer(first_memory, 0, b"card=4111-1111", 14)
     fx.WdfObjectDelete(first_memory)

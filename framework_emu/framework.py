@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .api.descriptor_api import DescriptorApi
+from .api.memory_descriptor_api import MemoryDescriptorApi
 from .api.driver_api import DRIVER_OBJECT, DriverApi
 from .api.irql_api import IrqlApi
 from .api.lookaside_api import LookasideApi
@@ -21,7 +21,7 @@ from .umdf1 import IWDFDriver
 
 
 class Framework(FrameworkCore, DriverApi, ObjectApi, MemoryApi, LookasideApi, MdlApi, RequestApi, PoolApi,
-                IrqlApi, DescriptorApi):
+                IrqlApi, MemoryDescriptorApi):
     """A WDF driver's view of the framework, over any :class:`PhysicalMemory`.
 
     ``Framework(memory, service_name="WDFEcho")`` creates the driver object

@@ -10,8 +10,9 @@ deleted) or it was never issued at all.
 
 from __future__ import annotations
 
-import collections
 from typing import TYPE_CHECKING
+
+from .recently_freed import RecentlyFreed
 
 if TYPE_CHECKING:
     from .objects import FxObject
@@ -26,9 +27,7 @@ class HandleTable:
 
     def __init__(self, graveyard_size: int = GRAVEYARD_SIZE) -> None:
         self.live: dict[int, "FxObject"] = {}
-        self.graveyard: dict[int, "FxObject"] = {}
-        self._burial_order: collections.deque[int] = collections.deque()
-        self._graveyard_size = graveyard_size
+        self.graveyard: RecentlyFreed[int, "FxObject"] = RecentlyFreed(graveyard_size)
         self._next = HANDLE_BASE + HANDLE_STRIDE
 
     def issue(self, obj: "FxObject") -> int:
@@ -43,11 +42,7 @@ class HandleTable:
         handle = obj.handle
         if self.live.pop(handle, None) is None:
             return
-        self.graveyard[handle] = obj
-        order = self._burial_order
-        order.append(handle)
-        if len(order) > self._graveyard_size:
-            del self.graveyard[order.popleft()]
+        self.graveyard.remember(handle, obj)
 
     def was_issued(self, handle: int) -> bool:
         """Whether ``handle`` is a value this table handed out at some point."""

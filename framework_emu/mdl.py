@@ -12,8 +12,11 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from .callsite import CallSite
+from .bugcheck import PAGE_FAULT_IN_NONPAGED_AREA, BugCheck
+from .callsite import CallSite, driver_site, format_site
 from wdfhil.physical_memory import PAGE_SHIFT, PAGE_SIZE
+from .pool import PoolType
+from .recently_freed import RecentlyFreed
 
 MDL_MAPPED_TO_SYSTEM_VA = 0x0001
 MDL_PAGES_LOCKED = 0x0002
@@ -41,6 +44,7 @@ SIZEOF_MDL = 0x30
 MDL_TAG = b"Mdl "
 IOP_FIXED_SIZE_MDL_PFNS = 0x17   # IoAllocateMdl's fixed-size MDLs describe up to 23 pages [I]
 MAX_MDL_LENGTH = (4 << 30) - PAGE_SIZE  # IoAllocateMdl's limit from Windows 7 on
+FREED_MDLS_KEPT = 4096  # freed MDLs remembered to name a use after free
 
 _HEADER = struct.Struct("<QHHHHQQQII")  # Next, Size, MdlFlags, AllocProc, Reserved, Process,
                                         # MappedSystemVa, StartVa, ByteCount, ByteOffset
@@ -133,3 +137,74 @@ def iter_mdl_chain(mdl: Mdl | None):
     while mdl is not None:
         yield mdl
         mdl = mdl.Next
+
+
+class MdlTable:
+    """Every MDL of the emulated kernel: allocation in nonpaged pool, PFNs, free.
+
+    The kernel routines (api/mdl_api.py) and the I/O manager's and the
+    framework's own MDLs (requests) all go through this table; freed MDLs are
+    remembered for a while so that a use after free names where it was freed."""
+
+    def __init__(self, fx: Any) -> None:
+        self.fx = fx
+        self.live: dict[int, Mdl] = {}
+        self.freed: RecentlyFreed[int, Mdl] = RecentlyFreed(FREED_MDLS_KEPT)
+
+    def lookup(self, address: int) -> Mdl | None:
+        """The MDL at ``address``, live or recently freed."""
+        return self.live.get(address) or self.freed.get(address)
+
+    def allocate(self, va: int, length: int, site: CallSite | None) -> Mdl | None:
+        """IoAllocateMdl: an MDL for the range (nothing built yet), or None when out of pool."""
+        fx = self.fx
+        block = fx._pool.allocate(PoolType.NonPagedPool, MmSizeOfMdl(va, length), MDL_TAG, site)
+        if not block:
+            return None
+        mdl = Mdl(fx, block, va, length, site)
+        self.live[block] = mdl
+        return mdl
+
+    def free(self, mdl: Mdl, site: CallSite | None) -> None:
+        """IoFreeMdl."""
+        self.fx._pool.free(mdl.address, None, site)
+        mdl.freed_at = site or ("<framework>", 0)
+        del self.live[mdl.address]
+        self.freed.remember(mdl.address, mdl)
+
+    def fill_pfns(self, mdl: Mdl) -> None:
+        """The frames behind the MDL's range into its PFN array (the direct map's frames)."""
+        fx = self.fx
+        pfns = mdl.pfn_array()
+        base = mdl.StartVa - fx.kva_base
+        for i in range(mdl.pages):
+            gpa = base + (i << PAGE_SHIFT)
+            if gpa < 0 or not fx._memory.contains(gpa, PAGE_SIZE):
+                raise BugCheck(PAGE_FAULT_IN_NONPAGED_AREA, (mdl.StartVa + (i << PAGE_SHIFT), 0, 0, 0),
+                               f"MDL 0x{mdl.address:x} describes 0x{mdl.StartVa + (i << PAGE_SHIFT):x},"
+                               f" which is not mapped memory (at {format_site(driver_site())})")
+            pfns[i] = gpa >> PAGE_SHIFT
+
+    def build_for_nonpaged_pool(self, mdl: Mdl) -> None:
+        """MmBuildMdlForNonPagedPool: fill the PFNs, map the MDL at its own address."""
+        self.fill_pfns(mdl)
+        mdl.MappedSystemVa = mdl.virtual_address()
+        mdl.MdlFlags |= MDL_SOURCE_IS_NONPAGED_POOL
+        mdl.store()
+
+    def nonpaged_pool_mdl(self, va: int, length: int, site: CallSite | None) -> Mdl | None:
+        """IoAllocateMdl + MmBuildMdlForNonPagedPool over a nonpaged buffer (FxMdlAllocate's use)."""
+        mdl = self.allocate(va, length, site)
+        if mdl is not None:
+            self.build_for_nonpaged_pool(mdl)
+        return mdl
+
+    def locked(self, va: int, length: int, write: bool, site: CallSite | None) -> Mdl | None:
+        """The MDL the I/O manager builds for direct I/O (pages probed and locked)."""
+        mdl = self.allocate(va, length, site)
+        if mdl is None:
+            return None
+        self.fill_pfns(mdl)
+        mdl.MdlFlags |= MDL_PAGES_LOCKED | (MDL_WRITE_OPERATION if write else 0)
+        mdl.store()
+        return mdl

@@ -26,10 +26,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .callsite import CallSite
-from .objects import (CREATED, DESTROYED, FX_TYPE_MEMORY_PREALLOCATED, FX_TYPE_OBJECT, FX_TYPE_REQUEST_MEMORY,
+from .objects import (DESTROYED, FX_TYPE_MEMORY_PREALLOCATED, FX_TYPE_OBJECT, FX_TYPE_REQUEST_MEMORY,
                       IFX_TYPE_MEMORY, FxObject)
 from wdfhil.physical_memory import PAGE_SIZE
-from .pool import PoolType
+from .pool import PoolType, fx_is_paged_pool_type
 
 if TYPE_CHECKING:
     from .request import Request
@@ -40,9 +40,7 @@ FX_CONTEXT_HEADER_SIZE = 0x28      # FxContextHeader up to its Context[] field
 MEMORY_ALLOCATION_ALIGNMENT = 16
 _NORMALISED_TO_NONPAGED = frozenset({int(PoolType.NonPagedPoolMustSucceed), int(PoolType.NonPagedPoolCacheAligned),
                                      int(PoolType.NonPagedPoolCacheAlignedMustS)})
-
-
-_new_object = object.__new__
+_NON_PAGED_POOL = int(PoolType.NonPagedPool)  # pool types stay plain ints (an IntEnum hashes slowly)
 
 
 def align_up(value: int, alignment: int) -> int:
@@ -67,13 +65,49 @@ class MemoryObject(FxObject):
 class PoolMemory(MemoryObject):
     """WdfMemoryCreate: a buffer the framework allocated (and frees on destroy).
 
-    Made by :func:`new_pool_memory` only, which sets the fields itself (see there)."""
+    :meth:`create` decides the placement (FxMemoryObject::_Create) and allocates."""
 
     DESCRIPTION = "memory from WdfMemoryCreate"
-    separate_buffer = False  # the buffer is its own allocation (else inside storage_va)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        raise TypeError("PoolMemory is made by new_pool_memory()")
+    def __init__(self, fx: Any, site: CallSite | None, buffer: int, size: int, tag: bytes, pool_type: int,
+                 paged: bool, storage: int, separate_buffer: bool) -> None:
+        MemoryObject.__init__(self, fx, site, buffer, size, tag)
+        self.pool_type = pool_type
+        self.storage_va = storage
+        self.separate_buffer = separate_buffer  # the buffer is its own allocation (else inside storage_va)
+        if paged:  # as FxIsPagedPoolType has it
+            self.passive_dispose = True  # FxMemoryBufferFromPool::_Create: MarkPassiveCallbacks for paged
+
+    @classmethod
+    def create(cls, fx: Any, pool_type: int, tag: bytes, size: int, context_bytes: int,
+               site: CallSite | None) -> "PoolMemory | None":
+        """The object and buffer of WdfMemoryCreate, or None if the pool is out of memory.
+
+        FxMemoryObject::_Create [S]: below PAGE_SIZE, not paged (FxIsPagedPoolType) and
+        verifier off, the buffer follows the object header in one allocation
+        (FxMemoryBuffer); otherwise it is its own allocation (FxMemoryBufferFromPool)."""
+        pool = fx._pool
+        paged = fx_is_paged_pool_type(pool_type)
+        if size < PAGE_SIZE and not fx._verifier_on and not paged:
+            if pool_type in _NORMALISED_TO_NONPAGED:
+                pool_type = _NON_PAGED_POOL  # FxMemoryObject::_Create normalises these [S]
+            context_offset = align_up(MEMORY_BUFFER_OBJECT_SIZE + size, MEMORY_ALLOCATION_ALIGNMENT)
+            total = context_offset + FX_CONTEXT_HEADER_SIZE + (align_up(context_bytes, 8) if context_bytes else 0)
+            storage = pool.allocate(pool_type, total, tag, site)
+            if not storage:
+                return None
+            obj = cls(fx, site, storage + MEMORY_BUFFER_OBJECT_SIZE, size, tag, pool_type, False, storage, False)
+            if context_bytes:
+                obj.context_va = storage + context_offset + FX_CONTEXT_HEADER_SIZE
+            return obj
+        buffer = pool.allocate(pool_type, size, tag, site)
+        if not buffer:
+            return None
+        obj = cls(fx, site, buffer, size, tag, pool_type, paged, 0, True)
+        if context_bytes and not allocate_object_storage(fx, obj, context_bytes, site):
+            pool.free(buffer)
+            return None
+        return obj
 
     def free_storage(self) -> None:
         pool = self.fx._pool
@@ -81,57 +115,6 @@ class PoolMemory(MemoryObject):
             pool.free(self.buffer)
         if self.storage_va:
             pool.free(self.storage_va)
-
-
-def new_pool_memory(fx: Any, pool_type: int, tag: bytes, size: int, context_bytes: int,
-                    site: CallSite | None) -> PoolMemory | None:
-    """The object and buffer of WdfMemoryCreate, or None if the pool is out of memory.
-
-    The object is made with ``object.__new__`` and its fields set here, everything
-    FxObject and MemoryObject would set: calling a class on Python 3.11 runs
-    ``__init__`` through a slow generic path, and this is WdfMemoryCreate's hot path."""
-    pool = fx._pool
-    # FxMemoryObject::_Create: below PAGE_SIZE, nonpaged, verifier off -> one allocation.
-    if size < PAGE_SIZE and not fx._verifier_on and not pool_type & 1:
-        if pool_type in _NORMALISED_TO_NONPAGED:
-            pool_type = 0  # NonPagedPool: FxMemoryBuffer normalises these [S]
-        # align_up(header + size, MEMORY_ALLOCATION_ALIGNMENT), written out (a call costs more)
-        context_offset = (MEMORY_BUFFER_OBJECT_SIZE + size + MEMORY_ALLOCATION_ALIGNMENT - 1) & -MEMORY_ALLOCATION_ALIGNMENT
-        total = context_offset + FX_CONTEXT_HEADER_SIZE + (align_up(context_bytes, 8) if context_bytes else 0)
-        storage = pool.allocate(pool_type, total, tag, site)
-        if not storage:
-            return None
-        buffer = storage + MEMORY_BUFFER_OBJECT_SIZE
-    else:
-        storage = 0
-        buffer = pool.allocate(pool_type, size, tag, site)
-        if not buffer:
-            return None
-    obj = _new_object(PoolMemory)
-    obj.fx = fx
-    obj.refcount = 1
-    obj.created_at = site
-    obj.state = CREATED
-    obj.children = None          # these three as instance values (the class defaults' values):
-    obj.cleanup_callback = None  # delete() reads them on every call, and instance values
-    obj.destroy_callback = None  # are what Python 3.11 specialises
-    obj.buffer = buffer
-    obj.size = size
-    obj.tag = tag
-    obj.pool_type = pool_type
-    if pool_type & 1:
-        obj.passive_dispose = True  # MarkPassiveCallbacks for paged buffers
-    obj.storage_va = storage  # both set every time: free_storage then reads instance values
-    if storage:
-        obj.separate_buffer = False
-        if context_bytes:
-            obj.context_va = storage + context_offset + FX_CONTEXT_HEADER_SIZE
-    else:
-        obj.separate_buffer = True
-        if context_bytes and not allocate_object_storage(fx, obj, context_bytes, site):
-            pool.free(buffer)
-            return None
-    return obj
 
 
 def allocate_object_storage(fx: Any, obj: FxObject, context_bytes: int, site: CallSite | None) -> bool:

@@ -11,9 +11,10 @@ the real framework (fxobjectstatemachine.cpp), reduced to one thread:
   drops the object's own creation reference;
 - EvtDestroyCallback runs when the reference count reaches zero, always
   after cleanup (cleanup is run then if it had not been);
-- an object whose count reaches zero through WdfObjectDereference while it
-  was never deleted and still has a parent or children is a WDF_VIOLATION
-  0x7, as in the framework's destructor;
+- an object whose count reaches zero while it still has a parent or
+  children (WdfObjectDereference instead of WdfObjectDelete) is a
+  WDF_VIOLATION 0x7, as in the framework's destructor: after its cleanup
+  and destroy callbacks ran (ProcessDestroy, then ~FxObject);
 - an object whose dispose must run at PASSIVE_LEVEL (paged-pool memory,
   ExecutionLevel Passive) deleted above PASSIVE_LEVEL is queued and disposed
   when the IRQL comes back down, as the framework's dispose list does.
@@ -165,8 +166,14 @@ class FxObject:
         return any(obj.passive_dispose for obj in self.iter_descendants())
 
     def delete(self, site: CallSite | None) -> bool:
-        """WdfObjectDelete on this object; False if it was already being deleted."""
+        """WdfObjectDelete on this object (FxObject::DeleteObject); False if it was already
+        being deleted."""
         if self.state is not CREATED:
+            if self.state is DISPOSED and self.deleted_at is None:
+                # Disposed by its parent, whose deletion is under way (a cleanup callback deleting
+                # a sibling or child): the parent destroys it; nothing to complain about.
+                self.deleted_at = site
+                return True
             return False
         self.deleted_at = site
         fx = self.fx
@@ -259,24 +266,20 @@ class FxObject:
         self.refcount += 1
 
     def release(self) -> None:
+        """Drop a reference; the last one destroys the object (FxObject::FinalRelease: at
+        PASSIVE_LEVEL for a passive-dispose object, deferred until then)."""
         count = self.refcount - 1
         self.refcount = count
         if count:
             return
-        if self.state == CREATED and (self.parent is not None or self.children):
-            why = "a parent" if self.parent is not None else "children"
-            raise wdf_violation(
-                WDF_OBJECT_ERROR, self.handle, self.storage_va or id(self), 0,
-                f"{self.describe()} was freed by WdfObjectDereference while it still had {why};"
-                f" it must be deleted with WdfObjectDelete",
-                details=self.format_history())
         if self.passive_dispose and self.fx._irql.current:
             self.fx._irql.defer_until_passive(self.destroy)
             return
         self.destroy()
 
     def destroy(self) -> None:
-        """ProcessDestroy: cleanup if it never ran, then EvtDestroyCallback, then free."""
+        """ProcessDestroy: cleanup if it never ran, then EvtDestroyCallback; then the destructor
+        (~FxObject) bug-checks an object still tied to a parent or children; then free."""
         callback = self.cleanup_callback
         if callback is not None:
             self.cleanup_callback = None
@@ -285,10 +288,22 @@ class FxObject:
         if callback is not None:
             self.destroy_callback = None
             callback(self.handle)
+        if self.parent is not None or self.children:
+            self._freed_while_attached()
         self.state = DESTROYED
         self.destroyed_at = self.fx._deleting_site or self.deleted_at
         self.free_storage()
         self.fx._handles.retire(self)
+
+    def _freed_while_attached(self) -> None:
+        """~FxObject: freed (by WdfObjectDereference) while it still had a parent or children:
+        WDF_VIOLATION 0x7, P2 the handle, P3 the object. The callbacks have run by then."""
+        why = "a parent" if self.parent is not None else "children"
+        raise wdf_violation(
+            WDF_OBJECT_ERROR, self.handle, self.storage_va or id(self), 0,
+            f"{self.describe()} was freed by WdfObjectDereference while it still had {why};"
+            f" it must be deleted with WdfObjectDelete",
+            details=self.format_history())
 
     def free_storage(self) -> None:
         """Give back the pool memory behind the object (subclasses add their buffers)."""

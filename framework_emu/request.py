@@ -111,7 +111,8 @@ class Request(FxObject):
     system_buffer_size = 0
     data_buffer = 0          # direct I/O: the locked buffer the MDL describes
     data_buffer_size = 0
-    mdl: "Mdl | None" = None
+    mdl: "Mdl | None" = None            # Irp->MdlAddress (direct I/O)
+    allocated_mdl: "Mdl | None" = None  # m_AllocatedMdl: built over the system buffer on demand
     system_memory: RequestBufferMemory | None = None  # m_SystemBuffer
     output_memory: RequestBufferMemory | None = None  # m_OutputBuffer
     completed = False
@@ -173,7 +174,7 @@ class Request(FxObject):
             if direct_out:
                 # The I/O manager probes for write access where the device writes the buffer.
                 device_writes = io.major == IRP_MJ_READ or (self.is_ioctl and io.method == METHOD_OUT_DIRECT)
-                self.mdl = fx._build_locked_mdl(self.data_buffer, data_size, write=device_writes, site=site)
+                self.mdl = fx._mdl_table.locked(self.data_buffer, data_size, write=device_writes, site=site)
                 if self.mdl is None:
                     self.free_buffers()
                     return False
@@ -191,11 +192,18 @@ class Request(FxObject):
             out.append((self.data_buffer, self.data_buffer_size))
         return out
 
+    def free_mdls(self, site: CallSite | None) -> None:
+        """The IRP's MDL and the one the framework built go with the request."""
+        table = self.fx._mdl_table
+        for attr in ("allocated_mdl", "mdl"):
+            mdl = getattr(self, attr)
+            if mdl is not None:
+                table.free(mdl, site)
+                setattr(self, attr, None)
+
     def free_buffers(self) -> None:
         pool = self.fx._pool
-        if self.mdl is not None:
-            self.fx._free_mdl(self.mdl, None)
-            self.mdl = None
+        self.free_mdls(None)
         if self.system_buffer:
             pool.free(self.system_buffer)
             self.system_buffer = 0
@@ -234,6 +242,52 @@ class Request(FxObject):
             return NTSTATUS.STATUS_INVALID_DEVICE_REQUEST, 0, 0, False
         return NTSTATUS.STATUS_SUCCESS, self.data_buffer, length, io.method == METHOD_IN_DIRECT
 
+    # -- MDLs (fxrequestkm.cpp) -------------------------------------------------------------
+
+    def _system_buffer_mdl(self, length: int, site: CallSite | None) -> tuple[int, "Mdl | None"]:
+        """The common tail of GetMdl and GetDeviceControlOutputMdl: no buffer or a zero length is
+        STATUS_BUFFER_TOO_SMALL; else m_AllocatedMdl, built once (IoAllocateMdl +
+        MmBuildMdlForNonPagedPool over the system buffer) and returned to *both* callers, whatever
+        length the other asked for."""
+        if not self.system_buffer or length == 0:
+            return NTSTATUS.STATUS_BUFFER_TOO_SMALL, None
+        if self.allocated_mdl is None:
+            mdl = self.fx._mdl_table.nonpaged_pool_mdl(self.system_buffer, length, site)
+            if mdl is None:
+                return NTSTATUS.STATUS_INSUFFICIENT_RESOURCES, None
+            self.allocated_mdl = mdl
+        return NTSTATUS.STATUS_SUCCESS, self.allocated_mdl
+
+    def _irp_mdl(self) -> tuple[int, "Mdl | None"]:
+        """Irp->MdlAddress, or STATUS_BUFFER_TOO_SMALL when there is none (a zero length)."""
+        if self.mdl is None:
+            return NTSTATUS.STATUS_BUFFER_TOO_SMALL, None
+        return NTSTATUS.STATUS_SUCCESS, self.mdl
+
+    def get_mdl(self, site: CallSite | None) -> tuple[int, "Mdl | None"]:
+        """FxRequest::GetMdl [S]: an IOCTL's *input* (the system buffer, InputBufferLength, for
+        METHOD_BUFFERED and both DIRECT methods; METHOD_NEITHER STATUS_INVALID_DEVICE_REQUEST);
+        a read or write: direct I/O Irp->MdlAddress, buffered I/O the system buffer."""
+        io = self.io
+        if self.is_ioctl:
+            if io.method == METHOD_NEITHER:
+                return NTSTATUS.STATUS_INVALID_DEVICE_REQUEST, None
+            return self._system_buffer_mdl(io.input_length, site)
+        if io.direct:
+            return self._irp_mdl()
+        return self._system_buffer_mdl(io.output_length if io.major == IRP_MJ_READ else io.input_length, site)
+
+    def get_device_control_output_mdl(self, site: CallSite | None) -> tuple[int, "Mdl | None"]:
+        """FxRequest::GetDeviceControlOutputMdl [S]: only IOCTLs (else STATUS_INVALID_DEVICE_REQUEST);
+        METHOD_BUFFERED: an MDL over the system buffer (OutputBufferLength); IN/OUT_DIRECT:
+        Irp->MdlAddress; METHOD_NEITHER: STATUS_INVALID_DEVICE_REQUEST, even from kernel mode."""
+        io = self.io
+        if not self.is_ioctl or io.method == METHOD_NEITHER:
+            return NTSTATUS.STATUS_INVALID_DEVICE_REQUEST, None
+        if io.method == METHOD_BUFFERED:
+            return self._system_buffer_mdl(io.output_length, site)
+        return self._irp_mdl()
+
     def memory_object(self, slot: str, label: str, va: int, length: int, read_only: bool,
                       site: CallSite | None) -> RequestBufferMemory:
         """The embedded memory object of a slot ("system" or "output"), made on first use."""
@@ -244,6 +298,20 @@ class Request(FxObject):
             self.fx._handles.issue(mem)
             setattr(self, attr, mem)
         return mem
+
+    def information_limit(self) -> int | None:
+        """The length VerifyCompleteInternal holds Information to: a read's or a write's length,
+        a user-mode IOCTL's output length when it has one; None where the framework cannot
+        know it (kernel-mode and internal IOCTLs, an IOCTL without output)."""
+        io = self.io
+        if io.major == IRP_MJ_READ:
+            return io.output_length
+        if io.major == IRP_MJ_WRITE:
+            return io.input_length
+        if (io.major == IRP_MJ_DEVICE_CONTROL and io.requestor_mode == KPROCESSOR_MODE.UserMode
+                and io.output_length > 0):
+            return io.output_length
+        return None
 
     def output_for_originator(self, information: int) -> bytes:
         """The bytes the originator gets back at completion (what the I/O manager copies)."""

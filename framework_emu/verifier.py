@@ -128,6 +128,18 @@ class Verifier:
                            finding=finding, details=details)
         return finding
 
+    def parent_object_check(self, site: CallSite | None, memory: "FxObject") -> None:
+        """ParentObjectCheck: WdfMemoryCreate without a parent, one finding per call site
+        (counted). Looked up by site first: this runs on every such WdfMemoryCreate."""
+        known = self.parent_warned.get(site)
+        if known is not None:
+            known.count += 1
+            return
+        self.parent_warned[site] = self.report(Finding(
+            "ParentObjectCheck", "warning",
+            "WdfMemoryCreate without a ParentObject: the memory lives until the driver unloads",
+            site, handle=memory.handle, object_kind=memory.HANDLE_NAME, tag=memory.tag), fatal=False)
+
     def errors(self) -> list[Finding]:
         return [f for f in self.findings if f.severity == "error"]
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..attributes import WDF_OBJECT_ATTRIBUTES
+from ..bugcheck import DRIVER_VERIFIER_DETECTED_VIOLATION, DV_POOL_LEAK_ON_UNLOAD
 from ..callsite import CallSite, driver_site, format_site
 from ..core import OUT
 from ..driver import (SERVICES_KEY, SIZEOF_WDF_DRIVER_CONFIG, SIZEOF_WDF_DRIVER_CONFIG_V1_1, WDF_DRIVER_CONFIG,
@@ -151,7 +152,7 @@ class DriverApi:
             self._verifier.report(
                 Finding("PoolLeakOnUnload" if report.allocations else "ObjectLeakOnUnload", "error",
                         str(report), site), fatal=True,
-                bugcheck=(0xC4, (0x62, 0, 0, len(report.allocations))))
+                bugcheck=(DRIVER_VERIFIER_DETECTED_VIOLATION, (DV_POOL_LEAK_ON_UNLOAD, 0, 0, len(report.allocations))))
         return report
 
     def _registry_path_for(self, service_name: str) -> str:

@@ -11,7 +11,7 @@ from ..irql import APC_LEVEL, DISPATCH_LEVEL, PASSIVE_LEVEL
 from ..lookaside import LookasideList
 from ..ntstatus import NTSTATUS
 from ..objects import FX_TYPE_LOOKASIDE, FX_TYPE_OBJECT
-from ..pool import _VALID_POOL_TYPES, check_pool_type, is_paged_pool
+from ..pool import _VALID_POOL_TYPES, check_pool_type, fx_is_paged_pool_type
 from ..pooltag import tag_bytes
 from .validation import check_size, validate_object_attributes
 
@@ -28,11 +28,9 @@ class LookasideApi:
         self._driver_obj or self._require_driver()
         if type(PoolType) is not int or PoolType not in _VALID_POOL_TYPES:
             PoolType = check_pool_type(PoolType)  # a plain int from here on (IntEnum hashes slowly)
-        parent = None
-        if LookasideAttributes is not None and LookasideAttributes.ParentObject:
-            parent = self._object(LookasideAttributes.ParentObject, FX_TYPE_OBJECT)
-        elif MemoryAttributes is not None and MemoryAttributes.ParentObject:
-            self._object(MemoryAttributes.ParentObject, FX_TYPE_OBJECT)
+        parent = self._resolve_parent(LookasideAttributes)
+        if parent is None:
+            self._resolve_parent(MemoryAttributes)   # checked, as the source does, but not the list's parent
         if PLookaside is None:
             raise self._null("PLookaside")
         if BufferSize == 0:
@@ -44,7 +42,7 @@ class LookasideApi:
                 return status, None
         tag = tag_bytes(PoolTag) if PoolTag else self._driver_tag
         site = driver_site()
-        if is_paged_pool(PoolType):
+        if fx_is_paged_pool_type(PoolType):
             if self._verifier_on and self._irql.current > PASSIVE_LEVEL:
                 self._irql_violation("WdfLookasideListCreate (paged)", PASSIVE_LEVEL, site, fatal=False,
                                      status=NTSTATUS.STATUS_INVALID_DEVICE_REQUEST)
@@ -63,7 +61,7 @@ class LookasideApi:
         if Memory is None:
             raise self._null("Memory")
         site = driver_site()
-        max_level = APC_LEVEL if is_paged_pool(lookaside.pool_type) else DISPATCH_LEVEL
+        max_level = APC_LEVEL if fx_is_paged_pool_type(lookaside.pool_type) else DISPATCH_LEVEL
         if self._verifier_on and self._irql.current > max_level:
             self._irql_violation("WdfMemoryCreateFromLookaside", max_level, site, fatal=True)
         attributes = lookaside.memory_attributes

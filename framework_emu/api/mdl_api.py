@@ -5,20 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from ..bugcheck import DRIVER_PAGE_FAULT_IN_FREED_SPECIAL_POOL, PAGE_FAULT_IN_NONPAGED_AREA, BugCheck
-from ..callsite import CallSite, driver_site, format_site
+from ..callsite import driver_site, format_site
 from ..errors import ArgumentError
-from ..mdl import (MAX_MDL_LENGTH, MDL_MAPPED_TO_SYSTEM_VA, MDL_PAGES_LOCKED, MDL_PARTIAL,
-                   MDL_PARTIAL_HAS_BEEN_MAPPED, MDL_SOURCE_IS_NONPAGED_POOL, MDL_TAG, MDL_WRITE_OPERATION,
-                   ADDRESS_AND_SIZE_TO_SPAN_PAGES, Mdl, MmSizeOfMdl)
+from ..mdl import (MAX_MDL_LENGTH, MDL_MAPPED_TO_SYSTEM_VA, MDL_PARTIAL, MDL_PARTIAL_HAS_BEEN_MAPPED,
+                   MDL_SOURCE_IS_NONPAGED_POOL, ADDRESS_AND_SIZE_TO_SPAN_PAGES, Mdl)
 from wdfhil.physical_memory import PAGE_SHIFT, PAGE_SIZE
-from ..pool import PoolType
 from .validation import check_size
 
 NormalPagePriority = 16
 HighPagePriority = 32
 LowPagePriority = 0
 MdlMappingNoExecute = 0x40000000
-_FREED_MDLS_KEPT = 4096
 
 
 class MdlApi:
@@ -39,16 +36,7 @@ class MdlApi:
         site = driver_site()
         if self._verifier_on and VirtualAddress:
             self._check_request_buffer(VirtualAddress, Length, "IoAllocateMdl describes", site)
-        return self._allocate_mdl(VirtualAddress, Length, site)
-
-    def _allocate_mdl(self, va: int, length: int, site: CallSite | None) -> Mdl | None:
-        block = self._pool.allocate(PoolType.NonPagedPool, MmSizeOfMdl(va, length), MDL_TAG, site)
-        if not block:
-            return None
-        mdl = Mdl(self, block, va, length, site)
-        self._mdls[block] = mdl
-        self._freed_mdls.pop(block, None)
-        return mdl
+        return self._mdl_table.allocate(VirtualAddress, Length, site)
 
     def _mdl(self, ref: Any) -> Mdl:
         """The live MDL for an Mdl object or its address; a freed one is a use after free."""
@@ -58,7 +46,7 @@ class MdlApi:
             raise BugCheck(PAGE_FAULT_IN_NONPAGED_AREA, (0, 0, 0, 0),
                            f"NULL MDL dereferenced (at {format_site(driver_site())})")
         elif isinstance(ref, int):
-            mdl = self._mdls.get(ref) or self._freed_mdls.get(ref)
+            mdl = self._mdl_table.lookup(ref)
             if mdl is None:
                 raise BugCheck(PAGE_FAULT_IN_NONPAGED_AREA, (ref, 0, 0, 0),
                                f"0x{ref:x} is not an MDL (at {format_site(driver_site())})")
@@ -71,45 +59,11 @@ class MdlApi:
         return mdl
 
     def IoFreeMdl(self, Mdl: Any) -> None:
-        mdl = self._mdl(Mdl)
-        self._free_mdl(mdl, driver_site())
-
-    def _free_mdl(self, mdl: Mdl, site: CallSite | None) -> None:
-        self._pool.free(mdl.address, None, site)
-        mdl.freed_at = site or ("<framework>", 0)
-        del self._mdls[mdl.address]
-        self._freed_mdls[mdl.address] = mdl
-        if len(self._freed_mdls) > 2 * _FREED_MDLS_KEPT:
-            self._freed_mdls = dict(list(self._freed_mdls.items())[-_FREED_MDLS_KEPT:])
+        self._mdl_table.free(self._mdl(Mdl), driver_site())
 
     def MmBuildMdlForNonPagedPool(self, MemoryDescriptorList: Any) -> None:
         """Fill the PFN array with the frames behind the MDL's range and map it (its own VA)."""
-        mdl = self._mdl(MemoryDescriptorList)
-        self._fill_pfns(mdl)
-        mdl.MappedSystemVa = mdl.virtual_address()
-        mdl.MdlFlags |= MDL_SOURCE_IS_NONPAGED_POOL
-        mdl.store()
-
-    def _fill_pfns(self, mdl: Mdl) -> None:
-        pfns = mdl.pfn_array()
-        base = mdl.StartVa - self.kva_base
-        for i in range(mdl.pages):
-            gpa = base + (i << PAGE_SHIFT)
-            if gpa < 0 or not self._memory.contains(gpa, PAGE_SIZE):
-                raise BugCheck(PAGE_FAULT_IN_NONPAGED_AREA, (mdl.StartVa + (i << PAGE_SHIFT), 0, 0, 0),
-                               f"MDL 0x{mdl.address:x} describes 0x{mdl.StartVa + (i << PAGE_SHIFT):x},"
-                               f" which is not mapped memory (at {format_site(driver_site())})")
-            pfns[i] = gpa >> PAGE_SHIFT
-
-    def _build_locked_mdl(self, va: int, length: int, write: bool, site: CallSite | None) -> Mdl | None:
-        """The MDL the I/O manager builds for direct I/O (pages probed and locked)."""
-        mdl = self._allocate_mdl(va, length, site)
-        if mdl is None:
-            return None
-        self._fill_pfns(mdl)
-        mdl.MdlFlags |= MDL_PAGES_LOCKED | (MDL_WRITE_OPERATION if write else 0)
-        mdl.store()
-        return mdl
+        self._mdl_table.build_for_nonpaged_pool(self._mdl(MemoryDescriptorList))
 
     def MmGetMdlPfnArray(self, Mdl: Any) -> memoryview:
         """The PFN array (64-bit entries) in the MDL's own memory."""

@@ -11,8 +11,7 @@ from ..irql import DISPATCH_LEVEL
 from ..ntstatus import NTSTATUS
 from ..objects import DESTROYED, FX_TYPE_OBJECT, GeneralObject
 from ..verifier import finding_for
-from .validation import (FX_VALIDATE_OPTION_EXECUTION_LEVEL_ALLOWED,
-                         FX_VALIDATE_OPTION_SYNCHRONIZATION_SCOPE_ALLOWED, validate_object_attributes)
+from .validation import FX_VALIDATE_OPTION_EXECUTION_LEVEL_ALLOWED, validate_object_attributes
 
 _DISPATCH_LEVEL = int(DISPATCH_LEVEL)  # a plain int: comparing an int with an IntEnum is not specialised
 
@@ -24,14 +23,12 @@ class ObjectApi:
                         Object: Any = OUT) -> tuple[int, int | None]:
         """-> (status, object): a general object (a parent, a context holder)."""
         self._driver_obj or self._require_driver()
-        parent = None
-        if Attributes is not None and Attributes.ParentObject:
-            parent = self._object(Attributes.ParentObject, FX_TYPE_OBJECT)
+        parent = self._resolve_parent(Attributes)
         if Object is None:
             raise self._null("Object")
         self._check_dispatch("WdfObjectCreate")
-        status = validate_object_attributes(
-            Attributes, FX_VALIDATE_OPTION_EXECUTION_LEVEL_ALLOWED | FX_VALIDATE_OPTION_SYNCHRONIZATION_SCOPE_ALLOWED)
+        # fxuserobjectapi.cpp: an execution level is allowed, a synchronization scope is not.
+        status = validate_object_attributes(Attributes, FX_VALIDATE_OPTION_EXECUTION_LEVEL_ALLOWED)
         if status:
             return status, None
         site = driver_site()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..bugcheck import BAD_POOL_CALLER, DRIVER_VERIFIER_DETECTED_VIOLATION, BugCheck
+from ..bugcheck import (BAD_POOL_CALLER, BPC_ZERO_TAG, DRIVER_VERIFIER_DETECTED_VIOLATION, DV_DOUBLE_FREE,
+                        DV_FREE_BAD_ADDRESS, DV_NONPAGED_ALLOCATION_IRQL, DV_NONPAGED_FREE_IRQL,
+                        DV_PAGED_ALLOCATION_IRQL, DV_PAGED_FREE_IRQL, DV_ZERO_BYTE_ALLOCATION, BugCheck)
 from ..callsite import driver_site, format_site
 from ..errors import ArgumentError
 from ..irql import APC_LEVEL, DISPATCH_LEVEL, irql_name
-from ..pool import _VALID_POOL_TYPES, PoolType, check_pool_type, is_paged_pool
-from ..pooltag import tag_bytes
+from ..pool import POOL_HEADER_SIZE, _VALID_POOL_TYPES, PoolType, check_pool_type, is_paged_pool, pool_kind_name
+from ..pooltag import format_tag, tag_bytes, tag_value
 from .validation import check_size
 
 POOL_FLAG_UNINITIALIZED = 0x0002
@@ -26,28 +28,59 @@ class PoolApi:
     def ExAllocatePoolWithTag(self, PoolType: int, NumberOfBytes: int, Tag: int | bytes) -> int | None:
         """Kernel virtual address of the new (not zeroed) buffer, or None.
 
-        With the verifier on (Driver Verifier's IRQL and pool checks): paged pool above
-        APC_LEVEL or any pool above DISPATCH_LEVEL is 0xC4 with P1 0x1 / 0x2, a zero tag is
-        0xC2 with P1 0x9B [I: parameter layout from the bug check reference]."""
+        With the verifier on, Driver Verifier's checks (see :meth:`_verify_allocation`)."""
         if type(PoolType) is not int or PoolType not in _VALID_POOL_TYPES:
             PoolType = check_pool_type(PoolType)  # a plain int from here on (IntEnum hashes slowly)
         check_size(NumberOfBytes, "NumberOfBytes")
         tag = tag_bytes(Tag, field="Tag")
         site = driver_site()
         if self._verifier_on:
-            self._check_pool_call(PoolType, NumberOfBytes, tag, site)
+            self._verify_allocation(PoolType, NumberOfBytes, tag, site)
         return self._pool.allocate(int(PoolType), NumberOfBytes, tag, site) or None
 
-    def _check_pool_call(self, pool_type: int, size: int, tag: bytes, site: Any) -> None:
+    def _verify_allocation(self, pool_type: int, size: int, tag: bytes, site: Any) -> None:
+        """Driver Verifier on the driver's pool allocation, in the order of the bug check
+        reference [D; the order among them is I]: a zero-byte request 0xC4/0x00; paged
+        pool above APC_LEVEL 0xC4/0x01, any pool above DISPATCH_LEVEL 0xC4/0x02 (P2 IRQL,
+        P3 pool type, P4 bytes; paged as the kernel classifies it); a zero tag 0xC2/0x9B
+        (P2 pool type, P3 bytes, P4 the caller's address: 0 here)."""
         level = self._irql.current
+        if size == 0:
+            raise BugCheck(DRIVER_VERIFIER_DETECTED_VIOLATION, (DV_ZERO_BYTE_ALLOCATION, level, pool_type, 0),
+                           f"zero-byte pool allocation (at {format_site(site)})")
         paged = is_paged_pool(pool_type)
         if level > (APC_LEVEL if paged else DISPATCH_LEVEL):
-            raise BugCheck(DRIVER_VERIFIER_DETECTED_VIOLATION, (0x1 if paged else 0x2, level, pool_type, size),
-                           f"{'paged' if paged else 'nonpaged'} pool allocation at {irql_name(level)}"
+            raise BugCheck(DRIVER_VERIFIER_DETECTED_VIOLATION,
+                           (DV_PAGED_ALLOCATION_IRQL if paged else DV_NONPAGED_ALLOCATION_IRQL, level, pool_type, size),
+                           f"{pool_kind_name(pool_type)} pool allocation at {irql_name(level)}"
                            f" (at {format_site(site)})")
         if tag == b"\0\0\0\0":
-            raise BugCheck(BAD_POOL_CALLER, (0x9B, pool_type, size, 0),
+            raise BugCheck(BAD_POOL_CALLER, (BPC_ZERO_TAG, pool_type, size, 0),
                            f"pool allocation with a zero tag (at {format_site(site)})")
+
+    def _verify_free(self, va: int, site: Any) -> None:
+        """Driver Verifier on the driver's ExFreePool(WithTag) [D: 0xC4 reference]: an address
+        no allocation returned 0xC4/0x10 (P2 the address); one already freed 0xC4/0x13 (P3
+        the pool header's address, P4 its contents: the tag here [I]); paged pool freed above
+        APC_LEVEL 0xC4/0x11, nonpaged above DISPATCH_LEVEL 0xC4/0x12 (P2 IRQL, P3 pool type,
+        P4 address). A wrong tag is still the kernel's 0xC2/0x0A."""
+        allocation = self._pool.allocation(va)
+        if allocation is None:
+            freed = self._pool.recently_freed.get(va)
+            if freed is not None:
+                raise BugCheck(DRIVER_VERIFIER_DETECTED_VIOLATION,
+                               (DV_DOUBLE_FREE, 0, va - POOL_HEADER_SIZE, tag_value(freed[0])),
+                               f"double free of pool block 0x{va:x} (tag {format_tag(freed[0])}), first freed at"
+                               f" {format_site(freed[1])}, again at {format_site(site)}")
+            raise BugCheck(DRIVER_VERIFIER_DETECTED_VIOLATION, (DV_FREE_BAD_ADDRESS, va, 0, 0),
+                           f"free of 0x{va:x}, which no pool allocation returned (at {format_site(site)})")
+        level = self._irql.current
+        paged = is_paged_pool(allocation.pool_type)
+        if level > (APC_LEVEL if paged else DISPATCH_LEVEL):
+            raise BugCheck(DRIVER_VERIFIER_DETECTED_VIOLATION,
+                           (DV_PAGED_FREE_IRQL if paged else DV_NONPAGED_FREE_IRQL, level, allocation.pool_type, va),
+                           f"{pool_kind_name(allocation.pool_type)} pool freed at {irql_name(level)}"
+                           f" (at {format_site(site)})")
 
     def ExAllocatePool2(self, Flags: int, NumberOfBytes: int, Tag: int | bytes) -> int | None:
         """The newer allocator: zeroed unless POOL_FLAG_UNINITIALIZED."""
@@ -65,7 +98,7 @@ class PoolApi:
         tag = tag_bytes(Tag, field="Tag")
         site = driver_site()
         if self._verifier_on:
-            self._check_pool_call(pool_type, NumberOfBytes, tag, site)
+            self._verify_allocation(pool_type, NumberOfBytes, tag, site)
         va = self._pool.allocate(int(pool_type), NumberOfBytes, tag, site)
         if va and not Flags & POOL_FLAG_UNINITIALIZED:
             self._memory.fill(va - self.kva_base, NumberOfBytes, 0)
@@ -73,10 +106,17 @@ class PoolApi:
 
     def ExFreePoolWithTag(self, P: int, Tag: int | bytes) -> None:
         """Free with the allocation's tag; another tag is BAD_POOL_CALLER 0xC2/0x0A."""
-        self._pool.free(P or 0, tag_bytes(Tag, field="Tag") if Tag else None, driver_site())
+        self._free_pool(P, tag_bytes(Tag, field="Tag") if Tag else None)
 
     def ExFreePool(self, P: int) -> None:
-        self._pool.free(P or 0, None, driver_site())
+        self._free_pool(P, None)
+
+    def _free_pool(self, va: int, tag: bytes | None) -> None:
+        site = driver_site()
+        va = va or 0
+        if self._verifier_on:
+            self._verify_free(va, site)
+        self._pool.free(va, tag, site)
 
     # -- Rtl memory routines (driver code touching memory) ------------------------------------
 

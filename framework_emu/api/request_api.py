@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..bugcheck import WDF_VERIFIER_FATAL_ERROR, BugCheck, wdf_violation
+from ..bugcheck import (WDF_REQUEST_FATAL_ERROR, WDF_REQUEST_FATAL_ERROR_INFORMATION_LENGTH_MISMATCH,
+                        WDF_VERIFIER_FATAL_ERROR, WDF_VIOLATION, BugCheck, wdf_violation)
 from ..callsite import driver_site, format_site
 from ..core import OUT
 from ..errors import ArgumentError
 from ..mdl import Mdl
-from ..ntstatus import NTSTATUS
+from ..ntstatus import NT_SUCCESS, NTSTATUS
 from ..objects import FX_TYPE_REQUEST
 from ..request import (IRP_MJ_DEVICE_CONTROL, IRP_MJ_INTERNAL_DEVICE_CONTROL, IRP_MJ_READ, IRP_MJ_WRITE,
-                       METHOD_BUFFERED, METHOD_IN_DIRECT, METHOD_OUT_DIRECT, KPROCESSOR_MODE, IoRequest, Request)
+                       METHOD_BUFFERED, KPROCESSOR_MODE, IoRequest, Request)
 from ..verifier import finding_for
 from .validation import check_size
 
@@ -63,31 +64,43 @@ class RequestApi:
 
     # -- retrieving buffers ---------------------------------------------------------------
 
-    def _request_for_buffer(self, handle: int, call: str, rule_prefix: str) -> Request | None:
-        """The request; None (after a finding) if it already completed and the verifier is on."""
+    def _request_for_buffer(self, handle: int, out: Any, out_name: str, call: str) -> Request:
+        """The retrieval calls' first checks, in fxrequestapi.cpp's order: the handle, the
+        NULL output pointer (0x10D/0x4), the IRQL."""
         request = self._object(handle, FX_TYPE_REQUEST)
+        if out is None:
+            raise self._null(out_name)
         self._check_dispatch(call)
-        if request.completed and self._verifier_on:
-            self._verifier.report(finding_for(
-                f"{rule_prefix}{request.io.kind}A", "error",
-                f"{call} on {request.describe()} after it completed", driver_site(), request,
-                status=NTSTATUS.STATUS_INVALID_DEVICE_STATE), fatal=True,
-                bugcheck=(0x10D, (WDF_VERIFIER_FATAL_ERROR, request.handle, 0, 0)))
-            return None
         return request
 
-    def _input(self, request: Request) -> tuple[int, int, int, bool, str]:
-        if request.io.major == IRP_MJ_READ:
-            return NTSTATUS.STATUS_INVALID_DEVICE_REQUEST, 0, 0, False, "system"
-        return (*request.input_buffer(), "system")
+    def _verify_not_completed(self, request: Request, call: str, rule_prefix: str) -> int:
+        """FxRequest::VerifyRequestIsNotCompleted, the first thing GetMemoryObject, GetMdl and
+        their output twins do under the verifier: a completed request gives
+        STATUS_INTERNAL_ERROR. The emulator reports it as the BufAfterReqCompleted* /
+        MemAfterReqCompleted* rule (fatal in bugcheck mode)."""
+        if not (request.completed and self._verifier_on):
+            return NTSTATUS.STATUS_SUCCESS
+        self._verifier.report(finding_for(
+            f"{rule_prefix}{request.io.kind}A", "error",
+            f"{call} on {request.describe()} after it completed", driver_site(), request,
+            status=NTSTATUS.STATUS_INTERNAL_ERROR), fatal=True,
+            bugcheck=(WDF_VIOLATION, (WDF_VERIFIER_FATAL_ERROR, request.handle, 0, 0)))
+        return NTSTATUS.STATUS_INTERNAL_ERROR
 
-    def _output(self, request: Request) -> tuple[int, int, int, bool, str]:
+    def _buffer_of(self, request: Request, which: str, call: str,
+                   rule_prefix: str) -> tuple[int, int, int, bool, str]:
+        """(status, va, length, read_only, slot): fxrequestapi.cpp refuses a read's input and a
+        write's output (STATUS_INVALID_DEVICE_REQUEST) first; then GetMemoryObject (a read's
+        output too) or, for an IOCTL's output, GetDeviceControlOutputMemoryObject."""
         major = request.io.major
-        if major == IRP_MJ_WRITE:
+        if (which == "input" and major == IRP_MJ_READ) or (which == "output" and major == IRP_MJ_WRITE):
             return NTSTATUS.STATUS_INVALID_DEVICE_REQUEST, 0, 0, False, "system"
-        if major == IRP_MJ_READ:
-            return (*request.input_buffer(), "system")
-        return (*request.output_buffer(), "output")
+        status = self._verify_not_completed(request, call, rule_prefix)
+        if status:
+            return status, 0, 0, False, "system"
+        if which == "output" and request.is_ioctl:
+            return (*request.output_buffer(), "output")
+        return (*request.input_buffer(), "system")
 
     def _memory_handle(self, request: Request, found: tuple[int, int, int, bool, str]) -> tuple[int, int | None]:
         status, va, length, read_only, slot = found
@@ -98,12 +111,8 @@ class RequestApi:
         return NTSTATUS.STATUS_SUCCESS, mem.handle
 
     def _retrieve_memory(self, handle: int, memory_out: Any, call: str, which: str) -> tuple[int, int | None]:
-        request = self._request_for_buffer(handle, call, "MemAfterReqCompleted")
-        if memory_out is None:
-            raise self._null("Memory")
-        if request is None:
-            return NTSTATUS.STATUS_INVALID_DEVICE_STATE, None
-        return self._memory_handle(request, (self._input if which == "input" else self._output)(request))
+        request = self._request_for_buffer(handle, memory_out, "Memory", call)
+        return self._memory_handle(request, self._buffer_of(request, which, call, "MemAfterReqCompleted"))
 
     def WdfRequestRetrieveInputMemory(self, Request: int, *, Memory: Any = OUT) -> tuple[int, int | None]:
         """-> (status, memory). A read has no input (STATUS_INVALID_DEVICE_REQUEST)."""
@@ -115,13 +124,9 @@ class RequestApi:
 
     def _retrieve_buffer(self, handle: int, minimum: int, buffer_out: Any, call: str,
                          which: str) -> tuple[int, int | None, int | None]:
-        request = self._request_for_buffer(handle, call, "BufAfterReqCompleted")
-        if buffer_out is None:
-            raise self._null("Buffer")
+        request = self._request_for_buffer(handle, buffer_out, "Buffer", call)
         check_size(minimum, "MinimumRequiredSize")
-        if request is None:
-            return NTSTATUS.STATUS_INVALID_DEVICE_STATE, None, None
-        status, va, length, _read_only, _slot = (self._input if which == "input" else self._output)(request)
+        status, va, length, _read_only, _slot = self._buffer_of(request, which, call, "BufAfterReqCompleted")
         if status:
             return status, None, None
         if length < minimum:
@@ -139,19 +144,30 @@ class RequestApi:
         return self._retrieve_buffer(Request, MinimumRequiredSize, Buffer, "WdfRequestRetrieveOutputBuffer",
                                      "output")
 
-    def WdfRequestRetrieveOutputWdmMdl(self, Request: int, *, Mdl: Any = OUT) -> tuple[int, Mdl | None]:
-        """-> (status, mdl) of a direct-I/O request's data; buffered requests have none."""
-        request = self._request_for_buffer(Request, "WdfRequestRetrieveOutputWdmMdl", "BufAfterReqCompleted")
-        if Mdl is None:
-            raise self._null("Mdl")
-        if request is None:
-            return NTSTATUS.STATUS_INVALID_DEVICE_STATE, None
-        io = request.io
-        if io.major == IRP_MJ_WRITE:
+    def WdfRequestRetrieveInputWdmMdl(self, Request: int, *, Mdl: Any = OUT) -> tuple[int, Mdl | None]:
+        """-> (status, mdl), as fxrequestapi.cpp: a read has no input (STATUS_INVALID_DEVICE_REQUEST);
+        otherwise FxRequest::GetMdl (see Request.get_mdl)."""
+        call = "WdfRequestRetrieveInputWdmMdl"
+        request = self._request_for_buffer(Request, Mdl, "Mdl", call)
+        if request.io.major == IRP_MJ_READ:
             return NTSTATUS.STATUS_INVALID_DEVICE_REQUEST, None
-        if request.mdl is None or (request.is_ioctl and io.method not in (METHOD_IN_DIRECT, METHOD_OUT_DIRECT)):
-            return NTSTATUS.STATUS_BUFFER_TOO_SMALL, None
-        return NTSTATUS.STATUS_SUCCESS, request.mdl
+        status = self._verify_not_completed(request, call, "BufAfterReqCompleted")
+        return (status, None) if status else request.get_mdl(driver_site())
+
+    def WdfRequestRetrieveOutputWdmMdl(self, Request: int, *, Mdl: Any = OUT) -> tuple[int, Mdl | None]:
+        """-> (status, mdl), as fxrequestapi.cpp: a write has no output (STATUS_INVALID_DEVICE_REQUEST);
+        IOCTLs: FxRequest::GetDeviceControlOutputMdl (METHOD_BUFFERED gets an MDL over the system
+        buffer); reads: FxRequest::GetMdl."""
+        call = "WdfRequestRetrieveOutputWdmMdl"
+        request = self._request_for_buffer(Request, Mdl, "Mdl", call)
+        if request.io.major == IRP_MJ_WRITE:
+            return NTSTATUS.STATUS_INVALID_DEVICE_REQUEST, None
+        status = self._verify_not_completed(request, call, "BufAfterReqCompleted")
+        if status:
+            return status, None
+        if request.is_ioctl:
+            return request.get_device_control_output_mdl(driver_site())
+        return request.get_mdl(driver_site())
 
     # -- completion ---------------------------------------------------------------------------
 
@@ -171,37 +187,59 @@ class RequestApi:
         self._complete(request, Status, check_size(Information, "Information"))
 
     def _complete(self, request: Request, status: int, information: int) -> None:
-        """Complete: the request's memory objects and children are deleted, its buffers
-        go back (to the verifier's quarantine first), the originator gets the data."""
+        """WdfRequestComplete* in the framework's order (fxrequestapi.cpp VerifyRequestComplete,
+        fxrequest.cpp FxRequest::CompleteInternal) [S]:
+
+        1. verifier: a request the driver no longer owns (already completed) is not completed
+           again: an error finding, the call returns (VerifyRequestIsDriverOwned);
+        2. verifier: success with Information above the buffer length of a read, a write or a
+           user-mode IOCTL with an output buffer: 0x10D / WDF_REQUEST_FATAL_ERROR (0x6) /
+           INFORMATION_LENGTH_MISMATCH (0x4) (VerifyCompleteInternal);
+        3. a WDF facility status becomes a standard NTSTATUS;
+        4. the request's children are disposed and destroyed (EarlyDispose, DestroyChildren);
+        5. only then, references still held on its buffers: 0x10D/0x3 (P2 request, P3 count);
+        6. the IRP completes: the originator gets the data, the buffers go back (to the
+           verifier's quarantine first)."""
         self._check_dispatch("WdfRequestComplete")
         site = driver_site()
         if request.completed:
+            if self._verifier_on:
+                self._log(f"WdfRequestComplete: {request.describe()} is not owned by the driver (completed),"
+                          f" STATUS_INVALID_DEVICE_REQUEST at {format_site(site)}")
+                self._verifier.report(finding_for(
+                    "DoubleCompletion", "error", f"{request.describe()} completed a second time: ignored"
+                    " (VerifyRequestIsDriverOwned)", site, request,
+                    status=NTSTATUS.STATUS_INVALID_DEVICE_REQUEST), fatal=False)
+                return
             raise BugCheck(MULTIPLE_IRP_COMPLETE_REQUESTS, (request.handle, 0, 0, 0),
                            f"{request.describe()} completed a second time at {format_site(site)}",
                            details=request.format_history())
-        if request.irp_references:
-            raise wdf_violation(WDF_VERIFIER_FATAL_ERROR, request.handle, request.irp_references, 0,
-                                f"{request.describe()} completed at {format_site(site)} while its buffers still"
-                                f" hold {request.irp_references} reference(s)", details=request.format_history())
+        if self._verifier_on:
+            self._verify_complete_information(request, status, information, site)
+        status = nt_status_for_completion(status)
         io = request.io
         request.completed = True
         request.note("completed", site)
-        io.completed = True
-        io.completed_at = site
-        io.status = int(status)
-        io.information = information
-        io.output_data = request.output_for_originator(information)
         self._deleting_site = site
         try:
             if request.children:
                 for child in list(request.children):
                     child.delete(site)
+            if request.irp_references:
+                request.completed = False  # the machine stopped here; a test may release and retry
+                raise wdf_violation(WDF_VERIFIER_FATAL_ERROR, request.handle, request.irp_references, 0,
+                                    f"{request.describe()} completed at {format_site(site)} while its buffers"
+                                    f" still hold {request.irp_references} reference(s)",
+                                    details=request.format_history())
+            io.completed = True
+            io.completed_at = site
+            io.status = status
+            io.information = information
+            io.output_data = request.output_for_originator(information)
             for mem in (request.system_memory, request.output_memory):
                 if mem is not None:
                     mem.retire_with_request(site)
-            if request.mdl is not None:
-                self._free_mdl(request.mdl, site)
-                request.mdl = None
+            request.free_mdls(site)
             if self._verifier_on:
                 ranges = request.buffer_ranges()
                 request.system_buffer = request.data_buffer = 0
@@ -211,3 +249,36 @@ class RequestApi:
             request.release()
         finally:
             self._deleting_site = None
+
+    def _verify_complete_information(self, request: Request, status: int, information: int, site: Any) -> None:
+        """FxRequest::VerifyCompleteInternal: Information may not exceed the buffer on success."""
+        length = request.information_limit()
+        if length is None or not NT_SUCCESS(status) or information <= length:
+            return
+        self._verifier.report(finding_for(
+            "RequestInformationLengthMismatch", "error",
+            f"{request.describe()} completed with Information 0x{information:x}, more than its buffer length"
+            f" 0x{length:x}", site, request), fatal=True,
+            bugcheck=(WDF_VIOLATION, (WDF_REQUEST_FATAL_ERROR, WDF_REQUEST_FATAL_ERROR_INFORMATION_LENGTH_MISMATCH,
+                                      request.handle, 0)))
+
+
+_WDF_STATUS_ON_COMPLETION = {
+    NTSTATUS.STATUS_WDF_PAUSED: NTSTATUS.STATUS_DEVICE_BUSY,
+    NTSTATUS.STATUS_WDF_BUSY: NTSTATUS.STATUS_DEVICE_BUSY,
+    NTSTATUS.STATUS_WDF_INTERNAL_ERROR: NTSTATUS.STATUS_INTERNAL_ERROR,
+    NTSTATUS.STATUS_WDF_TOO_FRAGMENTED: NTSTATUS.STATUS_INVALID_DEVICE_REQUEST,
+    NTSTATUS.STATUS_WDF_TOO_MANY_TRANSFERS: NTSTATUS.STATUS_INVALID_DEVICE_REQUEST,
+    NTSTATUS.STATUS_WDF_NOT_ENOUGH_MAP_REGISTERS: NTSTATUS.STATUS_INSUFFICIENT_RESOURCES,
+}
+FACILITY_DRIVER_FRAMEWORK = 0x20
+
+
+def nt_status_for_completion(status: int) -> int:
+    """FxRequest::CompleteInternal: a status of the framework's facility (0x20) never reaches
+    the I/O manager; the known ones map to standard statuses, any other to
+    STATUS_INVALID_DEVICE_REQUEST [S]."""
+    status = int(status) & 0xFFFFFFFF
+    if (status & 0x0FFF0000) != FACILITY_DRIVER_FRAMEWORK << 16:
+        return status
+    return int(_WDF_STATUS_ON_COMPLETION.get(status, NTSTATUS.STATUS_INVALID_DEVICE_REQUEST))

@@ -1,4 +1,4 @@
-"""Lookaside lists: creation, reuse (stale data), parents, references."""
+"""Lookaside lists: creation, reuse (zeroed below PAGE_SIZE, stale from PAGE_SIZE up), parents, references."""
 
 import pytest
 
@@ -43,17 +43,58 @@ def test_paged_list_at_raised_irql_without_the_verifier_is_not_checked(fx_off):
         assert fx_off.WdfLookasideListCreate(None, 64, PoolType.PagedPool, None, 0)[0] == S.STATUS_SUCCESS
 
 
-@pytest.mark.parametrize("size,pool_type", [(64, PoolType.NonPagedPool), (8000, PoolType.NonPagedPool),
-                                            (64, PoolType.PagedPool)])
-def test_freed_block_comes_back_with_stale_data(fx, size, pool_type):
+def _reuse_after_writing(fx, size, pool_type, data=b"stale!"):
+    """Write ``data`` into a list's memory, delete it, allocate again: (first va, second va, bytes there)."""
     _, lookaside = fx.WdfLookasideListCreate(None, size, pool_type, None, b"Look")
     _, first = fx.WdfMemoryCreateFromLookaside(lookaside)
     va1, _ = fx.WdfMemoryGetBuffer(first)
-    fx.WdfMemoryCopyFromBuffer(first, 0, b"stale!", 6)
+    fx.WdfMemoryCopyFromBuffer(first, 0, data, len(data))
     fx.WdfObjectDelete(first)
     _, second = fx.WdfMemoryCreateFromLookaside(lookaside)
     va2, _ = fx.WdfMemoryGetBuffer(second)
-    assert second != first and va2 == va1 and fx.read(va2, 6) == b"stale!"
+    assert second != first
+    return va1, va2, fx.read(va2, len(data))
+
+
+@pytest.mark.parametrize("size,pool_type", [(PAGE_SIZE, PoolType.NonPagedPool), (8000, PoolType.NonPagedPool),
+                                            (PAGE_SIZE, PoolType.PagedPool), (8000, PoolType.PagedPool)])
+def test_lists_of_page_size_or_more_return_stale_buffers_FxNPagedLookasideListFromPool(fx, size, pool_type):
+    """FxNPagedLookasideListFromPool / FxPagedLookasideListFromPool::Allocate: from PAGE_SIZE up the
+    buffer comes raw from a lookaside of buffers, not zeroed: the previous user's bytes come back."""
+    va1, va2, data = _reuse_after_writing(fx, size, pool_type)
+    assert va2 == va1 and data == b"stale!"
+
+
+@pytest.mark.parametrize("size", [64, PAGE_SIZE - 1])
+def test_nonpaged_lists_below_page_size_zero_the_whole_block_InitObjectAlloc(fx, size):
+    """fxlookasidelist.cpp FxLookasideList::InitObjectAlloc: RtlZeroMemory over the whole block
+    (object header, buffer, context) on every allocation: a small list never returns stale data."""
+    va1, va2, data = _reuse_after_writing(fx, size, PoolType.NonPagedPool)
+    assert va2 == va1 and data == b"\0" * 6
+    block = fx._live[fx.WdfLookasideListCreate(None, size, PoolType.NonPagedPool, None, 0)[1]]
+    assert block.block_size > size   # the zeroed block holds the header and the buffer
+
+
+@pytest.mark.parametrize("size", [64, PAGE_SIZE - 1])
+def test_paged_lists_below_page_size_zero_the_buffer_block_InitPagedAlloc(fx, size):
+    """fxpagedlookasidelist.cpp FxPagedLookasideListFromPool::InitPagedAlloc: the paged buffer block
+    (FX_POOL_HEADER + buffer) is zeroed on every allocation; the buffer follows the header."""
+    va1, va2, data = _reuse_after_writing(fx, size, PoolType.PagedPool)
+    assert va2 == va1 and data == b"\0" * 6
+    assert fx.pool.allocation(va2 - 16).size == size + 16
+
+
+def test_the_zeroing_does_not_touch_neighbouring_pool_memory_InitObjectAlloc(fx):
+    """InitObjectAlloc zeroes m_MemoryObjectSize bytes, the list's own block and nothing more."""
+    _, lookaside = fx.WdfLookasideListCreate(None, 64, PoolType.NonPagedPool, None, b"Look")
+    _, first = fx.WdfMemoryCreateFromLookaside(lookaside)
+    block = fx._live[first].block
+    size = fx._live[lookaside].block_size
+    neighbour = fx.ExAllocatePoolWithTag(PoolType.NonPagedPool, 64, b"Next")
+    fx.write(neighbour, b"\x77" * 64)
+    fx.WdfObjectDelete(first)
+    fx.WdfMemoryCreateFromLookaside(lookaside)
+    assert fx.read(block, size) == b"\0" * size and fx.read(neighbour, 64) == b"\x77" * 64
 
 
 def test_memory_parent_comes_from_memory_attributes_not_the_list(fx):

@@ -189,8 +189,13 @@ def test_paged_memory_deleted_at_dispatch_is_freed_at_passive(fx):
     assert fx.pool.allocation(va) is None
 
 
-def test_general_objects_take_execution_level_and_scope(fx):
-    assert fx.WdfObjectCreate(attrs(ExecutionLevel=2, SynchronizationScope=2))[0] == S.STATUS_SUCCESS
+def test_general_objects_take_an_execution_level_but_no_scope_WdfObjectCreate(fx):
+    """fxuserobjectapi.cpp WdfObjectCreate validates with FX_VALIDATE_OPTION_EXECUTION_LEVEL_ALLOWED
+    only: a synchronization scope other than InheritFromParent/None is refused."""
+    assert fx.WdfObjectCreate(attrs(ExecutionLevel=2))[0] == S.STATUS_SUCCESS
+    assert fx.WdfObjectCreate(attrs(ExecutionLevel=2, SynchronizationScope=4))[0] == S.STATUS_SUCCESS
+    assert (fx.WdfObjectCreate(attrs(ExecutionLevel=2, SynchronizationScope=2))[0]
+            == S.STATUS_WDF_SYNCHRONIZATION_SCOPE_INVALID)
 
 
 def test_describe_tells_the_story_of_a_handle(fx):

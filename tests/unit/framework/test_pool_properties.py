@@ -84,3 +84,16 @@ def test_framework_memory_accounting_returns_to_zero_after_deletes(sizes):
             fx.WdfObjectDelete(handle)
         assert fx.pool.tag_stats(b"Prop").bytes == 0
         assert fx.pool.bytes_in_use() == baseline
+
+
+def test_recently_freed_keeps_at_least_its_capacity_newest_first():
+    from framework_emu.recently_freed import RecentlyFreed
+
+    history = RecentlyFreed(4)
+    for key in range(20):
+        history.remember(key, f"v{key}")
+        assert len(history) < 8 and all(k in history for k in range(max(0, key - 3), key + 1))
+    history.remember(16, "again")                 # remembered again: now the newest
+    for key in range(20, 23):
+        history.remember(key, key)
+    assert history.get(16) == "again" and history.get(0) is None

@@ -123,12 +123,24 @@ def test_completing_while_a_buffer_is_referenced_is_0x3(fx):
     assert io.completed
 
 
-def test_completing_twice_while_referenced_is_multiple_irp_complete(fx):
+def test_completing_twice_under_the_verifier_is_refused_VerifyRequestIsDriverOwned(fx):
+    """fxrequestapi.cpp VerifyRequestComplete: a completed request is no longer driver-owned;
+    the second WdfRequestComplete returns without completing (a verifier break, no bug check)."""
     io = fx.present_request(IRP_MJ_WRITE, input_data=b"x")
     fx.WdfObjectReference(io.handle)
     fx.WdfRequestComplete(io.handle, S.STATUS_SUCCESS)
+    fx.WdfRequestComplete(io.handle, S.STATUS_INVALID_PARAMETER)
+    assert io.status == S.STATUS_SUCCESS and fx.findings[-1].rule == "DoubleCompletion"
+
+
+def test_completing_twice_without_the_verifier_stops_the_machine(fx_off):
+    """Without the verifier nothing checks: the framework completes a cleared IRP (emulated as
+    MULTIPLE_IRP_COMPLETE_REQUESTS 0x44 [I])."""
+    io = fx_off.present_request(IRP_MJ_WRITE, input_data=b"x")
+    fx_off.WdfObjectReference(io.handle)
+    fx_off.WdfRequestComplete(io.handle, S.STATUS_SUCCESS)
     with pytest.raises(BugCheck) as bc:
-        fx.WdfRequestComplete(io.handle, S.STATUS_SUCCESS)
+        fx_off.WdfRequestComplete(io.handle, S.STATUS_SUCCESS)
     assert bc.value.code == 0x44
 
 

@@ -104,14 +104,22 @@ def test_record_mode_records_and_goes_on_with_stale_data(fx_record):
     assert "completed at" in str(fx.findings[-1])
 
 
-def test_retrieving_from_a_completed_but_referenced_request(fx_record):
+def test_retrieving_from_a_completed_but_referenced_request_VerifyRequestIsNotCompleted(fx_record):
+    """GetMemoryObject / GetMdl start with FxRequest::VerifyRequestIsNotCompleted under the
+    verifier: STATUS_INTERNAL_ERROR; a write's output and a read's input are refused before
+    that (STATUS_INVALID_DEVICE_REQUEST, no finding)."""
     fx = fx_record
     io = present(fx, IRP_MJ_WRITE)
     fx.WdfObjectReference(io.handle)
     fx.WdfRequestComplete(io.handle, 0)
-    assert fx.WdfRequestRetrieveInputMemory(io.handle) == (NTSTATUS.STATUS_INVALID_DEVICE_STATE, None)
-    assert fx.WdfRequestRetrieveInputBuffer(io.handle, 0) == (NTSTATUS.STATUS_INVALID_DEVICE_STATE, None, None)
-    assert [f.rule for f in fx.findings[-2:]] == ["MemAfterReqCompletedWriteA", "BufAfterReqCompletedWriteA"]
+    assert fx.WdfRequestRetrieveInputMemory(io.handle) == (NTSTATUS.STATUS_INTERNAL_ERROR, None)
+    assert fx.WdfRequestRetrieveInputBuffer(io.handle, 0) == (NTSTATUS.STATUS_INTERNAL_ERROR, None, None)
+    assert fx.WdfRequestRetrieveInputWdmMdl(io.handle) == (NTSTATUS.STATUS_INTERNAL_ERROR, None)
+    assert [f.rule for f in fx.findings[-3:]] == ["MemAfterReqCompletedWriteA", "BufAfterReqCompletedWriteA",
+                                                 "BufAfterReqCompletedWriteA"]
+    count = len(fx.findings)
+    assert fx.WdfRequestRetrieveOutputBuffer(io.handle, 0) == (NTSTATUS.STATUS_INVALID_DEVICE_REQUEST, None, None)
+    assert len(fx.findings) == count
 
 
 def test_without_the_verifier_a_completed_requests_memory_is_just_a_stale_handle(fx_off):

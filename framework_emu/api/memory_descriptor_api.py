@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..descriptor import (WDF_MEMORY_DESCRIPTOR, DescribedBuffer, MemoryDescriptorNoBufferAllowed,
+from ..memory_descriptor import (WDF_MEMORY_DESCRIPTOR, DescribedBuffer, MemoryDescriptorNoBufferAllowed,
                           MemoryDescriptorNullAllowed, WdfMemoryDescriptorTypeBuffer,
                           WdfMemoryDescriptorTypeHandle, WdfMemoryDescriptorTypeMdl)
 from ..errors import ArgumentError
@@ -12,7 +12,7 @@ from ..objects import IFX_TYPE_MEMORY
 _SIZE_T_MAX = 0xFFFFFFFFFFFFFFFF
 
 
-class DescriptorApi:
+class MemoryDescriptorApi:
     def ValidateMemoryDescriptor(self, Descriptor: WDF_MEMORY_DESCRIPTOR | None,
                                  Flags: int = 0) -> tuple[int, DescribedBuffer | None]:
         """-> (status, described buffer), as the framework checks a descriptor a driver passes
