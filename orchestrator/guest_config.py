@@ -4,7 +4,10 @@ A guest config names the QEMU machine (``pc`` or ``q35``), its RAM and CPUs,
 the accelerator, the IOMMU, extra kernel arguments, the image recipe, and
 the *pool window*: a range of guest RAM the guest kernel is told never to
 use (``memmap=SIZE$BASE``), where the emulated framework keeps its pools.
-The files live in ``ci/guests/NAME.yaml``; every mistake in one is reported
+The built-in files ship with the package (``orchestrator/guests/NAME.yaml``);
+a user adds their own directories (``--guests-dir DIR`` or ``WDFHIL_GUESTS_PATH``,
+searched first, so a same-named file there shadows a built-in one). Every
+mistake in one is reported
 with the file, the line and the field, and the pool window is checked
 against the RAM layout QEMU will give the guest, because a window outside
 RAM (or across the PCI hole) would silently reserve nothing.
@@ -22,17 +25,19 @@ kernel. So a booted guest's ``/proc/iomem`` is checked
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from orchestrator.ram_layout import DEFAULT_INITRD_ADDR_MAX, MACHINES, RamSplit
 from wdfhil.errors import ConfigError, GuestError
 from wdfhil.units import format_size, parse_size
 from wdfhil.yamlfile import YamlMap, brief, load_yaml_mapping, reject_unknown_keys, take
 
-GUESTS_DIR = Path(__file__).resolve().parent.parent / "ci" / "guests"
+BUILTIN_GUESTS_DIR = Path(__file__).resolve().parent / "guests"   # package data
+GUESTS_PATH_ENV = "WDFHIL_GUESTS_PATH"   # the user's own config folders, os.pathsep-separated
 DEFAULT_GUEST = "pc-256m"
 
 ACCELERATORS = ("auto", "tcg", "kvm")
@@ -286,28 +291,48 @@ def pool_window_warnings(config: GuestConfig) -> list[str]:
             + f"; a base of {format_size(end)} or more does not depend on it"]
 
 
-def list_guest_configs(directory: Path = GUESTS_DIR) -> list[str]:
-    """Names of the guest configs shipped in ``ci/guests``."""
-    return sorted(path.stem for path in directory.glob("*.yaml"))
+def guest_config_dirs(extra: Sequence[str | Path] = ()) -> list[Path]:
+    """Where configs are looked up, first match wins: ``extra`` (the command line's
+    ``--guests-dir``), then ``WDFHIL_GUESTS_PATH``, then the built-in folder. A folder
+    named there that does not exist is an error, not silently skipped."""
+    env = [part for part in os.environ.get(GUESTS_PATH_ENV, "").split(os.pathsep) if part]
+    dirs: list[Path] = []
+    for where, entries in (("--guests-dir", extra), (GUESTS_PATH_ENV, env)):
+        for entry in entries:
+            folder = Path(entry).expanduser()
+            if not folder.is_dir():
+                raise ConfigError(f"{where} names {str(entry)!r}, which is not a folder of "
+                                  "guest configs", value=str(entry))
+            dirs.append(folder)
+    return [*dirs, BUILTIN_GUESTS_DIR]
 
 
-def resolve_guest_config(name_or_path: str | Path, directory: Path = GUESTS_DIR) -> Path:
+def list_guest_configs(dirs: Sequence[str | Path] = ()) -> list[str]:
+    """Names of the guest configs found (the user's folders, then the built-in ones)."""
+    return sorted({path.stem for folder in guest_config_dirs(dirs) for path in folder.glob("*.yaml")})
+
+
+def resolve_guest_config(name_or_path: str | Path, dirs: Sequence[str | Path] = ()) -> Path:
     """The file of a guest config given by name (``q35-1g``) or path."""
     text = str(name_or_path)
     if isinstance(name_or_path, Path) or "/" in text or text.endswith((".yaml", ".yml")):
         return Path(name_or_path)
-    path = directory / f"{text}.yaml"
-    if not path.is_file():
-        known = ", ".join(list_guest_configs(directory)) or "none"
-        raise ConfigError(f"no guest config named {text!r} in {directory} (known: {known})",
-                          value=text)
-    return path
+    searched = guest_config_dirs(dirs)
+    for folder in searched:
+        path = folder / f"{text}.yaml"
+        if path.is_file():
+            return path
+    known = ", ".join(list_guest_configs(dirs)) or "none"
+    raise ConfigError(f"no guest config named {brief(text)} in "
+                      f"{', '.join(str(folder) for folder in searched)} (known: {known})",
+                      value=text)
 
 
 def load_guest_config(name_or_path: str | Path = DEFAULT_GUEST,
-                      directory: Path = GUESTS_DIR) -> GuestConfig:
-    """Read and validate a guest config by name or path."""
-    path = resolve_guest_config(name_or_path, directory)
+                      dirs: Sequence[str | Path] = ()) -> GuestConfig:
+    """Read and validate a guest config by name or path (``dirs``: extra folders to
+    search first, as ``--guests-dir`` gives them)."""
+    path = resolve_guest_config(name_or_path, dirs)
     data = load_yaml_mapping(path)
     reject_unknown_keys(data, _FIELDS)
     lines = {key: data.line_of(key) for key in data}

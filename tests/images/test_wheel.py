@@ -1,5 +1,6 @@
-"""wdfhil installed as a wheel (not editable) finds what the image builder reads at
-run time: the recipes and their locks, init, the guest agent and module sources."""
+"""wdfhil installed as a wheel (not editable) finds what it reads at run time: the
+recipes and their locks, init, the guest agent and module sources, and the built-in
+guest configs."""
 
 from __future__ import annotations
 
@@ -30,7 +31,10 @@ check_lock(recipe, lock)
 assert recipe.init_script.is_relative_to(installed) and recipe.init_script.is_file()
 assert sorted(p.name for p in AGENT_SOURCES.glob("*.c")), "agent sources"
 assert (MODULE_SOURCES / "Kbuild").is_file() and list(MODULE_SOURCES.glob("*.c"))
-print("OK", available_recipes(), image_digest(recipe, lock)[:12])
+from orchestrator.guest_config import list_guest_configs, load_guest_config
+config = load_guest_config()
+assert Path(config.source).is_relative_to(Path(sys.argv[1])), config.source
+print("OK", available_recipes(), image_digest(recipe, lock)[:12], list_guest_configs())
 """
 
 
@@ -52,7 +56,8 @@ def test_wheel_carries_and_finds_the_builder_data(tmp_path: Path) -> None:
     for expected in ("guest_images/recipes/debian12-cloud.yaml",
                      "guest_images/recipes/debian12-cloud.lock", "guest_images/init/init.sh",
                      "guest_images/guest/module/Kbuild", "guest_images/guest/module/wdfhil_pci.c",
-                     "guest_images/guest/agent/agent.c", "guest_images/guest/agent/agent.h"):
+                     "guest_images/guest/agent/agent.c", "guest_images/guest/agent/agent.h",
+                     "orchestrator/guests/pc-256m.yaml", "orchestrator/guests/q35-3g-highmem.yaml"):
         assert expected in names, expected
 
     # A throwaway venv outside the tree: the wheel installed into it, this venv's
@@ -70,4 +75,4 @@ def test_wheel_carries_and_finds_the_builder_data(tmp_path: Path) -> None:
     run = subprocess.run([str(python), "-c", CHECK, str(site)], capture_output=True,
                          text=True, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "OK ['debian12-cloud']" in run.stdout
+    assert "OK ['debian12-cloud']" in run.stdout and "'pc-256m', 'q35-1g'" in run.stdout

@@ -296,3 +296,30 @@ def test_vm_configs_prints_the_warning(tmp_path, capsys):
     assert main(["vm", "configs", str(path)]) == 0
     out = capsys.readouterr().out
     assert "ok      low" in out and "warning low: pool window 0x2000000-0x3000000" in out
+
+
+def test_user_config_folders_come_first_and_shadow_built_ins(tmp_path, monkeypatch):
+    """--guests-dir / WDFHIL_GUESTS_PATH add the user's own configs, validated the same way."""
+    from orchestrator.guest_config import BUILTIN_GUESTS_DIR, GUESTS_PATH_ENV, guest_config_dirs
+    mine, team = tmp_path / "mine", tmp_path / "team"
+    mine.mkdir()
+    team.mkdir()
+    builtin = (BUILTIN_GUESTS_DIR / "pc-256m.yaml").read_text()
+    (mine / "pc-256m.yaml").write_text(builtin.replace("description:", "description: mine -"))
+    (team / "team-box.yaml").write_text(builtin)
+    (team / "broken.yaml").write_text(builtin.replace("machine: pc", "machine: pdp11"))
+    monkeypatch.setenv(GUESTS_PATH_ENV, str(team))
+    assert guest_config_dirs([mine]) == [mine, team, BUILTIN_GUESTS_DIR]
+    assert {"pc-256m", "team-box", "broken", "q35-1g"} <= set(list_guest_configs([mine]))
+    assert load_guest_config("pc-256m", [mine]).description.startswith("mine -")
+    assert load_guest_config("pc-256m").source == str(BUILTIN_GUESTS_DIR / "pc-256m.yaml")
+    assert load_guest_config("team-box").name == "team-box"
+    with pytest.raises(ConfigError, match=r"broken.yaml:\d+.*machine"):
+        load_guest_config("broken")
+
+
+def test_a_config_folder_that_does_not_exist_is_an_error(tmp_path, monkeypatch):
+    from orchestrator.guest_config import GUESTS_PATH_ENV
+    monkeypatch.setenv(GUESTS_PATH_ENV, str(tmp_path / "nope"))
+    with pytest.raises(ConfigError, match="WDFHIL_GUESTS_PATH names .*nope.*not a folder"):
+        load_guest_config("pc-256m")
