@@ -26,11 +26,14 @@ def run(args: argparse.Namespace) -> int:
 
         return demo.main()
     from guest_images import build_image
+    from guest_images.progress import StatusLine
     from orchestrator.demo_job import DEFAULT_GUEST, format_report, run_default_job
 
     print("building the default guest image (cached after the first time)...", flush=True)
-    image = build_image(progress=lambda line: print(f"  {line}", flush=True))
-    print(f"image {image.name} {image.digest[:12]}: kernel {image.kernel_version}", flush=True)
+    status = StatusLine()
+    image = build_image(progress=status)
+    status.clear()
+    print(image.provenance, flush=True)
     results = run_default_job(image, guest=args.guest or DEFAULT_GUEST, out=sys.stdout)
     print(format_report(results))
     return 0 if all(r.passed for r in results) else 1
