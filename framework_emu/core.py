@@ -28,6 +28,7 @@ from .objects import FX_TYPE_OBJECT, TYPE_NAMES, FxObject
 from wdfhil.physical_memory import PhysicalMemory, PhysicalMemoryError
 from .pool import Pool
 from .pooltag import FX_TAG
+from .system_ptes import SYSTEM_PTE_BASE, SystemPteSpace
 from .verifier import Finding, Verifier, finding_for
 
 KVA_DIRECT_MAP_BASE = 0xFFFF_A000_0000_0000
@@ -77,6 +78,7 @@ class FrameworkCore:
         self._unloaded = False
         self._deleting_site: CallSite | None = None
         self._mdl_table = MdlTable(self)
+        self._system_ptes = SystemPteSpace(memory)  # shared by the drivers of one IoManager
         self.log: list[str] = []  # the framework's trace (its in-flight recorder), newest last
 
     # -- public state -----------------------------------------------------------------------
@@ -126,14 +128,21 @@ class FrameworkCore:
         try:
             return self._memory.view(va - self.kva_base, length)
         except PhysicalMemoryError:
+            if va >= SYSTEM_PTE_BASE:
+                return self._system_ptes.view(va, length, write)
             self._gpa(va, length, write)
             raise
 
     def _read(self, va: int, length: int) -> bytes:
+        if va >= SYSTEM_PTE_BASE:  # a system-PTE mapping (frames possibly scattered)
+            return self._system_ptes.read(va, length)
         return bytes(self._view(va, length))
 
     def _write(self, va: int, data: bytes | bytearray | memoryview) -> None:
         data = memoryview(data).cast("B")
+        if va >= SYSTEM_PTE_BASE:
+            self._system_ptes.write(va, data)
+            return
         self._view(va, len(data), True)[:] = data
 
     def read(self, va: int, length: int) -> bytes:

@@ -83,8 +83,9 @@ class MdlApi:
 
     def MmGetSystemAddressForMdlSafe(self, Mdl: Any, Priority: int = NormalPagePriority) -> int | None:
         """The MDL's system address: MappedSystemVa if mapped or from nonpaged pool, else a
-        mapping of its pages. The emulated kernel maps through its direct map, so pages
-        that are not physically contiguous cannot be mapped: None (a failed mapping)."""
+        mapping of its pages. Physically contiguous pages of framework memory map through
+        the direct map; scattered pages (and every MDL over a guest caller's frames) get a
+        system-PTE mapping (system_ptes.py), as the memory manager gives one."""
         mdl = self._mdl(Mdl)
         if mdl.MdlFlags & (MDL_MAPPED_TO_SYSTEM_VA | MDL_SOURCE_IS_NONPAGED_POOL):
             return mdl.MappedSystemVa
@@ -92,8 +93,12 @@ class MdlApi:
         if mdl.pages == 0:
             return None
         first = pfns[0]
-        if any(pfns[i] != first + i for i in range(1, mdl.pages)):
-            return None
+        if getattr(mdl, "caller_frames", False) or any(pfns[i] != first + i for i in range(1, mdl.pages)):
+            base = self._system_ptes.map(list(pfns), f"system mapping of MDL 0x{mdl.address:x}", driver_site())
+            mdl.MappedSystemVa = base + mdl.ByteOffset
+            mdl.MdlFlags |= MDL_MAPPED_TO_SYSTEM_VA
+            mdl.store()
+            return mdl.MappedSystemVa
         mdl.MappedSystemVa = self.gpa_to_va(first << PAGE_SHIFT) + mdl.ByteOffset
         mdl.MdlFlags |= MDL_MAPPED_TO_SYSTEM_VA
         mdl.store()
