@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .api.memory_descriptor_api import MemoryDescriptorApi
 from .api.driver_api import DRIVER_OBJECT, DriverApi
+from .api.io_api import IoModelApi
 from .api.irql_api import IrqlApi
 from .api.lookaside_api import LookasideApi
 from .api.mdl_api import MdlApi
@@ -21,7 +22,7 @@ from .umdf1 import IWDFDriver
 
 
 class Framework(FrameworkCore, DriverApi, ObjectApi, MemoryApi, LookasideApi, MdlApi, RequestApi, PoolApi,
-                IrqlApi, MemoryDescriptorApi):
+                IrqlApi, MemoryDescriptorApi, IoModelApi):
     """A WDF driver's view of the framework, over any :class:`PhysicalMemory`.
 
     ``Framework(memory, service_name="WDFEcho")`` creates the driver object

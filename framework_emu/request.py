@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from .callsite import CallSite
 from .memory import RequestBufferMemory
@@ -116,6 +116,7 @@ class Request(FxObject):
     system_memory: RequestBufferMemory | None = None  # m_SystemBuffer
     output_memory: RequestBufferMemory | None = None  # m_OutputBuffer
     completed = False
+    completion_hook: "Callable[[CallSite | None], None] | None" = None  # the I/O model's, after completion
 
     def __init__(self, fx: Any, site: CallSite | None, io: IoRequest) -> None:
         FxObject.__init__(self, fx, site)

@@ -172,6 +172,19 @@ class Verifier:
             del self._starts[bisect.bisect_left(self._starts, va)]
             entry.release()
 
+    def release_range(self, va: int, length: int) -> None:
+        """Give back quarantined buffers overlapping ``[va, va+length)``: their owner reused the
+        memory legitimately (a guest kernel handing the same buffer to its next request)."""
+        hit = [start for start in self._starts if start < va + max(length, 1) and self._quarantine[start].end > va]
+        if not hit:
+            return
+        for group in self._quarantine_order:
+            group[:] = [start for start in group if start not in hit]
+        for start in hit:
+            entry = self._quarantine.pop(start)
+            del self._starts[bisect.bisect_left(self._starts, start)]
+            entry.release()
+
     def release_quarantine(self) -> None:
         """Give every quarantined buffer back (driver unload)."""
         while self._quarantine_order:

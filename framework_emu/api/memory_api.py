@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..attributes import WDF_OBJECT_ATTRIBUTES, context_size
-from ..callsite import caller_site, driver_site
+from ..callsite import caller_site, driver_site, format_site
 from ..core import OUT
 from ..errors import ArgumentError
 from ..irql import APC_LEVEL, DISPATCH_LEVEL
@@ -203,5 +203,6 @@ class MemoryApi:
         site = driver_site()
         if isinstance(buffer, int):
             self._check_request_buffer(buffer, length, f"{call} copies", site)
-        if mem.request is None:
-            self._check_request_buffer(mem.buffer + offset, length, f"{call} through {mem.describe()} touches", site)
+        if mem.request is None or getattr(mem.request, "borrowed_buffers", False):
+            self._check_request_buffer(mem.buffer + offset, length, f"{call} through {mem.describe()} (created at"
+                                       f" {format_site(mem.created_at)}) touches", site)

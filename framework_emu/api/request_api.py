@@ -247,6 +247,8 @@ class RequestApi:
             else:
                 request.free_buffers()
             request.release()
+            if request.completion_hook is not None:  # queues, the I/O manager, the sender above
+                request.completion_hook(site)
         finally:
             self._deleting_site = None
 

@@ -1,0 +1,316 @@
+"""Requests that travel through devices: the IRP, its WDFREQUESTs, their parameters.
+
+:class:`Irp` is the packet as the I/O manager sees it: who sent it (the
+guest, through :class:`IoManager.submit`, or a driver through an I/O
+target), whether it was cancelled, and which stack locations hold it now.
+Every device the packet reaches gets its own WDFREQUEST over the same
+buffers (:class:`DeviceRequest`), as every KMDF driver in a stack gets its
+own FxRequest over its own IRP stack location.
+
+Buffers are the originator's: a buffered request's system buffer is the
+guest's kernel buffer (its direct-map address); a direct request's MDL
+lists the guest caller's page frames and the framework maps them into
+system-PTE space (MmGetSystemAddressForMdlSafe) for the driver. The
+emulated framework owns neither, so nothing goes back to a pool at
+completion; with the verifier on, the ranges are quarantined instead so a
+driver touching them afterwards is caught (BufAfterReqCompleted*).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from .callsite import CallSite, format_site
+from .ntstatus import NTSTATUS
+from .mdl import MDL_PAGES_LOCKED, MDL_WRITE_OPERATION, Mdl
+from .request import (IRP_MJ_DEVICE_CONTROL, IRP_MJ_INTERNAL_DEVICE_CONTROL, IRP_MJ_READ, IRP_MJ_WRITE,
+                      METHOD_BUFFERED, METHOD_IN_DIRECT, METHOD_NEITHER, METHOD_OUT_DIRECT, IoRequest, Request)
+from wdfhil.physical_memory import PAGE_SHIFT, PAGE_SIZE
+
+if TYPE_CHECKING:
+    from .device import Device, FileObject
+    from .io_manager import IoOperation
+    from .queue import IoQueue
+
+IRP_MJ_CREATE = 0x00
+IRP_MJ_CLOSE = 0x02
+IRP_MJ_CLEANUP = 0x12
+MAJOR_NAMES = {IRP_MJ_CREATE: "IRP_MJ_CREATE", IRP_MJ_CLOSE: "IRP_MJ_CLOSE", IRP_MJ_READ: "IRP_MJ_READ",
+               IRP_MJ_WRITE: "IRP_MJ_WRITE", IRP_MJ_DEVICE_CONTROL: "IRP_MJ_DEVICE_CONTROL",
+               IRP_MJ_INTERNAL_DEVICE_CONTROL: "IRP_MJ_INTERNAL_DEVICE_CONTROL", IRP_MJ_CLEANUP: "IRP_MJ_CLEANUP"}
+
+STATUS_PENDING = NTSTATUS.STATUS_PENDING
+STATUS_CANCELLED = NTSTATUS.STATUS_CANCELLED
+STATUS_NO_MORE_ENTRIES = NTSTATUS.STATUS_NO_MORE_ENTRIES
+STATUS_WDF_PAUSED = NTSTATUS.STATUS_WDF_PAUSED
+STATUS_WDF_BUSY = NTSTATUS.STATUS_WDF_BUSY
+STATUS_IO_TIMEOUT = NTSTATUS.STATUS_IO_TIMEOUT
+STATUS_NOT_FOUND = NTSTATUS.STATUS_NOT_FOUND
+STATUS_NO_SUCH_DEVICE = NTSTATUS.STATUS_NO_SUCH_DEVICE
+STATUS_DEVICE_NOT_READY = NTSTATUS.STATUS_DEVICE_NOT_READY
+STATUS_WDF_NO_CALLBACK = NTSTATUS.STATUS_WDF_NO_CALLBACK
+STATUS_OBJECT_NAME_NOT_FOUND = NTSTATUS.STATUS_OBJECT_NAME_NOT_FOUND
+STATUS_INVALID_DEVICE_STATE = NTSTATUS.STATUS_INVALID_DEVICE_STATE
+STATUS_WDF_REQUEST_INVALID_STATE = NTSTATUS.STATUS_WDF_REQUEST_INVALID_STATE
+STATUS_TIMEOUT = NTSTATUS.STATUS_TIMEOUT
+
+
+def transfer_method(major: int, ioctl_code: int, direct_io: bool) -> str:
+    """"buffered", "direct" or "neither" for a request of this kind on a device with this I/O type."""
+    if major in (IRP_MJ_DEVICE_CONTROL, IRP_MJ_INTERNAL_DEVICE_CONTROL):
+        return {METHOD_BUFFERED: "buffered", METHOD_IN_DIRECT: "direct", METHOD_OUT_DIRECT: "direct",
+                METHOD_NEITHER: "neither"}[ioctl_code & 3]
+    if major in (IRP_MJ_READ, IRP_MJ_WRITE):
+        return "direct" if direct_io else "buffered"
+    return "buffered"
+
+
+@dataclass(frozen=True)
+class SystemBuffer:
+    """A physically contiguous kernel buffer of the guest (buffered I/O), by guest-physical address."""
+
+    gpa: int
+    size: int
+
+
+@dataclass(frozen=True)
+class UserPages:
+    """The guest caller's locked pages (direct I/O): frames in order, the offset into the first,
+    the byte count, and the caller's user virtual address (what MmGetMdlVirtualAddress shows)."""
+
+    pfns: tuple[int, ...]
+    offset: int
+    length: int
+    user_va: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pfns", tuple(int(p) for p in self.pfns))
+
+
+class WDF_REQUEST_STOP_ACTION_FLAGS(enum.IntFlag):
+    WdfRequestStopActionInvalid = 0
+    WdfRequestStopActionSuspend = 0x01
+    WdfRequestStopActionPurge = 0x2
+    WdfRequestStopRequestCancelable = 0x10000000
+
+
+@dataclass
+class WDF_REQUEST_PARAMETERS:
+    """WdfRequestGetParameters: Type and the arm of Parameters for that type, flattened."""
+
+    Type: int = 0
+    MinorFunction: int = 0
+    Length: int = 0                 # Read / Write
+    Key: int = 0
+    DeviceOffset: int = 0
+    OutputBufferLength: int = 0     # DeviceIoControl
+    InputBufferLength: int = 0
+    IoControlCode: int = 0
+    Type3InputBuffer: int = 0
+
+
+@dataclass
+class IO_STATUS_BLOCK:
+    Status: int = 0
+    Information: int = 0
+
+
+@dataclass
+class WDF_REQUEST_COMPLETION_PARAMS:
+    """What a sent request came back with (WdfRequestGetCompletionParams)."""
+
+    Type: int = 0
+    IoStatus: IO_STATUS_BLOCK = field(default_factory=IO_STATUS_BLOCK)
+    Buffer: int | None = None       # Read/Write: the memory handle sent; Ioctl: Output
+    Length: int = 0
+    Offset: int = 0
+    Input: int | None = None
+    Output: int | None = None
+    IoControlCode: int = 0
+
+
+class Irp:
+    """The packet: its originator, cancel flag, and the WDFREQUESTs that hold it, top first."""
+
+    def __init__(self, major: int, *, originator: "IoOperation | None" = None) -> None:
+        self.major = major
+        self.originator = originator
+        self.cancel = False
+        self.stack: list["DeviceRequest"] = []
+
+    def describe(self) -> str:
+        return MAJOR_NAMES.get(self.major, f"IRP_MJ_0x{self.major:x}")
+
+
+class DeviceRequest(Request):
+    """A WDFREQUEST a device received: from the guest, or from the driver above it.
+
+    The framework owns it while it sits in a queue; the driver owns it from
+    presentation (or WdfIoQueueRetrieveNextRequest) until it completes it,
+    forwards it to another queue, requeues it, or sends it on.
+    """
+
+    borrowed_buffers = True
+    top_of_irp = False           # the guest's (the I/O manager's) own request: its system buffer is the IRP's
+    mapping_va = 0               # system-PTE mapping of this request's MDL
+    mapping_size = 0
+
+    def __init__(self, fx: Any, site: CallSite | None, io: IoRequest, irp: Irp, device: "Device",
+                 file: "FileObject | None") -> None:
+        Request.__init__(self, fx, site, io)
+        self.irp = irp
+        self.device = device
+        self.file = file
+        self.queue: "IoQueue | None" = None
+        self.owner = "framework"          # framework (in a queue) / driver / sent / completed
+        self.presented_in: str | None = None  # "EvtIoRead of WDFQUEUE 0x... (driver.py:42)"
+        self.presentations = 0
+        self.cancel_routine: Callable[[int], Any] | None = None
+        self.cancel_called = False
+        self.in_stop_callback = False
+        self.stop_acknowledged = False
+        self.completion_hook = self._completed
+        self.double_buffer: tuple[int, int, int] | None = None  # (pool va, length, copy back to va)
+        self.byte_offset = 0
+        self.sender: "Request | None" = None   # the request of the driver above that was sent here
+        # as a sender itself (forwarded or reformatted to an I/O target)
+        self.formatted: tuple | None = None
+        self.completion_routine: Callable[..., Any] | None = None
+        self.completion_context: Any = None
+        self.completion_params = WDF_REQUEST_COMPLETION_PARAMS()
+        self.send_status: int | None = None
+        self.send_done = False
+        self.target: Any = None
+        self.send_irp: Irp | None = None
+        self.referenced: list[Any] = []
+
+    # -- buffers --------------------------------------------------------------------------
+
+    def attach_guest_buffers(self, system: SystemBuffer | None, pages: UserPages | None, site: CallSite | None,
+                             device_writes: bool) -> bool:
+        """The IRP's buffers as the guest's kernel module handed them over."""
+        fx = self.fx
+        if system is not None:
+            self.system_buffer = fx.gpa_to_va(system.gpa)
+            self.system_buffer_size = system.size
+            self.system_buffer_saved = (self.system_buffer, system.size)
+        if pages is not None:
+            mdl = fx._allocate_mdl(pages.user_va + pages.offset if pages.user_va else
+                                   _SYNTHETIC_USER_VA + pages.offset, pages.length, site)
+            if mdl is None:
+                return False
+            pfns = mdl.pfn_array()
+            for i in range(mdl.pages):
+                pfns[i] = pages.pfns[i]
+            self._adopt_mdl(mdl, device_writes)
+        return True
+
+    def attach_frames(self, va: int, length: int, site: CallSite | None, device_writes: bool) -> bool:
+        """An MDL over the frames behind ``va`` (a buffer of the driver above), for direct I/O."""
+        fx = self.fx
+        mdl = fx._allocate_mdl(va, length, site)
+        if mdl is None:
+            return False
+        pfns = mdl.pfn_array()
+        first = va & ~(PAGE_SIZE - 1)
+        if fx._system_ptes.holds(va):
+            for i, pfn in enumerate(fx._system_ptes.pfns_of(va, length)):
+                pfns[i] = pfn
+        else:
+            for i in range(mdl.pages):
+                pfns[i] = fx.va_to_gpa(first + (i << PAGE_SHIFT)) >> PAGE_SHIFT
+        self._adopt_mdl(mdl, device_writes)
+        return True
+
+    def _adopt_mdl(self, mdl: Mdl, device_writes: bool) -> None:
+        mdl.caller_frames = True
+        mdl.MdlFlags |= MDL_PAGES_LOCKED | (MDL_WRITE_OPERATION if device_writes else 0)
+        mdl.store()
+        self.mdl = mdl
+        va = self.fx.MmGetSystemAddressForMdlSafe(mdl)
+        self.data_buffer = va
+        self.data_buffer_size = mdl.ByteCount
+        self.mapping_va = va
+        self.mapping_size = mdl.ByteCount
+
+    def buffer_ranges(self) -> list[tuple[int, int]]:
+        """Nothing here came from this framework's pool (see _completed for the quarantine)."""
+        return []
+
+    def free_buffers(self) -> None:
+        if self.mdl is not None:
+            self.fx._free_mdl(self.mdl, None)
+            self.mdl = None
+
+    # -- what the driver sees ---------------------------------------------------------------
+
+    def parameters(self) -> WDF_REQUEST_PARAMETERS:
+        io = self.io
+        params = WDF_REQUEST_PARAMETERS(Type=io.major)
+        if io.major == IRP_MJ_READ:
+            params.Length = io.output_length
+            params.DeviceOffset = self.byte_offset
+        elif io.major == IRP_MJ_WRITE:
+            params.Length = io.input_length
+            params.DeviceOffset = self.byte_offset
+        elif self.is_ioctl:
+            params.OutputBufferLength = io.output_length
+            params.InputBufferLength = io.input_length
+            params.IoControlCode = io.ioctl_code
+            if io.method == METHOD_NEITHER:
+                params.Type3InputBuffer = self.system_buffer
+        return params
+
+    def where_presented(self) -> str:
+        return self.presented_in or "never presented (still in a queue)"
+
+    # -- completion -------------------------------------------------------------------------
+
+    def _completed(self, site: CallSite | None) -> None:
+        """Called by WdfRequestComplete after the framework's own completion work."""
+        fx = self.fx
+        self.owner = "completed"
+        ranges = []
+        if self.mapping_va:
+            ranges.append((self.mapping_va, self.mapping_size))
+        if self.top_of_irp and self.system_buffer_saved:
+            ranges.append(self.system_buffer_saved)
+        if fx._verifier_on and ranges:
+            fx._verifier.quarantine(self, ranges, self._release_range)
+        else:
+            for va, _size in ranges:
+                self._release_range(va)
+        if self.double_buffer is not None:
+            pool_va, length, back = self.double_buffer
+            self.double_buffer = None
+            self.sender_fx._write(back, fx._read(pool_va, min(length, self.io.information)))
+            self.sender_fx._pool.free(pool_va)
+        fx.io_manager._request_completed(self, site)
+
+    system_buffer_saved: tuple[int, int] | None = None
+    sender_fx: Any = None
+
+    def _release_range(self, va: int) -> None:
+        if va == self.mapping_va:
+            self.fx._system_ptes.unmap(va, self.io.completed_at)
+
+    def format_presented(self) -> str:
+        return f"{self.describe()} presented in {self.where_presented()}"
+
+
+_SYNTHETIC_USER_VA = 0x0000_7FF7_0000_0000  # where guest user buffers "live" when the runtime gives no VA
+
+
+def site_of_callback(callback: Callable[..., Any]) -> CallSite | None:
+    """The driver's source line of a callback function (where it was presented)."""
+    func = getattr(callback, "__func__", callback)
+    code = getattr(func, "__code__", None)
+    if code is None:
+        return None
+    return (code.co_filename, code.co_firstlineno)
+
+
+def describe_callback(name: str, callback: Callable[..., Any], where: str) -> str:
+    return f"{name} of {where} ({format_site(site_of_callback(callback))})"
