@@ -272,6 +272,11 @@ class DeviceRequest(Request):
         """Called by WdfRequestComplete after the framework's own completion work."""
         fx = self.fx
         self.owner = "completed"
+        if self.cancel_routine is not None and not self.cancel_called:
+            self.cancel_routine = None
+            fx._dbg_break("CompleteCancelableRequest",
+                          f"completing {self.describe()} while it is still cancelable: a race that can complete it"
+                          " twice; call WdfRequestUnmarkCancelable first (FxRequest::VerifyCompleteInternal)", self)
         ranges = []
         if self.mapping_va:
             ranges.append((self.mapping_va, self.mapping_size))
