@@ -151,6 +151,10 @@ class DriverRequest(Request):
         self.release_memory()
         FxObject.dispose(self)
 
+    def free_storage(self) -> None:  # also on WdfObjectDelete's one-step path, which skips dispose
+        self.release_memory()
+        FxObject.free_storage(self)
+
 
 # -- the request the next driver receives ---------------------------------------------------------
 

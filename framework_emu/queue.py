@@ -375,8 +375,16 @@ class IoQueue(FxObject):
         self.fx.io_manager.dispatcher.run()
 
     def dispose(self) -> None:
+        self._teardown()
+        FxObject.dispose(self)
+
+    def free_storage(self) -> None:  # also on WdfObjectDelete's one-step path, which skips dispose
+        self._teardown()
+        FxObject.free_storage(self)
+
+    def _teardown(self) -> None:
+        """A deleted queue accepts nothing more; what it still holds is cancelled."""
         self.accepting = False
         self.dispatching = False
         while self.pending:
             self._cancel_on_queue(self.pending.popleft())
-        FxObject.dispose(self)

@@ -17,7 +17,7 @@ from .callsite import CallSite
 from .device import FX_TYPE_SPIN_LOCK, FX_TYPE_STRING, FX_TYPE_TIMER, FX_TYPE_WAIT_LOCK
 from .io_dispatch import CallbackLock
 from .irql import DISPATCH_LEVEL, PASSIVE_LEVEL
-from .objects import FX_TYPE_OBJECT, FxObject
+from .objects import CREATED, FX_TYPE_OBJECT, FxObject
 
 if TYPE_CHECKING:
     from .io_dispatch import _Due
@@ -89,7 +89,7 @@ class Timer(FxObject):
         dispatcher.post(self._run_callback, self.level, f"EvtTimerFunc of {self.describe()}")
 
     def _run_callback(self) -> None:
-        if self.state != 0 or self.config.EvtTimerFunc is None:
+        if self.state is not CREATED or self.config.EvtTimerFunc is None:
             return
         lock = self.lock
         dispatcher = self.fx.io_manager.dispatcher
@@ -106,6 +106,10 @@ class Timer(FxObject):
     def dispose(self) -> None:
         self.cancel_due()
         FxObject.dispose(self)
+
+    def free_storage(self) -> None:  # also on WdfObjectDelete's one-step path, which skips dispose
+        self.cancel_due()
+        FxObject.free_storage(self)
 
 
 class SpinLock(FxObject):
