@@ -433,9 +433,10 @@ class IoManager:
             holder.queue.cancel(holder)
         self.dispatcher.run()
 
-    def run(self) -> int:
-        """Run posted work (deferred presentations, cancel notifications, DPCs)."""
-        return self.dispatcher.run()
+    def run(self) -> None:
+        """Run posted work (deferred presentations, cancel notifications, DPCs) and the timers
+        already due."""
+        self.dispatcher.advance_to(self.dispatcher.now)
 
     def advance_time(self, milliseconds: float) -> None:
         """Move the emulated clock, firing the timers that fall due (in order)."""
