@@ -124,6 +124,8 @@ class DeviceApi:
             if device.filter:
                 device.io_type = stack.bottom.io_type
         stack.devices.append(device)
+        if init.name:
+            self.io_manager._add_name(init.name, stack)
         from ..iotarget import IoTarget
         target = IoTarget(self, site, device, kind="local")
         target.open_on(device.lower, stack)
