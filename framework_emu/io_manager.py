@@ -460,6 +460,9 @@ class IoManager:
         queue = None
         if major in _IO_MAJORS:
             queue = device.dispatching.get(major) or device.default_queue
+            if (queue is not None and device.filter and queue is device.default_queue
+                    and not queue.handles(major)):
+                queue = None  # FxPkgIo::Dispatch: a filter's default queue without a handler forwards
             if queue is None:
                 if device.filter:
                     self._deliver(irp, device.lower, sender)

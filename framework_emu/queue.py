@@ -158,6 +158,14 @@ class IoQueue(FxObject):
             return False
         return not (self.execution_level == WdfExecutionLevelPassive and self.fx._irql.current > PASSIVE_LEVEL)
 
+    def handles(self, major: int) -> bool:
+        """FxIoQueue::IsIoEventHandlerRegistered: manual queues and EvtIoDefault take everything."""
+        config = self.config
+        if self.dispatch_type == WdfIoQueueDispatchManual or config.EvtIoDefault is not None:
+            return True
+        name = _CALLBACK_FOR.get(major)
+        return name is not None and getattr(config, name) is not None
+
     # -- requests in ---------------------------------------------------------------------------
 
     def queue_request(self, request: DeviceRequest, *, at_head: bool = False) -> None:

@@ -180,6 +180,10 @@ class DeviceApi:
         major = int(RequestType)
         if major not in _QUEUE_TYPES:
             return NTSTATUS.STATUS_INVALID_PARAMETER
+        if not queue.handles(major):
+            self._dbg_break("DispatchingWithoutHandler", f"{queue.describe()} has no EvtIoDefault or callback for"
+                            f" request type 0x{major:x} (FxPkgIo::ConfigureDynamicDispatching)", queue)
+            return NTSTATUS.STATUS_INVALID_DEVICE_REQUEST
         if major in device.dispatching:
             return 0xC0200204  # STATUS_WDF_BUSY
         device.dispatching[major] = queue
