@@ -38,6 +38,7 @@ from .io_request import (IRP_MJ_CLEANUP, IRP_MJ_CLOSE, IRP_MJ_CREATE, STATUS_CAN
                          describe_callback, transfer_method)
 from .irql import PASSIVE_LEVEL, ProcessorIrql
 from .ntstatus import NTSTATUS, status_name
+from .objects import DESTROYED
 from .request import (IRP_MJ_DEVICE_CONTROL, IRP_MJ_INTERNAL_DEVICE_CONTROL, IRP_MJ_READ, IRP_MJ_WRITE,
                       METHOD_BUFFERED, METHOD_OUT_DIRECT, KPROCESSOR_MODE, IoRequest)
 from .system_ptes import SystemPteSpace
@@ -227,7 +228,21 @@ class IoManager:
             self.dispatcher.run()
         held = [r for r in self.live_requests if r.device in device_stack.devices]
         report = RemovalReport(stack, [self._never_completed(r, "its device was removed") for r in held])
+        for request in held:
+            self._abandon(request)
         return report
+
+    def _abandon(self, request: DeviceRequest) -> None:
+        """A request its driver never completed, reported already: the framework object goes (so
+        the unload's leak report does not list it again); its operation stays pending."""
+        self.live_requests.pop(request, None)
+        if request.mapping_va:
+            self.system_ptes.unmap(request.mapping_va)
+        request.free_buffers()
+        if request.state is not DESTROYED:
+            request.refcount = 0
+            with self.dispatcher.at(PASSIVE_LEVEL):
+                request.destroy()
 
     def _never_completed(self, request: DeviceRequest, when: str) -> str:
         message = (f"{request.describe()} ({request.irp.describe()}) was never completed: {when} while the driver"
@@ -246,6 +261,7 @@ class IoManager:
             self.remove_device(name)
         for request in list(self.live_requests):
             self._never_completed(request, "the run ended")
+            self._abandon(request)
         reports = []
         for fx in self.drivers:
             with self.dispatcher.at(PASSIVE_LEVEL):

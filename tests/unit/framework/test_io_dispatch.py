@@ -7,8 +7,8 @@ from framework_emu import (DISPATCH_LEVEL, IRP_MJ_READ, IRP_MJ_WRITE, NTSTATUS, 
                            FrameworkStateError, STATUS_CANCELLED, WDF_DRIVER_CONFIG, WDF_EXECUTION_LEVEL,
                            WDF_IO_QUEUE_CONFIG, WDF_IO_QUEUE_CONFIG_INIT, WDF_IO_QUEUE_CONFIG_INIT_DEFAULT_QUEUE,
                            WDF_OBJECT_ATTRIBUTES, WDF_PNPPOWER_EVENT_CALLBACKS, WDF_SYNCHRONIZATION_SCOPE,
-                           WDF_REQUEST_PARAMETERS, WdfIoQueueDispatchManual, WdfIoQueueDispatchParallel,
-                           WdfIoQueueDispatchSequential, WdfFalse)
+                           WDF_REQUEST_PARAMETERS, WDF_REL_TIMEOUT_IN_MS, WDF_TIMER_CONFIG_INIT,
+                           WdfIoQueueDispatchManual, WdfIoQueueDispatchParallel, WdfIoQueueDispatchSequential)
 from samples.guest import InProcessGuest
 
 S = NTSTATUS
@@ -326,3 +326,52 @@ def test_waiting_forever_is_an_error_that_names_the_holder():
     op = guest.write_file(file, b"x")
     with pytest.raises(FrameworkStateError, match="EvtIoWrite of"):
         op.result()
+
+
+def test_the_run_ending_with_a_held_request_reports_it_once_and_unloads():
+    driver = HoldingDriver()
+    guest, fx, file = machine(driver, verifier_mode="record")
+    op = guest.write_file(file, b"held")
+    reports = guest.iom.shutdown()
+    assert [f.rule for f in fx.findings] == ["RequestNeverCompleted"]
+    assert not reports[0], str(reports[0])
+    assert not op.done
+
+
+def test_queue_stop_start_and_purge():
+    """Stop: requests queue up unpresented; Start: presented. Purge: queued requests are cancelled,
+    cancelable driver-owned ones get EvtRequestCancel, and the queue then refuses new requests with
+    STATUS_INVALID_DEVICE_STATE (FxIoQueue::QueueRequest)."""
+    driver = HoldingDriver(WdfIoQueueDispatchParallel)
+    guest, fx, file = machine(driver)
+    fx.WdfIoQueueStop(driver.queue)
+    op = guest.write_file(file, b"1")
+    assert driver.held == []
+    fx.WdfIoQueueStart(driver.queue)
+    assert len(driver.held) == 1
+    cancelled = []
+    fx.WdfRequestMarkCancelable(driver.held[0], lambda r: (cancelled.append(r), fx.WdfRequestComplete(r, STATUS_CANCELLED)))
+    fx.WdfIoQueueStop(driver.queue)
+    queued = guest.write_file(file, b"2")
+    done = []
+    fx.WdfIoQueuePurge(driver.queue, lambda q, c: done.append(c), "ctx")
+    guest.iom.run()
+    assert cancelled == [driver.held[0]] and op.result() == (STATUS_CANCELLED, 0)
+    assert queued.result() == (STATUS_CANCELLED, 0) and done == ["ctx"]
+    assert guest.write_file(file, b"3").result() == (S.STATUS_INVALID_DEVICE_STATE, 0)
+
+
+def test_stop_synchronously_waits_for_the_driver_and_evt_io_stop_acknowledge_requeues():
+    driver = HoldingDriver()
+    guest, fx, file = machine(driver, verifier_mode="record")
+    op = guest.write_file(file, b"1")
+    request = driver.held[0]
+    _, timer = fx.WdfTimerCreate(WDF_TIMER_CONFIG_INIT(lambda t: fx.WdfRequestComplete(request, 0)),
+                                 WDF_OBJECT_ATTRIBUTES(ParentObject=driver.device))
+    fx.WdfTimerStart(timer, WDF_REL_TIMEOUT_IN_MS(20))
+    fx.WdfIoQueueStopSynchronously(driver.queue)   # the timer completes the request meanwhile
+    assert op.done and guest.iom.dispatcher.now >= 20 * 10_000
+    fx.WdfIoQueueStart(driver.queue)
+    guest.write_file(file, b"2")
+    fx.WdfRequestStopAcknowledge(driver.held[1], False)   # FxRequest::VerifyStopAcknowledge
+    assert [f.rule for f in fx.findings] == ["StopAcknowledgeOutsideEvtIoStop"]
