@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from .callsite import CallSite
 from .io_request import (IO_STATUS_BLOCK, WDF_REQUEST_COMPLETION_PARAMS, DeviceRequest, Irp)
-from .objects import FX_TYPE_OBJECT, FX_TYPE_REQUEST, FxObject
+from .objects import FX_TYPE_OBJECT, FxObject
 from .pool import PoolType
 from .request import (IRP_MJ_DEVICE_CONTROL, IRP_MJ_INTERNAL_DEVICE_CONTROL, IRP_MJ_READ, IRP_MJ_WRITE,
                       METHOD_BUFFERED, IoRequest, Request)
@@ -229,7 +229,3 @@ def sent_request_completed(holder: Any, status: int, information: int) -> None:
     dispatcher = fx.io_manager.dispatcher
     dispatcher.invoke(fx, routine, (holder.handle, target.handle if target is not None else None, params, context),
                       fx._irql.current, f"completion routine of {holder.describe()}")
-
-
-def is_request(obj: Any) -> bool:
-    return FX_TYPE_REQUEST in obj.QI_TYPES

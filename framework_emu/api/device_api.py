@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..attributes import WDF_OBJECT_ATTRIBUTES
-from ..callsite import driver_site, format_site
+from ..callsite import driver_site
 from ..core import OUT
 from ..device import (DRIVER_EXECUTION_LEVEL, DRIVER_SYNCHRONIZATION_SCOPE, FX_TYPE_DEVICE, FX_TYPE_FILEOBJECT,
                       WDF_DEVICE_IO_TYPE, WDF_DEVICE_POWER_POLICY_IDLE_SETTINGS,
@@ -222,13 +222,7 @@ class DeviceApi:
         return self._object(FileObject, FX_TYPE_FILEOBJECT).file_name
 
 
+
 def _new_device(fx: Any, site: Any, init: WDFDEVICE_INIT, level: int, scope: int) -> Device:
+    """Device(...) from WdfDeviceCreate, whose output parameter shadows the class name."""
     return Device(fx, site, init, level, scope)
-
-
-def never_completed_message(requests: list[Any]) -> str:
-    lines = [f"{len(requests)} request(s) never completed:"]
-    for request in requests:
-        lines.append(f"  {request.describe()} ({request.irp.describe()}), {request.owner}-owned,"
-                     f" presented in {request.where_presented()}; arrived at {format_site(request.created_at)}")
-    return "\n".join(lines)

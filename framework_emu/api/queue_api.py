@@ -17,7 +17,6 @@ from ..queue import (FX_TYPE_QUEUE, SIZEOF_WDF_IO_QUEUE_CONFIG, WDF_IO_QUEUE_CON
                      WdfIoQueueDispatchManual, WdfIoQueueDispatchMax, WdfIoQueueDispatchSequential, WdfTrue,
                      WdfUseDefault)
 from ..device import effective_constraints
-from ..verifier import finding_for
 from .validation import (FX_VALIDATE_OPTION_EXECUTION_LEVEL_ALLOWED,
                          FX_VALIDATE_OPTION_SYNCHRONIZATION_SCOPE_ALLOWED, validate_object_attributes)
 

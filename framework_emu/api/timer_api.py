@@ -21,7 +21,7 @@ from ..timer import WDF_TIMER_CONFIG, FxString
 from ..timer import SpinLock as SpinLockObj
 from ..timer import Timer as TimerObj
 from ..timer import WaitLock as WaitLockObj
-from ..verifier import Finding, finding_for
+from ..verifier import Finding
 from .validation import validate_object_attributes
 
 STATUS_WDF_PARENT_NOT_SPECIFIED = 0xC0200212

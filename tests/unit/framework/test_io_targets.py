@@ -5,11 +5,10 @@ import struct
 
 import pytest
 
-from framework_emu import (IRP_MJ_INTERNAL_DEVICE_CONTROL, IRP_MJ_WRITE, KPROCESSOR_MODE, NT_SUCCESS, NTSTATUS,
-                           WDF_DRIVER_CONFIG, WDF_IO_QUEUE_CONFIG_INIT, WDF_IO_QUEUE_CONFIG_INIT_DEFAULT_QUEUE,
+from framework_emu import (IRP_MJ_INTERNAL_DEVICE_CONTROL, KPROCESSOR_MODE, NTSTATUS, STATUS_IO_TIMEOUT,
+                           WDF_DRIVER_CONFIG, WDF_IO_QUEUE_CONFIG_INIT_DEFAULT_QUEUE,
                            WDF_IO_TARGET_OPEN_PARAMS_INIT_OPEN_BY_NAME, WDF_MEMORY_DESCRIPTOR_INIT_BUFFER,
-                           WDF_REL_TIMEOUT_IN_MS, WDF_REQUEST_SEND_OPTIONS_INIT, WDF_REQUEST_SEND_OPTIONS_SET_TIMEOUT,
-                           PoolType, STATUS_IO_TIMEOUT, WdfIoQueueDispatchManual, WdfIoQueueDispatchParallel)
+                           WdfIoQueueDispatchParallel)
 from samples.echo import GUID_DEVINTERFACE_ECHO, IOCTL_ECHO_REVERSE, EchoDriver
 from samples.filter import IOCTL_FILTER_PROBE_ASYNC, IOCTL_FILTER_PROBE_SYNC, IOCTL_FILTER_STATS, EchoFilterDriver
 from samples.guest import InProcessGuest
