@@ -59,7 +59,6 @@ def test_a_synchronous_send_from_a_spin_lock_synchronized_callback_is_a_kmdf_irq
     """Device scope, dispatch level: EvtIoWrite runs at DISPATCH_LEVEL; synchronous sends are
     PASSIVE_LEVEL only."""
     guest = InProcessGuest()
-    machine(EchoDriver(), "WDFEcho", "wdfio0", guest)  # a remote-less target: the upper's own stack
 
     def send_sync(driver, Request):
         fx = driver.fx
