@@ -378,8 +378,14 @@ class IoManager:
                 fx._verifier.release_range(*irp.guest_system_range)
         op.irp, op._manager = irp, self
         self._deliver(irp, file.stack.top)
-        self.dispatcher.run()
+        self._drain()
         return op
+
+    def _drain(self) -> None:
+        """Run what is posted, unless called from inside a callback (a done callback submitting
+        the guest's next request): the outer drain runs it then, in order."""
+        if self.dispatcher.depth == 0:
+            self.dispatcher.advance_to(self.dispatcher.now)
 
     def _check_buffers(self, major: int, method: str, ioctl_code: int, input_length: int, output_length: int,
                        system_buffer: SystemBuffer | None, user_pages: UserPages | None) -> None:
@@ -447,7 +453,7 @@ class IoManager:
         holder = op.holder()
         if holder is not None and holder.queue is not None:
             holder.queue.cancel(holder)
-        self.dispatcher.run()
+        self._drain()
 
     def run(self) -> None:
         """Run posted work (deferred presentations, cancel notifications, DPCs) and the timers

@@ -120,3 +120,19 @@ def test_open_of_an_unknown_name_fails_and_the_driver_unloads_clean():
     guest.iom.close(file)
     reports = guest.iom.shutdown()
     assert len(reports) == 1 and not reports[0], str(reports[0])
+
+
+def test_a_done_callback_may_submit_the_next_request():
+    """As the runtime does: completion posted to the ring, the guest's next request submitted from
+    the done callback (inside the driver's timer callback here); it runs once that returns."""
+    guest, driver, fx = echo_machine(delay_ms=1)
+    file = guest.open("wdfio0")
+    chain = []
+
+    def next_one(op):
+        chain.append(op.result())
+        if len(chain) < 3:
+            guest.write_file(file, b"n" * len(chain)).add_done_callback(next_one)
+    guest.write_file(file, b"").add_done_callback(next_one)   # zero length: completes at once
+    guest.iom.advance_time(10)
+    assert chain == [(0, 0), (0, 1), (0, 2)]
