@@ -157,7 +157,9 @@ class Dispatcher:
                lock: CallbackLock | None = None) -> Any:
         """Call a driver callback at ``level`` holding ``lock``; the callback must return at the
         IRQL it was called at (else IRQL_UNEXPECTED_VALUE 0xC8 [I])."""
+        previous = None
         if lock is not None:
+            previous = lock.holder  # nested only where the framework itself calls back under the lock
             lock.holder = what
             level = max(level, lock.level)
         try:
@@ -175,4 +177,4 @@ class Dispatcher:
                 return result
         finally:
             if lock is not None:
-                lock.holder = None
+                lock.holder = previous
