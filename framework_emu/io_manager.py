@@ -287,7 +287,7 @@ class IoManager:
         op = IoOperation(IRP_MJ_CREATE, file, site)
         irp = Irp(IRP_MJ_CREATE, originator=op)
         irp.spec = ("none",)
-        irp.requestor_mode = requestor_mode
+        irp.template = IoRequest(IRP_MJ_CREATE, requestor_mode=int(requestor_mode))
         op.irp, op._manager = irp, self
         self._deliver(irp, stack.top)
         file.status, _ = op.result()

@@ -283,7 +283,8 @@ class IoQueue(FxObject):
             return 0x8000001A, None  # STATUS_NO_MORE_ENTRIES
         request = self.pending.popleft()
         request.owner = "driver"
-        request.counted = False
+        request.counted = True   # InsertInDriverOwnedList: a sequential queue presents nothing meanwhile
+        self.presented += 1
         self.owned.append(request)
         request.presented_in = f"WdfIoQueueRetrieveNextRequest on {self.describe()}"
         return NTSTATUS.STATUS_SUCCESS, request

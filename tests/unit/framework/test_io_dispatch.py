@@ -375,3 +375,18 @@ def test_stop_synchronously_waits_for_the_driver_and_evt_io_stop_acknowledge_req
     guest.write_file(file, b"2")
     fx.WdfRequestStopAcknowledge(driver.held[1], False)   # FxRequest::VerifyStopAcknowledge
     assert [f.rule for f in fx.findings] == ["StopAcknowledgeOutsideEvtIoStop"]
+
+
+def test_a_request_retrieved_from_a_sequential_queue_holds_its_slot():
+    """FxIoQueue::GetRequest -> InsertInDriverOwnedList counts it in m_DriverIoCount: the sequential
+    queue presents nothing until it is completed."""
+    driver = HoldingDriver()
+    guest, fx, file = machine(driver)
+    fx.WdfIoQueueStop(driver.queue)
+    ops = [guest.write_file(file, b"1"), guest.write_file(file, b"2")]
+    fx.WdfIoQueueStart(driver.queue)
+    request = driver.held.pop()
+    assert fx.WdfIoQueueRetrieveNextRequest(driver.queue)[0] == S.STATUS_SUCCESS  # allowed on sequential
+    assert driver.held == []
+    fx.WdfRequestComplete(request, 0)
+    assert driver.held == []   # the retrieved one still holds the slot
