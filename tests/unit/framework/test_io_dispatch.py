@@ -386,7 +386,10 @@ def test_a_request_retrieved_from_a_sequential_queue_holds_its_slot():
     ops = [guest.write_file(file, b"1"), guest.write_file(file, b"2")]
     fx.WdfIoQueueStart(driver.queue)
     request = driver.held.pop()
-    assert fx.WdfIoQueueRetrieveNextRequest(driver.queue)[0] == S.STATUS_SUCCESS  # allowed on sequential
-    assert driver.held == []
+    status, retrieved = fx.WdfIoQueueRetrieveNextRequest(driver.queue)
+    assert status == S.STATUS_SUCCESS  # allowed on a sequential queue
+    third = guest.write_file(file, b"3")
     fx.WdfRequestComplete(request, 0)
-    assert driver.held == []   # the retrieved one still holds the slot
+    assert driver.held == [] and not third.done   # the retrieved one still holds the slot
+    fx.WdfRequestComplete(retrieved, 0)
+    assert len(driver.held) == 1                  # now the third is presented
