@@ -393,3 +393,15 @@ def test_a_request_retrieved_from_a_sequential_queue_holds_its_slot():
     assert driver.held == [] and not third.done   # the retrieved one still holds the slot
     fx.WdfRequestComplete(retrieved, 0)
     assert len(driver.held) == 1                  # now the third is presented
+
+
+def test_removal_ends_with_the_cleanup_callbacks_children_first():
+    log = []
+    driver = HoldingDriver(device_attributes=WDF_OBJECT_ATTRIBUTES(EvtCleanupCallback=lambda h: log.append("device")),
+                           queue_attributes=WDF_OBJECT_ATTRIBUTES(EvtCleanupCallback=lambda h: log.append("queue")))
+    guest, fx, file = machine(driver)
+    driver.log.clear()
+    guest.iom.close(file)
+    guest.iom.remove_device("wdfio0")
+    assert [n for n, _ in driver.log][-1] == "EvtDeviceSelfManagedIoCleanup"
+    assert log == ["queue", "device"]
