@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from .callsite import CallSite
 from .io_request import (IO_STATUS_BLOCK, WDF_REQUEST_COMPLETION_PARAMS, DeviceRequest, Irp)
+from .ntstatus import NTSTATUS
 from .objects import FX_TYPE_OBJECT, FxObject
 from .pool import PoolType
 from .request import (IRP_MJ_DEVICE_CONTROL, IRP_MJ_INTERNAL_DEVICE_CONTROL, IRP_MJ_READ, IRP_MJ_WRITE,
@@ -205,6 +206,8 @@ def sent_request_completed(holder: Any, status: int, information: int) -> None:
     if send_irp is not None and holder in send_irp.stack:
         send_irp.stack.remove(holder)
     holder.send_irp = None
+    if getattr(holder, "timed_out", False) and status == NTSTATUS.STATUS_CANCELLED:
+        status = NTSTATUS.STATUS_IO_TIMEOUT  # FX_REQUEST_CANCELLED_FROM_TIMER (fxiotarget.cpp)
     holder.owner = "driver"
     holder.send_status = int(status)
     holder.send_information = int(information)

@@ -160,3 +160,36 @@ def test_echo_without_the_verifier_uses_the_production_layout_and_stays_clean():
     guest.iom.close(file)
     assert not any(guest.iom.shutdown())
     assert fx.findings == []
+
+
+def test_an_asynchronous_send_with_a_timeout_completes_with_status_io_timeout():
+    """The target's timer cancels the sent request; a STATUS_CANCELLED completion becomes
+    STATUS_IO_TIMEOUT (FX_REQUEST_CANCELLED_FROM_TIMER, fxiotarget.cpp)."""
+    from framework_emu import (STATUS_IO_TIMEOUT, WDF_REQUEST_SEND_OPTIONS_INIT,
+                               WDF_REQUEST_SEND_OPTIONS_SET_TIMEOUT)
+    guest = InProcessGuest()
+    echo = EchoDriver(delay_ms=500)
+    machine(echo, "WDFEcho", "wdfio0", guest)
+    results = []
+
+    def forward(driver, Request):
+        fx = driver.fx
+        fx.WdfRequestFormatRequestUsingCurrentType(Request)
+        fx.WdfRequestSetCompletionRoutine(Request, lambda R, T, P, C: (results.append(P.IoStatus.Status),
+                                                                     fx.WdfRequestComplete(R, P.IoStatus.Status)))
+        options = WDF_REQUEST_SEND_OPTIONS_INIT()
+        WDF_REQUEST_SEND_OPTIONS_SET_TIMEOUT(options, WDF_REL_TIMEOUT_IN_MS(100))
+        fx.WdfRequestSend(Request, fx.WdfDeviceGetIoTarget(driver.device), options)
+
+    class Filter(Configurable):
+        def EvtDriverDeviceAdd(self, Driver, DeviceInit):
+            self.fx.WdfFdoInitSetFilter(DeviceInit)
+            return Configurable.EvtDriverDeviceAdd(self, Driver, DeviceInit)
+    fx_upper = guest.iom.load_driver(Filter(forward), service_name="Upper")
+    guest.iom.add_device(fx_upper, "wdfio0")
+    file = guest.open("wdfio0")
+    op = guest.write_file(file, b"slow")
+    guest.iom.advance_time(99)
+    assert not op.done
+    guest.iom.advance_time(1)
+    assert results == [STATUS_IO_TIMEOUT] and op.result() == (STATUS_IO_TIMEOUT, 0)
