@@ -164,3 +164,49 @@ def test_touching_the_wrapped_structure_after_completing_its_request_names_both_
     assert "completed at samples/internal_ioctl.py" in text
     lower = [f for f in fx_sensor.findings if f.rule == "BufAfterReqCompletedIntIoctlA"]
     assert lower, "the lower driver touched the buffer after the caller's request completed"
+
+
+class IoctlClient(RemoteClient):
+    """Sends IOCTL_ECHO_REVERSE to the echo stack: synchronously with descriptors, then asynchronously
+    with memory handles (WdfIoTargetFormatRequestForIoctl); distinct input and output buffers go
+    through one intermediate buffer (FxIoContext's double buffering) copied back at completion."""
+
+    def EvtIoWrite(self, Queue, Request, Length):
+        fx = self.fx
+        self.results = []
+        from framework_emu import (WDF_DEVICE_POWER_POLICY_IDLE_SETTINGS, WDF_MEMORY_DESCRIPTOR_INIT_HANDLE,
+                                   WDF_OBJECT_ATTRIBUTES, PoolType)
+        self.results.append(fx.WdfDeviceAssignS0IdleSettings(self.device, WDF_DEVICE_POWER_POLICY_IDLE_SETTINGS()))
+        _, target = fx.WdfIoTargetCreate(self.device, None)
+        fx.WdfIoTargetOpen(target, WDF_IO_TARGET_OPEN_PARAMS_INIT_OPEN_BY_NAME("wdfio0"))
+        _, in_mem = fx.WdfRequestRetrieveInputMemory(Request)
+        _, out_mem, out_va = fx.WdfMemoryCreate(WDF_OBJECT_ATTRIBUTES(ParentObject=Request), PoolType.NonPagedPoolNx,
+                                                b"Ictl", Length)
+        status, returned = fx.WdfIoTargetSendIoctlSynchronously(
+            target, None, IOCTL_ECHO_REVERSE, WDF_MEMORY_DESCRIPTOR_INIT_HANDLE(in_mem),
+            WDF_MEMORY_DESCRIPTOR_INIT_HANDLE(out_mem))
+        self.results.append((status, returned, fx.read(out_va, returned)))
+        fx.RtlZeroMemory(out_va, Length)
+        _, mine = fx.WdfRequestCreate(WDF_OBJECT_ATTRIBUTES(ParentObject=Request), target)
+        assert fx.WdfIoTargetFormatRequestForIoctl(target, mine, IOCTL_ECHO_REVERSE, in_mem, None, out_mem, None) == 0
+
+        def done(R, T, Params, Context):
+            self.results.append((Params.IoStatus.Status, Params.IoStatus.Information, fx.read(out_va, Length),
+                                 Params.IoControlCode == IOCTL_ECHO_REVERSE))
+            fx.WdfObjectDelete(R)   # releases the references formatting took on the request's memory
+            fx.WdfRequestCompleteWithInformation(Request, 0, Length)
+        fx.WdfRequestSetCompletionRoutine(mine, done, None)
+        fx.WdfRequestSend(mine, target, None)
+
+
+def test_ioctl_sends_with_distinct_input_and_output_buffers():
+    guest = InProcessGuest()
+    fx_echo = guest.iom.load_driver(EchoDriver(), service_name="WDFEcho")
+    guest.iom.add_device(fx_echo, "wdfio0")
+    client = IoctlClient()
+    fx_client = guest.iom.load_driver(client, service_name="Client")
+    guest.iom.add_device(fx_client, "client0")
+    file = guest.open("client0")
+    assert guest.write_file(file, b"stressed").result() == (0, 8)
+    assert client.results == [0, (0, 8, b"desserts"), (0, 8, b"desserts", True)]
+    assert fx_client.pool.allocations(b"FxIC") == []   # the intermediate buffers went back
