@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .callsite import CallSite, format_site
 from .ntstatus import NTSTATUS
-from .mdl import MDL_PAGES_LOCKED, MDL_WRITE_OPERATION, Mdl
+from .system_ptes import SYSTEM_PTE_BASE
+from .mdl import MDL_MAPPED_TO_SYSTEM_VA, MDL_PAGES_LOCKED, MDL_WRITE_OPERATION, Mdl
 from .request import (IRP_MJ_DEVICE_CONTROL, IRP_MJ_INTERNAL_DEVICE_CONTROL, IRP_MJ_READ, IRP_MJ_WRITE,
                       METHOD_BUFFERED, METHOD_IN_DIRECT, METHOD_NEITHER, METHOD_OUT_DIRECT, IoRequest, Request)
 from wdfhil.physical_memory import PAGE_SHIFT, PAGE_SIZE
@@ -225,15 +226,43 @@ class DeviceRequest(Request):
         return True
 
     def _adopt_mdl(self, mdl: Mdl, device_writes: bool) -> None:
+        """The MDL is the request's; it is mapped only when the driver asks for a buffer or
+        memory (FxRequest::GetMemoryObject), never for a driver that only hands the MDL to DMA."""
         mdl.caller_frames = True
         mdl.MdlFlags |= MDL_PAGES_LOCKED | (MDL_WRITE_OPERATION if device_writes else 0)
         mdl.store()
         self.mdl = mdl
-        va = self.fx.MmGetSystemAddressForMdlSafe(mdl)
+        self.own_mdl = mdl  # WdfRequestComplete drops .mdl before the completion hook runs
+
+    own_mdl: Mdl | None = None
+
+    def _map_data(self) -> bool:
+        """MmGetSystemAddressForMdlSafe on first use; False if the mapping fails."""
+        if self.data_buffer or self.mdl is None:
+            return True
+        va = self.fx.MmGetSystemAddressForMdlSafe(self.mdl)
+        if not va:
+            return False
         self.data_buffer = va
-        self.data_buffer_size = mdl.ByteCount
-        self.mapping_va = va
-        self.mapping_size = mdl.ByteCount
+        self.data_buffer_size = self.mdl.ByteCount
+        if va >= SYSTEM_PTE_BASE and not self.mapping_va:
+            self.mapping_va = va
+            self.mapping_size = self.mdl.ByteCount
+        return True
+
+    def input_buffer(self) -> tuple[int, int, int, bool]:
+        if self.mdl is not None and not self.is_ioctl and not self._map_data():
+            return NTSTATUS.STATUS_INSUFFICIENT_RESOURCES, 0, 0, False
+        return Request.input_buffer(self)
+
+    def output_buffer(self) -> tuple[int, int, int, bool]:
+        if self.mdl is not None and self.io.output_length and not self._map_data():
+            return NTSTATUS.STATUS_INSUFFICIENT_RESOURCES, 0, 0, False
+        return Request.output_buffer(self)
+
+    def output_for_originator(self, information: int) -> bytes:
+        """Nothing to copy back: the data is in the originator's own memory already."""
+        return b""
 
     def buffer_ranges(self) -> list[tuple[int, int]]:
         """Nothing here came from this framework's pool (see _completed for the quarantine)."""
@@ -278,6 +307,11 @@ class DeviceRequest(Request):
                           f"completing {self.describe()} while it is still cancelable: a race that can complete it"
                           " twice; call WdfRequestUnmarkCancelable first (FxRequest::VerifyCompleteInternal)", self)
         ranges = []
+        mdl = self.own_mdl
+        if (not self.mapping_va and mdl is not None and mdl.MdlFlags & MDL_MAPPED_TO_SYSTEM_VA
+                and mdl.MappedSystemVa >= SYSTEM_PTE_BASE):  # the driver mapped it itself
+            self.mapping_va, self.mapping_size = mdl.MappedSystemVa, mdl.ByteCount
+        self.own_mdl = None
         if self.mapping_va:
             ranges.append((self.mapping_va, self.mapping_size))
         if self.top_of_irp and self.system_buffer_saved:

@@ -405,3 +405,24 @@ def test_removal_ends_with_the_cleanup_callbacks_children_first():
     guest.iom.remove_device("wdfio0")
     assert [n for n, _ in driver.log][-1] == "EvtDeviceSelfManagedIoCleanup"
     assert log == ["queue", "device"]
+
+
+def test_a_direct_request_is_mapped_only_when_the_driver_asks_and_unmapped_at_completion():
+    """FxRequest::GetMemoryObject maps the MDL on first use; a driver that only takes the MDL (for
+    DMA) never gets a mapping. Whoever mapped it, completion unmaps it (MmUnlockPages)."""
+    from framework_emu import MDL_MAPPED_TO_SYSTEM_VA
+    driver = HoldingDriver()
+    guest = InProcessGuest()
+    fx = guest.iom.load_driver(driver, service_name="WDFHold", verifier=False)
+    guest.iom.add_device(fx, "wdfio0")
+    fx._object(driver.device, 0x1002).io_type = 3  # direct I/O
+    file = guest.open("wdfio0")
+    guest.read_file(file, 64)
+    request = driver.held[0]
+    status, mdl = fx.WdfRequestRetrieveOutputWdmMdl(request)
+    assert status == 0 and not mdl.MdlFlags & MDL_MAPPED_TO_SYSTEM_VA
+    va = fx.MmGetSystemAddressForMdlSafe(mdl)
+    fx.RtlCopyMemory(va, b"m" * 64, 64)
+    fx.WdfRequestCompleteWithInformation(request, 0, 64)
+    with pytest.raises(BugCheck, match="unmapped at"):
+        fx.RtlCopyMemory(va, b"late", 4)
