@@ -198,7 +198,7 @@ class DeviceRequest(Request):
             self.system_buffer_size = system.size
             self.system_buffer_saved = (self.system_buffer, system.size)
         if pages is not None:
-            mdl = fx._allocate_mdl(pages.user_va + pages.offset if pages.user_va else
+            mdl = fx._mdl_table.allocate(pages.user_va + pages.offset if pages.user_va else
                                    _SYNTHETIC_USER_VA + pages.offset, pages.length, site)
             if mdl is None:
                 return False
@@ -211,7 +211,7 @@ class DeviceRequest(Request):
     def attach_frames(self, va: int, length: int, site: CallSite | None, device_writes: bool) -> bool:
         """An MDL over the frames behind ``va`` (a buffer of the driver above), for direct I/O."""
         fx = self.fx
-        mdl = fx._allocate_mdl(va, length, site)
+        mdl = fx._mdl_table.allocate(va, length, site)
         if mdl is None:
             return False
         pfns = mdl.pfn_array()
@@ -269,9 +269,8 @@ class DeviceRequest(Request):
         return []
 
     def free_buffers(self) -> None:
-        if self.mdl is not None:
-            self.fx._free_mdl(self.mdl, None)
-            self.mdl = None
+        """Only the MDLs are this request's (the buffers are the originator's)."""
+        self.free_mdls(None)
 
     # -- what the driver sees ---------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .descriptor import WDFMEMORY_OFFSET
+from .memory_descriptor import WDFMEMORY_OFFSET
 from .iotarget import WDF_REQUEST_SEND_OPTION_TIMEOUT, WDF_REQUEST_SEND_OPTIONS
 from .ntstatus import HRESULT
 from .umdf1 import IWDFMemory, IWDFObject, hresult_from_status

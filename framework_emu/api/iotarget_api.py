@@ -8,7 +8,7 @@ from typing import Any, Callable
 from ..attributes import WDF_OBJECT_ATTRIBUTES
 from ..callsite import driver_site
 from ..core import OUT
-from ..descriptor import (WDF_MEMORY_DESCRIPTOR, WDF_MEMORY_DESCRIPTOR_INIT_HANDLE, WDFMEMORY_OFFSET,
+from ..memory_descriptor import (WDF_MEMORY_DESCRIPTOR, WDF_MEMORY_DESCRIPTOR_INIT_HANDLE, WDFMEMORY_OFFSET,
                           MemoryDescriptorNullAllowed)
 from ..device import FX_TYPE_DEVICE
 from ..io_request import (STATUS_CANCELLED, STATUS_INVALID_DEVICE_STATE, STATUS_IO_TIMEOUT,
