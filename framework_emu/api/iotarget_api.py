@@ -351,6 +351,9 @@ class IoTargetApi:
                 return status, 0
             if described.kind == "none":
                 descs.append((0, 0))
+            elif described.kind == "mdl":  # the pages the MDL lists, through its system address
+                va = self.MmGetSystemAddressForMdlSafe(described.mdl)
+                descs.append((va, described.length or described.mdl.ByteCount))
             else:
                 descs.append((described.start(), described.buffer_length()))
         own = request_handle is None

@@ -210,3 +210,42 @@ def test_ioctl_sends_with_distinct_input_and_output_buffers():
     assert guest.write_file(file, b"stressed").result() == (0, 8)
     assert client.results == [0, (0, 8, b"desserts"), (0, 8, b"desserts", True)]
     assert fx_client.pool.allocations(b"FxIC") == []   # the intermediate buffers went back
+
+
+class MdlForwarder(RemoteClient):
+    """Direct I/O on top: passes its read's MDL (the guest caller's frames) to the echo stack in a
+    WDF_MEMORY_DESCRIPTOR_INIT_MDL with WdfIoTargetSendReadSynchronously."""
+
+    def EvtDriverDeviceAdd(self, Driver, DeviceInit):
+        from framework_emu import WdfDeviceIoDirect
+        fx = self.fx
+        fx.WdfDeviceInitSetIoType(DeviceInit, WdfDeviceIoDirect)
+        status, self.device = fx.WdfDeviceCreate(DeviceInit, None)
+        config = WDF_IO_QUEUE_CONFIG_INIT_DEFAULT_QUEUE(WdfIoQueueDispatchParallel)
+        config.EvtIoRead = self.EvtIoRead
+        fx.WdfIoQueueCreate(self.device, config, None)
+        return status
+
+    def EvtIoRead(self, Queue, Request, Length):
+        from framework_emu import WDF_MEMORY_DESCRIPTOR_INIT_MDL
+        fx = self.fx
+        _, target = fx.WdfIoTargetCreate(self.device, None)
+        fx.WdfIoTargetOpen(target, WDF_IO_TARGET_OPEN_PARAMS_INIT_OPEN_BY_NAME("wdfio0"))
+        _, mdl = fx.WdfRequestRetrieveOutputWdmMdl(Request)
+        status, read = fx.WdfIoTargetSendReadSynchronously(target, None, WDF_MEMORY_DESCRIPTOR_INIT_MDL(mdl, Length))
+        fx.WdfObjectDelete(target)
+        fx.WdfRequestCompleteWithInformation(Request, status, read)
+
+
+def test_a_request_mdl_passed_in_a_descriptor_reaches_the_caller_frames():
+    guest = InProcessGuest()
+    fx_echo = guest.iom.load_driver(EchoDriver(), service_name="WDFEcho")
+    guest.iom.add_device(fx_echo, "wdfio0")
+    echo_file = guest.open("wdfio0")
+    data = bytes(range(200)) * 30
+    guest.write_file(echo_file, data).result()
+    fx_fwd = guest.iom.load_driver(MdlForwarder(), service_name="Fwd")
+    guest.iom.add_device(fx_fwd, "fwd0")
+    file = guest.open("fwd0")
+    op, buffer = guest.read_file(file, len(data))
+    assert op.result() == (0, len(data)) and guest.read(buffer) == data
