@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from .attributes import (WDF_OBJECT_ATTRIBUTES, WdfExecutionLevelDispatch, WdfExecutionLevelInheritFromParent,
-                         WdfExecutionLevelPassive, WdfSynchronizationScopeInheritFromParent,
-                         WdfSynchronizationScopeNone)
+                         WdfExecutionLevelPassive, WdfSynchronizationScopeDevice,
+                         WdfSynchronizationScopeInheritFromParent, WdfSynchronizationScopeNone)
 from .callsite import CallSite
 from .io_dispatch import CallbackLock
 from .irql import PASSIVE_LEVEL
@@ -188,6 +188,14 @@ class Device(FxObject):
         self.wake_settings: WDF_DEVICE_POWER_POLICY_WAKE_SETTINGS | None = None
         self.DESCRIPTION = f"{'filter' if self.filter else 'function'} device in stack {self.stack.name!r}"
         self.children = {}
+
+    def file_callback_lock(self) -> CallbackLock | None:
+        """File-object callbacks share the device's lock only under device scope with the passive
+        execution level (a spin lock could not be held at the PASSIVE_LEVEL they need)."""
+        if (self.synchronization_scope == WdfSynchronizationScopeDevice
+                and self.execution_level == WdfExecutionLevelPassive):
+            return self.lock
+        return None
 
     # -- the PnP/power sequence -------------------------------------------------------------
 

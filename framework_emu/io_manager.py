@@ -309,7 +309,8 @@ class IoManager:
             callback = getattr(config, name) if config is not None else None
             if obj is not None and callback is not None and not device.removed:
                 self.dispatcher.invoke(device.fx, callback, (obj.handle,), PASSIVE_LEVEL,
-                                       describe_callback(name, callback, device.describe()))
+                                       describe_callback(name, callback, device.describe()),
+                                       device.file_callback_lock())
         self.dispatcher.run()
 
     def cleanup(self, file: OpenFile) -> None:
@@ -517,7 +518,8 @@ class IoManager:
         request.create_passes_down = device.lower is not None
         self.dispatcher.invoke(device.fx, callback, (device.handle, request.handle,
                                                      file_object.handle if file_object else None),
-                               PASSIVE_LEVEL, f"EvtDeviceFileCreate of {device.describe()}")
+                               PASSIVE_LEVEL, f"EvtDeviceFileCreate of {device.describe()}",
+                               device.file_callback_lock())
 
     def _make_request(self, irp: Irp, device: Device) -> DeviceRequest | None:
         fx = device.fx

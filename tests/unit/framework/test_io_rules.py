@@ -193,3 +193,30 @@ def test_an_asynchronous_send_with_a_timeout_completes_with_status_io_timeout():
     assert not op.done
     guest.iom.advance_time(1)
     assert results == [STATUS_IO_TIMEOUT] and op.result() == (STATUS_IO_TIMEOUT, 0)
+
+
+def test_file_callbacks_share_the_device_lock_under_device_scope_and_passive_level():
+    from framework_emu import WDF_FILEOBJECT_CONFIG
+    holders = []
+
+    class FileDriver(Configurable):
+        def EvtDriverDeviceAdd(self, Driver, DeviceInit):
+            fx = self.fx
+            fx.WdfDeviceInitSetFileObjectConfig(DeviceInit, WDF_FILEOBJECT_CONFIG(
+                EvtDeviceFileCreate=self.create, EvtFileClose=self.close))
+            return Configurable.EvtDriverDeviceAdd(self, Driver, DeviceInit)
+
+        def create(self, Device, Request, FileObject):
+            holders.append((self.fx._object(Device, 0x1002).lock.holder, self.fx.KeGetCurrentIrql()))
+            self.fx.WdfRequestComplete(Request, 0)
+
+        def close(self, FileObject):
+            device = self.fx.WdfFileObjectGetDevice(FileObject)
+            holders.append((self.fx._object(device, 0x1002).lock.holder, self.fx.KeGetCurrentIrql()))
+    driver = FileDriver(lambda d, r: None, device_attributes=WDF_OBJECT_ATTRIBUTES(
+        SynchronizationScope=WDF_SYNCHRONIZATION_SCOPE.WdfSynchronizationScopeDevice,
+        ExecutionLevel=WDF_EXECUTION_LEVEL.WdfExecutionLevelPassive))
+    guest, fx = machine(driver)
+    guest.iom.close(guest.open("dev0"))
+    assert [("EvtDeviceFileCreate" in h, irql) for h, irql in holders] == [(True, PASSIVE_LEVEL), (False, PASSIVE_LEVEL)]
+    assert "EvtFileClose" in holders[1][0]
