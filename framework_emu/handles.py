@@ -30,6 +30,16 @@ class HandleTable:
         self.graveyard: RecentlyFreed[int, "FxObject"] = RecentlyFreed(graveyard_size)
         self._next = HANDLE_BASE + HANDLE_STRIDE
 
+    _base = HANDLE_BASE
+
+    def start_at(self, base: int) -> None:
+        """Issue handles from ``base`` on, before the first is issued: each driver of one machine
+        gets its own range (IoManager.load_driver), so a handle names one object machine-wide."""
+        if self.live or self._next != self._base + HANDLE_STRIDE:
+            raise ValueError("handles were issued already")
+        self._base = base
+        self._next = base + HANDLE_STRIDE
+
     def issue(self, obj: "FxObject") -> int:
         handle = self._next
         self._next = handle + HANDLE_STRIDE
@@ -46,5 +56,5 @@ class HandleTable:
 
     def was_issued(self, handle: int) -> bool:
         """Whether ``handle`` is a value this table handed out at some point."""
-        return (isinstance(handle, int) and HANDLE_BASE < handle < self._next
-                and (handle - HANDLE_BASE) % HANDLE_STRIDE == 0)
+        return (isinstance(handle, int) and self._base < handle < self._next
+                and (handle - self._base) % HANDLE_STRIDE == 0)

@@ -32,6 +32,7 @@ from .core import default_pool_window
 from .device import Device, DeviceStack, FileObject, WDFDEVICE_INIT
 from .driver import WDF_DRIVER_CONFIG
 from .errors import ArgumentError, FrameworkStateError
+from .handles import HANDLE_BASE
 from .io_dispatch import TICKS_PER_MS, Dispatcher
 from .io_request import (IRP_MJ_CLEANUP, IRP_MJ_CLOSE, IRP_MJ_CREATE, STATUS_CANCELLED, STATUS_NO_SUCH_DEVICE,
                          STATUS_OBJECT_NAME_NOT_FOUND, DeviceRequest, Irp, SystemBuffer, UserPages,
@@ -45,6 +46,7 @@ from .system_ptes import SystemPteSpace
 from .verifier import Finding, finding_for
 
 DEFAULT_DRIVER_POOL = 8 << 20
+DRIVER_HANDLE_RANGE_SHIFT = 32  # each driver's handles in their own 4 GiB range
 _IO_MAJORS = (IRP_MJ_READ, IRP_MJ_WRITE, IRP_MJ_DEVICE_CONTROL, IRP_MJ_INTERNAL_DEVICE_CONTROL)
 
 
@@ -163,6 +165,7 @@ class IoManager:
         fx = Framework(self.memory, service_name=service_name, create_driver=False,
                        pool_window=(self._next_pool, size), **framework_options)
         self._next_pool += size
+        fx._handles.start_at(HANDLE_BASE + (len(self.drivers) << DRIVER_HANDLE_RANGE_SHIFT))
         self.attach(fx)
         driver.fx = fx
         fx.driver_instance = driver

@@ -49,6 +49,7 @@ def test_filter_forwards_writes_with_a_completion_routine_and_reads_send_and_for
 
 def test_synchronous_sends_take_descriptors_and_asynchronous_ones_memory_handles():
     guest, echo, filt, fx_echo, fx_filter = filtered_echo(direct_io=True)
+    assert fx_echo.WdfGetDriver() != fx_filter.WdfGetDriver()  # each driver has its own handle range
     file = guest.open("wdfio0")
     op, buffer = guest.ioctl(file, IOCTL_FILTER_PROBE_SYNC, b"sync probe", 10)
     assert op.result() == (S.STATUS_SUCCESS, 10) and guest.read(buffer, 10) == b"sync probe"
