@@ -392,17 +392,17 @@ class DeviceCore:
         path with or without faults and trace), apply the data faults to the result,
         count and trace it. The completion faults are applied by :meth:`complete`."""
         self.stats.executed += 1
-        plan_ = self.fault_plan
-        faults = plan_.decide(plan.request_id, plan.opcode) if plan_.active else {}
+        armed = self.fault_plan
+        faults = armed.decide(plan.request_id, plan.opcode) if armed.active else {}
         if plan.opcode is Opcode.NOP:
-            return DmaOutcome(CompletionStatus.OK, 0, faults, None, plan_)
+            return DmaOutcome(CompletionStatus.OK, 0, faults, None, armed)
         status = CompletionStatus.OK
         limit = flip = None
         if FaultKind.SHORT_TRANSFER in faults:
             limit = int(plan.length * faults[FaultKind.SHORT_TRANSFER].fraction)
             status = CompletionStatus.SHORT
         if FaultKind.BIT_FLIP in faults:
-            flip = plan_.random_below(plan.length * 8)
+            flip = armed.random_below(plan.length * 8)
         trace = self.trace
         result = self.engine.execute(plan, limit=limit, flip_bit=flip, checksum=trace is not None)
         transferred = result.transferred
@@ -413,10 +413,10 @@ class DeviceCore:
         else:
             self.stats.bytes_to_guest += transferred
         if limit is not None:
-            self._record(plan_, FaultKind.SHORT_TRANSFER, plan, asked=plan.length,
+            self._record(armed, FaultKind.SHORT_TRANSFER, plan, asked=plan.length,
                          transferred=transferred)
         if result.flipped_bit is not None:
-            self._record(plan_, FaultKind.BIT_FLIP, plan, bit=result.flipped_bit,
+            self._record(armed, FaultKind.BIT_FLIP, plan, bit=result.flipped_bit,
                          direction=result.direction)
         if trace is not None:
             fault = ",".join(k.value for k in faults if k in (FaultKind.SHORT_TRANSFER,
@@ -425,7 +425,7 @@ class DeviceCore:
                       direction=result.direction, ranges=result.ranges,
                       device_offset=plan.device_offset, length=transferred,
                       crc32=result.crc32 or 0, fault=fault or None)
-        return DmaOutcome(status, transferred, faults, result, plan_)
+        return DmaOutcome(status, transferred, faults, result, armed)
 
     def refuse(self, refusal: Refusal) -> None:
         """Count and trace a refused request and complete it with ERROR/reason."""

@@ -18,7 +18,7 @@ from device_model.abi import CompletionStatus, ErrorReason, Opcode, Segment
 from device_model.faults import FaultKind, FaultPlan, FaultRule
 from framework_emu import IRP_MJ_WRITE, NTSTATUS, Framework, PoolType, format_site
 from framework_emu.dma_adapter import mdl_spans
-from orchestrator.agent_client import CompletionRecord, GuestBuffer, Step, Verification, pattern_bytes
+from orchestrator.agent_client import CompletionRecord, Step, Verification, pattern_bytes
 from orchestrator.dma_port import DeviceDmaAdapter, device_segments
 from orchestrator.dma_session import DmaSession, echo_roundtrip
 from wdfhil.physical_memory import PAGE_SIZE
