@@ -79,7 +79,7 @@ class DeviceStats:
     refusals_not_traced: int = 0    # refused records the rate limit kept out of the trace
 
 
-@dataclass
+@dataclass(slots=True)
 class _Outgoing:
     completion: Completion
     interrupt: bool = True
@@ -118,7 +118,7 @@ REFUSED_PER_SECOND = 200
 REFUSED_BURST = 1000
 
 
-@dataclass
+@dataclass(slots=True)
 class DmaOutcome:
     """What :meth:`DeviceCore.perform` did: the status to report, the bytes moved,
     the faults decided for the request (the completion step applies the rest)."""
@@ -457,9 +457,13 @@ class DeviceCore:
     def complete(self, request_id: int, outcome: DmaOutcome, plan: TransferPlan | None = None) -> None:
         """Post the completion of a performed request to the CQ, applying its
         completion faults (dropped interrupt, duplicate, delay, stale DMA after it)."""
-        faults, source = outcome.faults, outcome.fault_plan or self.fault_plan
+        faults = outcome.faults
         completion = Completion(request_id, outcome.status, ErrorReason.NONE,
                                 outcome.transferred, 0)
+        if not faults:                      # the common case: one completion, one interrupt
+            self._outbox.append(_Outgoing(completion))
+            return
+        source = outcome.fault_plan or self.fault_plan
         interrupt = FaultKind.DROP_INTERRUPT not in faults
         if not interrupt and plan is not None:
             self._record(source, FaultKind.DROP_INTERRUPT, plan)
