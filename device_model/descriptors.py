@@ -103,9 +103,8 @@ class TransferPlan:
 
     A page plan (``page_rows`` not None) has no views: ``gpas`` (a uint64
     array) and ``lengths`` are per page, in list order, not coalesced, and the
-    engine copies the rows (``runs`` makes views of them, for tests).
-    The device asks for page plans only when no fault can hit the transfer and
-    no trace wants its CRC (``DescriptorValidator(page_plans=...)``).
+    engine copies the rows (``runs`` makes views of them, for tests). Faults
+    and the trace's CRC apply to what the rows copied (``DmaEngine.execute``).
     """
 
     opcode: Opcode
@@ -175,7 +174,8 @@ class DescriptorValidator:
     def __init__(self, ram: RamWindows, *, dma_mask: int = FULL_DMA_MASK,
                  segment_align: int = 1, page_plans: bool = True) -> None:
         """``page_plans``: plan long 4 KiB page lists as rows (:class:`PageRows`);
-        off where the engine needs views (fault injection, a trace's CRC)."""
+        the device always does (faults and the trace act on a page plan's result);
+        off only to reach the other tiers in tests and the bench."""
         if segment_align < 1 or segment_align & (segment_align - 1):
             raise ValueError(f"segment_align must be a power of two >= 1, got {segment_align}")
         self.ram = ram
@@ -265,6 +265,43 @@ class DescriptorValidator:
                                "must be 0 without the INDIRECT flag")
             table = raw[SQE_HEAD_SIZE:SQE_HEAD_SIZE + nseg * SEGMENT_SIZE]
             where = "segments[{}]"
+        return self._plan_table(op, request_id, device_offset, length, nseg, table, where)
+
+    def validate_segments(self, opcode: Opcode, request_id: int, device_offset: int,
+                          segments: Sequence[tuple[int, int]],
+                          where: str = "segments[{}]") -> TransferPlan | Refusal:
+        """Checks 3-7 of the written order for a segment list that did not come in an
+        SQE (a personality's descriptor ring in guest RAM): (gpa, length) pairs, a
+        WRITE or READ, the length their sum. Same tiers, same plans, same refusals
+        (``where`` names the list in a refusal's field)."""
+        op = Opcode(opcode)
+        nseg = len(segments)
+        if op is _NOP:
+            raise ValueError("a segment list needs WRITE or READ")
+        if nseg == 0 or nseg > MAX_SEGMENTS:
+            return Refusal(request_id, ErrorReason.BAD_SEGMENT_COUNT, "nseg", nseg,
+                           f"must be 1..{MAX_SEGMENTS}")
+        length = sum(n for _g, n in segments)
+        if length == 0:
+            return Refusal(request_id, ErrorReason.LENGTH_MISMATCH, "length", length,
+                           "must not be 0")
+        if length > MAX_TRANSFER:
+            return Refusal(request_id, ErrorReason.TRANSFER_TOO_LARGE, "length", length,
+                           f"more than MAX_TRANSFER ({MAX_TRANSFER})")
+        if device_offset > DATA_SIZE - length:
+            return Refusal(request_id, ErrorReason.DEVICE_RANGE, "device_offset", device_offset,
+                           f"device_offset + length ({length}) exceeds device memory ({DATA_SIZE})")
+        for i, (gpa, n) in enumerate(segments):
+            if not 0 <= gpa < _ADDRESS_LIMIT or not 0 <= n <= _U32:
+                field, value = ("gpa", gpa) if not 0 <= gpa < _ADDRESS_LIMIT else ("length", n)
+                return Refusal(request_id, ErrorReason.SEGMENT_NOT_IN_RAM,
+                               where.format(i) + "." + field, value, "not a u64 gpa / u32 length")
+        table = b"".join(_SEGMENT.pack(g, n, 0) for g, n in segments)
+        return self._plan_table(op, request_id, device_offset, length, nseg, table, where)
+
+    def _plan_table(self, op: Opcode, request_id: int, device_offset: int, length: int,
+                    nseg: int, table: bytes, where: str) -> TransferPlan | Refusal:
+        """The segment checks of a private table copy: page plan, fast tier, exact tier."""
         if nseg >= PAGE_PLAN_MIN_SEGMENTS and self.page_plans:
             plan = self._plan_pages(op, request_id, device_offset, length, nseg, table)
             if plan is not None:

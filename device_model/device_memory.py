@@ -13,7 +13,7 @@ import struct
 
 from device_model.abi import (
     ABI_VERSION, BAR2_SIZE, CQ_OFFSET, CQE_FORMAT, CQE_SIZE, DATA_OFFSET, DATA_SIZE, HEADER_FIELDS,
-    HEADER_SIZE, MAGIC, MAX_SEGMENTS, MAX_TRANSFER, RING_ENTRIES, SQ_OFFSET, SQE_SIZE,
+    MAGIC, MAX_SEGMENTS, MAX_TRANSFER, RING_ENTRIES, SQ_OFFSET, SQE_SIZE,
     Completion, DeviceStatus, Feature,
 )
 
@@ -53,15 +53,18 @@ class DeviceMemory:
         self.cq = CompletionRing(bar2, self.header)
 
     def initialize(self, *, features: int, dma_mask: int, segment_align: int,
-                   device_peer: int, status: DeviceStatus) -> None:
-        """Write the whole header: geometry, limits and zeroed indices."""
-        self.bar2[:HEADER_SIZE] = bytes(HEADER_SIZE)
+                   device_peer: int, status: DeviceStatus, guest_peer: int = 0,
+                   admin_done: int = 0) -> None:
+        """Write the whole header page: geometry, limits, zeroed indices, the reserved
+        rest zero, the magic last. Also on reset: a guest may have scribbled over it."""
+        self.bar2[:SQ_OFFSET] = bytes(SQ_OFFSET)
         values = {
             "abi_version": ABI_VERSION, "features": features, "device_peer": device_peer,
             "ring_entries": RING_ENTRIES, "sq_offset": SQ_OFFSET, "cq_offset": CQ_OFFSET,
             "data_offset": DATA_OFFSET, "data_size": DATA_SIZE, "dma_mask": dma_mask,
             "max_segments": MAX_SEGMENTS, "max_transfer": MAX_TRANSFER,
-            "segment_align": segment_align, "status": status,
+            "segment_align": segment_align, "status": status, "guest_peer": guest_peer,
+            "admin_done": admin_done,
         }
         h = self.header
         for name, value in values.items():

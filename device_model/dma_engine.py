@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import zlib
 from collections import deque
 from dataclasses import dataclass
 from typing import Sequence
@@ -33,7 +34,7 @@ import numpy as np
 
 from device_model.abi import Opcode
 from device_model.descriptors import PageRows, TransferPlan
-from wdfhil.physical_memory import PAGE_SIZE
+from wdfhil.physical_memory import PAGE_SHIFT as _PAGE_SHIFT, PAGE_SIZE
 from device_model.trace import TO_DEVICE, TO_GUEST, crc32_of
 
 IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
@@ -90,15 +91,14 @@ class DmaEngine:
                 flip_bit: int | None = None, checksum: bool = False) -> TransferResult:
         """Copy the plan's runs; ``limit`` stops after that many bytes (short
         transfer), ``flip_bit`` inverts that bit of the bytes moved (corruption),
-        ``checksum`` computes the CRC-32 of the bytes as they landed."""
-        gpas, lengths, views, moved = plan.gpas, plan.lengths, plan.views, plan.length
+        ``checksum`` computes the CRC-32 of the bytes as they landed.
+
+        Faults and the checksum act on the copy's result, never choose the copy:
+        a page plan is copied by numpy with them as without them (a short transfer
+        copies a prefix of the pages, the flip and the CRC look at what landed)."""
         if plan.page_rows is not None:
-            if limit is not None or flip_bit is not None or checksum:
-                raise ValueError("a page plan has no views for faults or a checksum: "
-                                 "validate with page_plans=False")
-            self._copy_pages(plan.page_rows, plan.opcode is _WRITE, plan.device_offset, moved)
-            return TransferResult(moved, gpas, lengths, None,
-                                  TO_DEVICE if plan.opcode is _WRITE else TO_GUEST)
+            return self._execute_pages(plan, limit, flip_bit, checksum)
+        gpas, lengths, views, moved = plan.gpas, plan.lengths, plan.views, plan.length
         if limit is not None:
             gpas, lengths, views = truncate_runs(gpas, lengths, views, limit)
             moved = sum(lengths)
@@ -122,26 +122,76 @@ class DmaEngine:
             crc = crc32_of([self.data[start:start + moved]] if write else views)
         return TransferResult(moved, gpas, lengths, crc, TO_DEVICE if write else TO_GUEST, flipped)
 
-    def _copy_pages(self, page_rows: list[PageRows], write: bool, start: int, moved: int) -> None:
-        """Whole guest pages <-> the device's bytes at ``start``, in list order.
+    def _execute_pages(self, plan: TransferPlan, limit: int | None, flip_bit: int | None,
+                       checksum: bool) -> TransferResult:
+        """A page plan: the numpy copy, then what faults and the trace ask of its result."""
+        write = plan.opcode is _WRITE
+        start, page_rows = plan.device_offset, plan.page_rows
+        assert page_rows is not None
+        if limit is None and flip_bit is None and not checksum:     # the production path
+            self._copy_pages(page_rows, write, start, plan.nseg)
+            return TransferResult(plan.length, plan.gpas, plan.lengths, None,
+                                  TO_DEVICE if write else TO_GUEST)
+        moved = plan.length if limit is None else max(0, min(limit, plan.length))
+        full, part = divmod(moved, PAGE_SIZE)
+        self._copy_pages(page_rows, write, start, full)
+        if part:                                    # a short transfer ends inside a page
+            page = _page_at(page_rows, full)
+            at = start + full * PAGE_SIZE
+            if write:
+                self.data[at:at + part] = page[:part].data
+            else:
+                page[:part] = np.frombuffer(self.data[at:at + part], np.uint8)
+        flipped = None
+        if flip_bit is not None and moved:
+            flipped = flip_bit % (moved * 8)
+            byte, mask = flipped >> 3, 1 << (flipped & 7)
+            if write:
+                self.data[start + byte] ^= mask
+            else:
+                _page_at(page_rows, byte >> _PAGE_SHIFT)[byte & (PAGE_SIZE - 1)] ^= mask
+        crc = None
+        if checksum:
+            # What landed is the device's bytes unless a READ named a page twice (the
+            # last listing wins) or a bit was flipped in the guest: then gather it.
+            if write or (flipped is None and _distinct_pages(page_rows)):
+                crc = zlib.crc32(self.data[start:start + moved])
+            else:
+                landed = _gather_pages(page_rows, plan.nseg)
+                crc = zlib.crc32(landed.reshape(-1)[:moved].data)
+        gpas, lengths = page_runs(plan, moved)
+        return TransferResult(moved, gpas, lengths, crc, TO_DEVICE if write else TO_GUEST, flipped)
+
+    def _copy_pages(self, page_rows: list[PageRows], write: bool, start: int, count: int) -> None:
+        """The first ``count`` listed guest pages <-> the device's bytes at ``start``,
+        in list order.
 
         mode="clip" because take() with the default mode first copies into a
         buffer (to raise on a bad index before writing); validation already
         proved every row lies in its window."""
         assert self._data_bytes is not None, "the engine is closed"
-        device = self._data_bytes[start:start + moved].reshape(-1, PAGE_SIZE)
+        if count <= 0:
+            return
+        device = self._data_bytes[start:start + count * PAGE_SIZE].reshape(-1, PAGE_SIZE)
         if len(page_rows) == 1 and page_rows[0].positions is None:
             part = page_rows[0]
+            rows = part.rows if count == len(part.rows) else part.rows[:count]
             if write:
-                np.take(part.pages, part.rows, axis=0, out=device, mode="clip")
+                np.take(part.pages, rows, axis=0, out=device, mode="clip")
             else:
-                part.pages[part.rows] = device
+                part.pages[rows] = device
             return
         for part in page_rows:                  # pages in more than one RAM window
+            positions, rows = part.positions, part.rows
+            if positions is None:
+                positions = np.arange(len(rows))
+            keep = positions < count
+            if not keep.all():
+                positions, rows = positions[keep], rows[keep]
             if write:
-                device[part.positions] = part.pages[part.rows]
+                device[positions] = part.pages[rows]
             else:
-                part.pages[part.rows] = device[part.positions]
+                part.pages[rows] = device[positions]
 
     def _gather(self, views: list[memoryview], lengths: Sequence[int], start: int) -> None:
         """Guest runs -> device memory at ``start``."""
@@ -194,12 +244,66 @@ class DmaEngine:
 
     @staticmethod
     def fill_guest(plan: TransferPlan, byte: int) -> list[tuple[int, int]]:
-        """Overwrite the plan's guest buffers with ``byte`` (a stale DMA)."""
+        """Overwrite the plan's guest buffers with ``byte`` (a stale DMA); the ranges."""
         if plan.page_rows is not None:
-            raise ValueError("a page plan has no views for a stale DMA: validate with page_plans=False")
+            for part in plan.page_rows:
+                part.pages[part.rows] = byte
+            return list(zip(*page_runs(plan, plan.length)))
         for view in plan.views:
             view[:] = bytes([byte]) * len(view)
         return list(zip(plan.gpas, plan.lengths))
+
+
+def _page_at(page_rows: list[PageRows], index: int) -> np.ndarray:
+    """The guest page (a writable row) listed at ``index`` of a page plan."""
+    for part in page_rows:
+        if part.positions is None:
+            return part.pages[int(part.rows[index])]
+        hit = int(np.searchsorted(part.positions, index))
+        if hit < len(part.positions) and part.positions[hit] == index:
+            return part.pages[int(part.rows[hit])]
+    raise IndexError(index)
+
+
+def _distinct_pages(page_rows: list[PageRows]) -> bool:
+    """No guest page listed twice (rows of different windows never coincide)."""
+    return all(np.unique(part.rows).size == part.rows.size for part in page_rows)
+
+
+def _gather_pages(page_rows: list[PageRows], count: int) -> np.ndarray:
+    """A copy of the listed guest pages, in list order (for a checksum)."""
+    out = np.empty((count, PAGE_SIZE), np.uint8)
+    for part in page_rows:
+        if part.positions is None:
+            np.take(part.pages, part.rows, axis=0, out=out, mode="clip")
+        else:
+            out[part.positions] = part.pages[part.rows]
+    return out
+
+
+def page_runs(plan: TransferPlan, moved: int) -> tuple[list[int], list[int]]:
+    """(gpas, lengths) of the first ``moved`` bytes of a page plan, pages that continue
+    one another in the same RAM window merged: the runs the view path would name."""
+    assert plan.page_rows is not None
+    count = -(-moved // PAGE_SIZE)
+    if count == 0:
+        return [], []
+    gpas = [int(g) for g in plan.gpas[:count]]
+    window = [0] * count
+    for w, part in enumerate(plan.page_rows):
+        if part.positions is not None:
+            for i in part.positions.tolist():
+                if i < count:
+                    window[i] = w
+    out_g, out_n = [gpas[0]], [PAGE_SIZE]
+    for i in range(1, count):
+        if gpas[i] == out_g[-1] + out_n[-1] and window[i] == window[i - 1]:
+            out_n[-1] += PAGE_SIZE
+        else:
+            out_g.append(gpas[i])
+            out_n.append(PAGE_SIZE)
+    out_n[-1] -= count * PAGE_SIZE - moved
+    return out_g, out_n
 
 
 def truncate_runs(gpas: Sequence[int], lengths: Sequence[int], views: list[memoryview],

@@ -76,6 +76,12 @@ class HostDriver:
         self.ring()
         return self.wait_completions(1, timeout)[0]
 
+    def request_raw(self, raw: bytes, timeout: float = 10.0) -> Completion:
+        """Submit SQE bytes (any content), ring, wait for the completion."""
+        self.submit_raw(raw)
+        self.ring()
+        return self.wait_completions(1, timeout)[0]
+
     def reset(self, timeout: float = 10.0) -> None:
         """Admin RESET, waiting for admin_done to move."""
         done = self.header.get("admin_done")

@@ -16,9 +16,12 @@ from typing import Callable, TextIO
 
 from device_model.abi import CompletionStatus, ErrorReason, Opcode, Segment
 from device_model.faults import FaultKind, FaultPlan, FaultRule
-from framework_emu import IRP_MJ_WRITE, NTSTATUS, Framework, Mdl, PoolType, format_site
-from orchestrator.agent_client import CompletionRecord, GuestBuffer, Step, Verification, pattern_bytes
+from framework_emu import IRP_MJ_WRITE, NTSTATUS, Framework, PoolType, format_site
+from framework_emu.dma_adapter import mdl_spans
+from orchestrator.agent_client import CompletionRecord, Step, Verification, pattern_bytes
+from orchestrator.dma_port import DeviceDmaAdapter, device_segments
 from orchestrator.dma_session import DmaSession, echo_roundtrip
+from wdfhil.physical_memory import PAGE_SIZE
 
 DEFAULT_GUEST = "pc-256m"
 STALE_REQUEST_ID = 0x57A1E
@@ -40,26 +43,6 @@ class CheckResult:
     passed: bool
     detail: str
     seconds: float
-
-
-def _segments_of_mdl(fx: Framework, mdl: Mdl) -> list[Segment]:
-    """The device scatter/gather list of an MDL: its PFNs, physically contiguous runs merged."""
-    offset = fx.MmGetMdlByteOffset(mdl)
-    remaining = fx.MmGetMdlByteCount(mdl)
-    segments: list[Segment] = []
-    for pfn in fx.MmGetMdlPfnArray(mdl):
-        gpa = (pfn << 12) + offset
-        length = min(remaining, 4096 - offset)
-        if segments and segments[-1].gpa + segments[-1].length == gpa:
-            last = segments.pop()
-            segments.append(Segment(last.gpa, last.length + length))
-        else:
-            segments.append(Segment(gpa, length))
-        remaining -= length
-        offset = 0
-        if remaining == 0:
-            break
-    return segments
 
 
 def check_device_ready(session: DmaSession, fx: Framework) -> str:
@@ -87,14 +70,20 @@ def check_framework_memory_seen_by_guest(session: DmaSession, fx: Framework) -> 
 
 def check_device_dma_into_framework_memory(session: DmaSession, fx: Framework) -> str:
     size, seed, device_offset = 10_000, 23, 0x10000
-    status, memory, va = fx.WdfMemoryCreate(None, PoolType.NonPagedPool, 0, 3 * 4096)
+    status, memory, va = fx.WdfMemoryCreate(None, PoolType.NonPagedPool, 0, 3 * PAGE_SIZE)
     expect(status == NTSTATUS.STATUS_SUCCESS, f"WdfMemoryCreate: {status:#x}")
     mdl = fx.IoAllocateMdl(va + 300, size)
     try:
         fx.MmBuildMdlForNonPagedPool(mdl)
-        segments = _segments_of_mdl(fx, mdl)
-        results = session.agent.run(Step.device_fill(device_offset, size, seed),
-                                    Step.submit(Opcode.READ, device_offset, segments))
+        adapter = DeviceDmaAdapter(session.device)
+        sg = adapter.map(mdl_spans(fx.MmGetMdlPfnArray(mdl), fx.MmGetMdlByteOffset(mdl),
+                                   fx.MmGetMdlByteCount(mdl)), to_device=False)
+        segments = device_segments(sg)
+        try:
+            results = session.agent.run(Step.device_fill(device_offset, size, seed),
+                                        Step.submit(Opcode.READ, device_offset, segments))
+        finally:
+            adapter.unmap(sg)
         done = CompletionRecord.from_result(results[1])
         expect(done.status is CompletionStatus.OK and done.transferred == size,
                f"device READ completed {done}")
@@ -142,7 +131,7 @@ def check_stale_dma_detected(session: DmaSession, fx: Framework) -> str:
 def check_hostile_descriptor_refused(session: DmaSession, fx: Framework) -> str:
     ram_end = max(end for _start, end in session.ram.ram_ranges())
     done = CompletionRecord.from_result(session.agent.command(
-        Step.submit(Opcode.WRITE, 0, [Segment(ram_end + 0x100000, 4096)])))
+        Step.submit(Opcode.WRITE, 0, [Segment(ram_end + 0x100000, PAGE_SIZE)])))
     expect(done.status is CompletionStatus.ERROR and done.reason is ErrorReason.SEGMENT_NOT_IN_RAM,
            f"completion {done}")
     return "a segment past the end of guest RAM got an error completion (SEGMENT_NOT_IN_RAM)"

@@ -8,6 +8,7 @@ copy writes it, and guest RAM still unmappable once the device lets go."""
 from __future__ import annotations
 
 import os
+import zlib
 
 import pytest
 from hypothesis import event, given, settings
@@ -26,6 +27,7 @@ from device_model.faults import FaultKind, FaultPlan, FaultRule
 from wdfhil.guest_ram import GuestRam, RamLayout, RamRange
 from device_model.host_driver import HostDriver
 from device_model.ivshmem_client import IvshmemClient
+from device_model.trace import read_trace
 from wdfhil.physical_memory import PAGE_SIZE
 
 from device_helpers import GIB, HIGH, LOW, MIB, holey_memory
@@ -236,36 +238,102 @@ def test_one_bad_page_in_a_long_list_is_named_by_the_exact_tier(bad, reason, fie
         assert isinstance(plan, Refusal) and (plan.reason, plan.field) == (reason, field), plan
 
 
-def test_the_engine_will_not_fault_or_checksum_a_page_plan():
-    """Faults and the trace's CRC need views: the device never asks for page
-    plans then, and the engine says so if it is handed one."""
-    memory = guest(b"")
+def run_faulted(raw: bytes, table: bytes, *, page_plans: bool, limit: int | None,
+                flip_bit: int | None, stale: bool):
+    """Validate and execute with a short transfer / bit flip / checksum, then maybe a
+    stale DMA: (plan, what the engine reported, guest low, guest high, device)."""
+    memory = guest(table)
     ram = RamWindows(memory)
-    segments = [Segment(page_in(LOW, i), PAGE_SIZE) for i in range(20)]
-    raw, table = indirect(W, segments)
-    memory.write(TABLE_GPA, table)
-    plan = DescriptorValidator(ram).validate(raw)
-    assert isinstance(plan, TransferPlan) and plan.page_rows is not None
-    engine = DmaEngine(memoryview(bytearray(DATA_SIZE)))
-    for kwargs in ({"limit": 10}, {"flip_bit": 3}, {"checksum": True}):
-        with pytest.raises(ValueError, match="page plan"):
-            engine.execute(plan, **kwargs)
-    with pytest.raises(ValueError, match="page plan"):
-        engine.fill_guest(plan, 0x5A)
+    device = bytearray(DEVICE_IMAGE)
+    engine = DmaEngine(memoryview(device))
+    plan = DescriptorValidator(ram, page_plans=page_plans).validate(raw)
+    assert isinstance(plan, TransferPlan), plan
+    done = engine.execute(plan, limit=limit, flip_bit=flip_bit, checksum=True)
+    report = (done.transferred, [(int(g), n) for g, n in done.ranges], done.crc32,
+              done.flipped_bit, done.direction)
+    if stale:
+        report += (engine.fill_guest(plan, 0x5A),)
+    outcome = (plan, report, memory.read(LOW[0], LOW[1] - LOW[0]),
+               memory.read(HIGH[0], HIGH[1] - HIGH[0]), bytes(device))
     engine.close()
-    del plan
     ram.release()
+    return outcome
 
 
-@pytest.mark.parametrize("trace,faults,expected", [
-    (False, False, True), (True, False, False), (False, True, False)])
-def test_the_device_plans_pages_only_without_trace_and_faults(tmp_path, trace, faults, expected):
-    plan = FaultPlan([FaultRule(FaultKind.BIT_FLIP, request_ids=frozenset({1}))]) if faults else None
-    with EchoDevice(tmp_path, fault_plan=plan,
-                    trace_path=tmp_path / "t.jsonl" if trace else None) as device:
+@st.composite
+def valid_page_lists(draw) -> list[Segment]:
+    ranges = draw(st.sampled_from([[LOW], [HIGH], [LOW, HIGH]]))
+    segments: list[Segment] = []
+    for _ in range(draw(st.integers(PAGE_PLAN_MIN_SEGMENTS, 120))):
+        if segments and draw(st.integers(0, 5)) == 0:
+            gpa = draw(st.sampled_from(segments)).gpa                  # a duplicate
+        elif segments and draw(st.integers(0, 3)) == 0:
+            gpa = segments[-1].gpa + PAGE_SIZE                         # continues: one run
+            if not any(a <= gpa < b for a, b in ranges):
+                gpa = page_in(ranges[0], 0)
+        else:
+            gpa = page_in(draw(st.sampled_from(ranges)), draw(st.integers(0, 255)))
+        segments.append(Segment(gpa, PAGE_SIZE))
+    return segments
+
+
+@settings(max_examples=100, deadline=None)
+@given(valid_page_lists(), st.sampled_from([W, R]), st.data())
+def test_faults_and_checksum_on_a_page_plan_act_exactly_as_on_views(segments, opcode, data):
+    """A short transfer, a flipped bit, the trace's CRC and a stale DMA on a page plan
+    (the numpy copy) leave the same bytes everywhere and report the same bytes
+    moved, runs, CRC and bit as on the view path."""
+    length = len(segments) * PAGE_SIZE
+    limit = data.draw(st.one_of(st.none(), st.integers(0, length - 1),
+                                st.sampled_from([PAGE_SIZE, 3 * PAGE_SIZE + 1])))
+    flip = data.draw(st.one_of(st.none(), st.integers(0, length * 8 - 1)))
+    stale = data.draw(st.booleans())
+    raw, table = indirect(opcode, segments, device_offset=data.draw(st.sampled_from([0, 3, MIB])))
+    pages = run_faulted(raw, table, page_plans=True, limit=limit, flip_bit=flip, stale=stale)
+    views = run_faulted(raw, table, page_plans=False, limit=limit, flip_bit=flip, stale=stale)
+    assert pages[0].page_rows is not None and views[0].page_rows is None
+    event(f"page plan in {len(pages[0].page_rows)} window(s)")
+    assert pages[1] == views[1]
+    assert pages[2:] == views[2:]
+
+
+def test_the_device_plans_pages_with_trace_and_faults_armed(tmp_path):
+    """Trace and faults no longer switch the copy path: the validator makes page plans."""
+    plan = FaultPlan([FaultRule(FaultKind.BIT_FLIP, request_ids=frozenset({1}))])
+    with EchoDevice(tmp_path, fault_plan=plan, trace_path=tmp_path / "t.jsonl") as device:
         device.attach_guest_ram(holey_memory())
-        assert device._validator is not None and device._validator.page_plans is expected
+        assert device._validator is not None and device._validator.page_plans
         device.detach_guest_ram()
+
+
+def test_a_fault_test_runs_the_page_plan_path(tmp_path):
+    """A bit flip armed on a running, traced device, on a 32-page scattered READ: the
+    transfer is a page plan (stats.page_plans), exactly one bit of the landed data
+    differs, and the trace's CRC is that of the bytes as they landed."""
+    memory = holey_memory()
+    pages = [page_in(LOW, 5 * i + 40) for i in range(32)]
+    memory.write(TABLE_GPA, b"".join(pack_segment(Segment(g, PAGE_SIZE)) for g in pages))
+    payload = os.urandom(32 * PAGE_SIZE)
+    with EchoDevice(tmp_path, trace_path=tmp_path / "t.jsonl") as device, \
+            IvshmemClient.connect(device.socket_path) as client:
+        device.attach_guest_ram(memory)
+        driver = HostDriver(client)
+        try:
+            device.memory.data[:len(payload)] = payload
+            device.arm_faults(FaultPlan([FaultRule(FaultKind.BIT_FLIP)], seed=3))
+            done = driver.request(Descriptor(R, IND, 32, 9, 0, len(payload), TABLE_GPA))
+            assert (done.status, done.transferred) == (CompletionStatus.OK, len(payload))
+        finally:
+            driver.close()
+        assert device.stats.page_plans == 1
+        landed = b"".join(memory.read(g, PAGE_SIZE) for g in pages)
+        diff = [i for i in range(len(payload)) if landed[i] != payload[i]]
+        (fault,) = device.fault_plan.injected
+        assert diff == [fault.detail["bit"] // 8]
+        device.close()
+    (dma,) = [r for r in read_trace(tmp_path / "t.jsonl") if r["type"] == "dma"]
+    assert dma["crc32"] == zlib.crc32(landed) and dma["fault"] == "bit_flip"
+    assert dma["ranges"] == [[g, PAGE_SIZE] for g in pages]
 
 
 def test_page_plans_through_the_device_on_a_ram_file_then_it_unmaps(tmp_path):
