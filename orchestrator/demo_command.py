@@ -35,5 +35,5 @@ def run(args: argparse.Namespace) -> int:
     status.clear()
     print(image.provenance, flush=True)
     results = run_default_job(image, guest=args.guest or DEFAULT_GUEST, out=sys.stdout)
-    print(format_report(results))
+    print(format_report(results, image.provenance))
     return 0 if all(r.passed for r in results) else 1

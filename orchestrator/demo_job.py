@@ -198,9 +198,11 @@ def _run_checks(session: DmaSession, out: TextIO) -> list[CheckResult]:
     return results
 
 
-def format_report(results: list[CheckResult]) -> str:
+def format_report(results: list[CheckResult], provenance: str = "") -> str:
+    """The verdict table; ``provenance`` (the image's kernel and package versions)
+    heads it, so a report says what the guest was built from."""
     width = max(len(r.name) for r in results)
-    lines = ["", "wdfhil report", "=" * 13]
+    lines = ["", "wdfhil report", "=" * 13, *([provenance] if provenance else [])]
     for r in results:
         lines.append(f"{'PASS' if r.passed else 'FAIL'}  {r.name:<{width}}  {r.seconds:6.2f} s  {r.detail}")
     passed = sum(r.passed for r in results)
