@@ -103,3 +103,39 @@ class GuestError(WdfhilError):
 
 class DeviceProtocolError(WdfhilError):
     """The device and its peer (QEMU or the guest) disagree on the protocol or ABI."""
+
+
+class GuestDied(GuestError):
+    """The guest stopped existing as a running machine while we used it: its
+    kernel panicked, QEMU exited, or its run state became fatal
+    (``internal-error``, ``guest-panicked``, ``shutdown``).
+
+    Unlike a command that merely failed, nothing more can be asked of this
+    guest; carries what explains it: why, the run state, QEMU's exit status
+    and the tails of the console and of QEMU's log.
+    """
+
+    def __init__(self, message: str, *, command: str | None = None,
+                 run_state: str | None = None, qemu_exit_code: int | None = None,
+                 console_tail: str = "", log_tail: str = "", stdout: str = "",
+                 stderr: str = "") -> None:
+        self.reason = message
+        self.run_state = run_state
+        self.qemu_exit_code = qemu_exit_code
+        self.console_tail = console_tail
+        self.log_tail = log_tail
+        details = [message]
+        if run_state is not None:
+            details.append(f"run state: {run_state}")
+        details.append("QEMU still running" if qemu_exit_code is None
+                       else f"QEMU exit status: {qemu_exit_code}")
+        text = "\n".join(details)
+        if log_tail:
+            text += "\n--- QEMU log (tail) ---\n" + log_tail.rstrip()
+        if console_tail:
+            text += "\n--- serial console (tail) ---\n" + console_tail.rstrip()
+        super().__init__(text, command=command, stdout=stdout, stderr=stderr)
+
+
+class SnapshotCorrupted(ConfigError):
+    """A saved guest's state file is empty, truncated or does not match its checksum."""

@@ -11,13 +11,14 @@ from __future__ import annotations
 import socket
 import subprocess
 import threading
+import time
 
 import paramiko
 import pytest
 
 from orchestrator.ssh_session import (SHELL_COMMAND, GuestCommandTimeout, SshSession,
                                       parse_host_key, wait_for_ssh_banner)
-from wdfhil.errors import GuestError
+from wdfhil.errors import GuestDied, GuestError
 
 
 def _copy_out(stream, send) -> None:
@@ -234,3 +235,136 @@ def test_banner_wait_sees_a_server_and_gives_up_on_silence(ssh_server):
         assert wait_for_ssh_banner("127.0.0.1", port, 30, alive=lambda: False) is None
     finally:
         silent.close()
+
+
+# -- a guest that stops answering, as a stopped VM does -------------------------
+class _FreezableProxy:
+    """TCP between the client and the server that can stop moving bytes, as a
+    stopped guest behind QEMU's user network does (the host side still accepts)."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.running = threading.Event()
+        self.running.set()
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target))
+            self.sockets += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._move, args=(a, b), daemon=True).start()
+
+    def _move(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                self.running.wait()
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.running.set()
+        self.listener.close()
+        for sock in self.sockets:
+            sock.close()
+
+
+@pytest.fixture
+def frozen_session(ssh_server, tmp_path):
+    """(session, proxy): a session through a proxy that ``proxy.running.clear()`` freezes."""
+    key_file = tmp_path / "client_key"
+    ssh_server["client"].write_private_key_file(str(key_file))
+    proxy = _FreezableProxy(ssh_server["port"])
+    ssh = SshSession.connect("127.0.0.1", proxy.port, user="root", client_key=key_file,
+                             host_key=ssh_server["host_key"], timeout=20)
+    yield ssh, proxy
+    ssh.close()
+    proxy.close()
+
+
+def test_a_frozen_guest_costs_each_command_its_timeout_not_an_hour(frozen_session):
+    """Issue 12's repro: after one timeout the next command opened a channel
+    with paramiko's default (3600 s) wait; now every command keeps its timeout."""
+    session, proxy = frozen_session
+    assert session.run("echo warm").stdout == "warm\n"
+    proxy.running.clear()
+    for _ in range(3):  # the first on the open shell, the others each opening a new channel
+        began = time.monotonic()
+        with pytest.raises(GuestCommandTimeout):
+            session.run("true", timeout=1.5)
+        assert time.monotonic() - began < 30
+    began = time.monotonic()
+    with pytest.raises(GuestCommandTimeout):
+        session.run_exec("true", timeout=1.5)
+    with pytest.raises(GuestCommandTimeout):
+        session.get("/etc/hostname", "/nonexistent/x", timeout=1.5)
+    assert time.monotonic() - began < 60
+
+
+def test_a_dead_guest_is_reported_by_its_health_not_as_exit_code_minus_one(frozen_session):
+    """The connection breaking mid-command (QEMU killed) raises what the health says."""
+    session, proxy = frozen_session
+
+    class Health:
+        dead = False
+
+        def check(self, command, grace=0.0):
+            if self.dead:
+                raise GuestDied("QEMU exited", command=command, qemu_exit_code=-9)
+
+        def note(self):
+            return ""
+
+    session.health = health = Health()
+    assert session.run("true").ok
+    threading.Timer(0.5, lambda: (setattr(health, "dead", True), proxy.close())).start()
+    with pytest.raises(GuestDied) as info:
+        session.run("sleep 20", timeout=60)
+    assert info.value.qemu_exit_code == -9 and info.value.command == "sleep 20"
+
+
+def test_the_health_check_runs_while_a_command_waits(session):
+    calls = []
+
+    class Health:
+        def check(self, command, grace=0.0):
+            calls.append(command)
+            if len(calls) > 2:
+                raise GuestDied("the guest kernel panicked", command=command)
+
+        def note(self):
+            return ""
+
+    session.health = Health()
+    began = time.monotonic()
+    with pytest.raises(GuestDied, match="panicked"):
+        session.run("sleep 30", timeout=60)
+    assert time.monotonic() - began < 20
+
+
+def test_output_kept_on_the_host_is_bounded_and_says_so(session):
+    session.max_kept_output = 1 << 20
+    result = session.run("head -c 5000000 /dev/zero | tr '\\0' a; echo END", timeout=60)
+    assert result.exit_code == 0 and result.truncated
+    note = f"\n[wdfhil: {result.stdout_dropped} bytes of output dropped here]\n"
+    assert len(result.stdout) < (1 << 20) + 200 and result.stdout.endswith("aaaaEND\n")
+    assert note in result.stdout and result.stdout.startswith("aaaa")
+    assert len(result.stdout) - len(note) + result.stdout_dropped == 5000004
+    small = session.run("echo fine")
+    assert small.stdout == "fine\n" and not small.truncated
