@@ -11,6 +11,12 @@ kept for the process and also on disk (``cache_dir()/kvm-probe.json``) for
 the rest of the host's uptime: the key holds the boot id, the QEMU binary
 and /dev/kvm, so a reboot, another QEMU or a reloaded KVM module probes
 again. The first fallback to TCG in a process logs one warning.
+
+A probe that passes proves less than a real boot: the VM reports a KVM
+failure of a real guest (run state ``internal-error``) through
+:func:`mark_kvm_unusable`, which overwrites the cached verdict, and an
+``auto`` boot is retried under TCG. ``WDFHIL_ACCEL=tcg|kvm|auto`` overrides
+every guest config's ``accelerator`` (CI runners whose KVM is known bad).
 """
 
 from __future__ import annotations
@@ -26,12 +32,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from orchestrator.qemu_process import die_with_parent
-from wdfhil.errors import LaunchError
+from wdfhil.errors import ConfigError, LaunchError
 from wdfhil.private_dirs import cache_dir
 
 log = logging.getLogger(__name__)
 
 DEFAULT_QEMU = "qemu-system-x86_64"
+ACCEL_ENV = "WDFHIL_ACCEL"
+ACCEL_CHOICES = ("auto", "tcg", "kvm")
 PROBE_TIMEOUT = 4.0
 PROBE_MARKER = b"WDFHIL-KVM-OK"
 # isa-debug-exit turns the byte 0x2a written to port 0xf4 into exit code 0x2a*2+1.
@@ -216,21 +224,47 @@ def kvm_usable(qemu_binary: str = DEFAULT_QEMU) -> KvmProbeResult:
         return _cache[qemu_binary]
 
 
+def requested_accelerator(configured: str) -> str:
+    """What to run a config asking for ``configured`` with: ``$WDFHIL_ACCEL`` if set."""
+    override = os.environ.get(ACCEL_ENV, "").strip().lower()
+    if not override:
+        return configured
+    if override not in ACCEL_CHOICES:
+        raise ConfigError(f"{ACCEL_ENV}={os.environ[ACCEL_ENV]!r}: expected one of "
+                          f"{', '.join(ACCEL_CHOICES)}", field=ACCEL_ENV)
+    return override
+
+
+def mark_kvm_unusable(qemu_binary: str, reason: str) -> None:
+    """A real guest failed under KVM: keep "not usable" for this host (process and
+    disk cache) whatever the probe said, so later boots go straight to TCG."""
+    result = KvmProbeResult(False, reason)
+    with _cache_lock:
+        _cache[qemu_binary] = result
+        key = _host_key(qemu_binary)
+        if key:
+            _write_disk_cache(key, result)
+
+
 def choose_accelerator(requested: str, qemu_binary: str = DEFAULT_QEMU) -> str:
-    """``"kvm"`` or ``"tcg"`` for a config's ``accelerator`` (auto, tcg, kvm).
+    """``"kvm"`` or ``"tcg"`` for a config's ``accelerator`` (auto, tcg, kvm),
+    after ``$WDFHIL_ACCEL``.
 
     ``auto`` falls back to TCG with one warning per process; ``kvm`` insists
     and raises LaunchError when KVM is not usable.
     """
     global _warned
+    requested = requested_accelerator(requested)
     if requested == "tcg":
         return "tcg"
     result = kvm_usable(qemu_binary)
     if result.usable:
         return "kvm"
     if requested == "kvm":
-        raise LaunchError(f"the guest config asks for KVM, but KVM is not usable: "
-                          f"{result.reason}")
+        raise LaunchError(f"KVM was asked for (guest config or {ACCEL_ENV}), but KVM is not "
+                          f"usable here: {result.reason}. Select TCG with {ACCEL_ENV}=tcg, "
+                          f"'accelerator: tcg' (or auto) in the guest config, or "
+                          f"'wdfhil vm run --accel tcg'")
     with _cache_lock:
         if not _warned:
             _warned = True

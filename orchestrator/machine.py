@@ -52,18 +52,23 @@ class GuestMachine(abc.ABC):
     # -- the guest's own view -------------------------------------------------
     @abc.abstractmethod
     def run(self, command: str, timeout: float = DEFAULT_COMMAND_TIMEOUT) -> CommandResult:
-        """Run a shell command in the guest; its exit code, stdout and stderr."""
+        """Run a shell command in the guest; its exit code, stdout and stderr.
+
+        Every wait keeps ``timeout`` (GuestCommandTimeout); a guest that dies
+        meanwhile (panic, machine gone, fatal run state) raises GuestDied."""
 
     def run_checked(self, command: str, timeout: float = DEFAULT_COMMAND_TIMEOUT) -> str:
         """Run a command that must succeed; its stdout, else GuestError."""
         return self.run(command, timeout).check()
 
     @abc.abstractmethod
-    def put(self, local: str | Path, remote: str) -> None:
+    def put(self, local: str | Path, remote: str,
+            timeout: float = DEFAULT_COMMAND_TIMEOUT) -> None:
         """Copy a host file into the guest."""
 
     @abc.abstractmethod
-    def get(self, remote: str, local: str | Path) -> None:
+    def get(self, remote: str, local: str | Path,
+            timeout: float = DEFAULT_COMMAND_TIMEOUT) -> None:
         """Copy a guest file to the host."""
 
     # -- the machine around it ------------------------------------------------

@@ -136,6 +136,11 @@ class QmpSession:
         with self._events_changed:
             return list(self._events)
 
+    def events_since(self, start: int) -> list[dict[str, Any]]:
+        """The events at index >= ``start`` (a cheap poll for new ones)."""
+        with self._events_changed:
+            return self._events[start:]
+
     def wait_event(self, name: str, timeout: float, *,
                    match: Callable[[dict[str, Any]], bool] | None = None,
                    start: int = 0) -> dict[str, Any] | None:

@@ -13,6 +13,11 @@ run folder, no RAM file. What it wires together:
 - the serial console reader, which fails the boot at once on a kernel panic
   or QEMU exiting; QMP (``vm.qmp``); SSH over one long-lived shell channel
   (``vm.run``), with SFTP (``vm.put`` / ``vm.get``);
+- a :class:`~orchestrator.guest_watch.GuestWatch` consulted by every wait
+  (boot and commands), so a guest that panics, whose QEMU exits or whose
+  run state turns fatal (``internal-error``) is reported at once: a
+  LaunchError while booting, :class:`~wdfhil.errors.GuestDied` afterwards.
+  Under ``accelerator: auto`` a boot that KVM kills is retried under TCG;
 - :meth:`VM.save` / ``VM(..., restore_from=snapshot)`` for fast resets.
 
 Every launch failure is one :class:`~wdfhil.errors.LaunchError` with QEMU's
@@ -34,7 +39,8 @@ from typing import TYPE_CHECKING, Sequence
 from orchestrator.cleanup import (folder_parent, install_sigterm_handler, signals_deferred,
                                   sweep_stale_folders, track)
 from orchestrator.guest_config import GuestConfig, check_pool_window_in_iomem
-from orchestrator.kvm_probe import choose_accelerator
+from orchestrator.guest_watch import GuestWatch
+from orchestrator.kvm_probe import choose_accelerator, mark_kvm_unusable, requested_accelerator
 from orchestrator.machine import GuestMachine
 from orchestrator.qemu_command import DEFAULT_QEMU, build_qemu_argv, parse_hostfwd_port
 from orchestrator.qemu_process import QemuProcess, tail_of_file
@@ -85,6 +91,7 @@ class _HostResources:
         self.console: SerialConsole | None = None
         self.qmp: QmpSession | None = None
         self.ssh: SshSession | None = None
+        self.watch: GuestWatch | None = None
         self.sockets: list[socket.socket] = []
         self._lock = threading.Lock()
         self._released = False
@@ -118,7 +125,7 @@ class _HostResources:
             self.process.kill_now()
             return
         qmp = self.qmp
-        quit_command = (lambda: qmp.command("quit", timeout=5.0)) if qmp else None
+        quit_command = (lambda: qmp.command("quit", timeout=3.0)) if qmp else None
         self.process.stop(quit_command)
 
     def _close_sockets(self) -> None:
@@ -206,11 +213,13 @@ class VM(GuestMachine):
         """Run a command on a fresh SSH exec channel (slow; the benchmark's reference)."""
         return self.ssh.run_exec(command, timeout)
 
-    def put(self, local: str | Path, remote: str) -> None:
-        self.ssh.put(local, remote)
+    def put(self, local: str | Path, remote: str,
+            timeout: float = DEFAULT_COMMAND_TIMEOUT) -> None:
+        self.ssh.put(local, remote, timeout)
 
-    def get(self, remote: str, local: str | Path) -> None:
-        self.ssh.get(remote, local)
+    def get(self, remote: str, local: str | Path,
+            timeout: float = DEFAULT_COMMAND_TIMEOUT) -> None:
+        self.ssh.get(remote, local, timeout)
 
     def console_text(self) -> str:
         console = self._host.console
@@ -228,11 +237,8 @@ class VM(GuestMachine):
         if process is not None:
             code = process.poll()
             lines.append("QEMU running" if code is None else f"QEMU exited (code {code})")
-        if host.qmp is not None and process is not None and process.alive():
-            try:
-                lines.append(f"run state: {host.qmp.command('query-status', timeout=2.0)['status']}")
-            except WdfhilError as exc:
-                lines.append(f"run state unknown: {exc}")
+        if host.watch is not None and process is not None and process.alive():
+            lines.append(f"run state: {host.watch.run_state() or 'unknown'}")
         console_tail = host.console.tail() if host.console else ""
         if console_tail:
             lines += ["console tail:", console_tail]
@@ -249,13 +255,18 @@ class VM(GuestMachine):
         install_sigterm_handler()
         sweep_stale_folders()
         began = time.monotonic()
-        deadline = began + self.boot_timeout
         try:
-            self._launch(deadline)
+            try:
+                self._launch(began + self.boot_timeout)
+            except LaunchError as exc:
+                reason = self._kvm_failure(exc)
+                if reason is None:
+                    raise
+                self._retry_under_tcg(reason)
         except BaseException as exc:
             error = None
             if isinstance(exc, LaunchError):
-                error = self._launch_error(str(exc))
+                error = self._launch_error(str(exc), exc.run_state)
             elif isinstance(exc, (WdfhilError, OSError, ValueError, TimeoutError)) \
                     and not isinstance(exc, ConfigError):
                 error = self._launch_error(f"{type(exc).__name__}: {exc}")
@@ -268,14 +279,39 @@ class VM(GuestMachine):
         log.info("VM %s up in %.2f s (%s, ssh port %d)", self.name, self.start_seconds,
                  self.accelerator, self.ssh_port)
 
-    def _launch(self, deadline: float) -> None:
+    def _kvm_failure(self, error: LaunchError) -> str | None:
+        """What KVM did wrong, if ``error`` is KVM failing a real guest under
+        ``accelerator: auto`` (then the boot is retried under TCG); else None."""
+        if self.accelerator != "kvm" or self.restore_from is not None \
+                or requested_accelerator(self.config.accelerator) != "auto":
+            return None
+        process = self._host.process
+        log_text = process.log_tail() if process else ""
+        kvm_lines = [line.strip() for line in log_text.splitlines() if "KVM" in line]
+        if error.run_state != "internal-error" and not kvm_lines:
+            return None
+        what = kvm_lines[0] if kvm_lines else f"run state {error.run_state}"
+        return f"a real guest failed under KVM ({what})"
+
+    def _retry_under_tcg(self, reason: str) -> None:
+        """Forget the KVM attempt (QEMU, run folder) and boot again under TCG."""
+        mark_kvm_unusable(self.qemu_binary, reason)
+        log.warning("KVM is not usable (%s); this and later guests run under TCG", reason)
+        self._host.release(graceful=False)
+        self._finalizer.detach()
+        self._host = _HostResources()
+        self._finalizer = track(self, self._host.release_last_resort)
+        self._launch(time.monotonic() + self.boot_timeout, accelerator="tcg")
+
+    def _launch(self, deadline: float, accelerator: str | None = None) -> None:
         host = self._host
         snapshot = self.restore_from
         if snapshot is not None:
             snapshot.check_compatible(self.config, self.image)
             self.accelerator = snapshot.accelerator
         else:
-            self.accelerator = choose_accelerator(self.config.accelerator, self.qemu_binary)
+            self.accelerator = accelerator or choose_accelerator(self.config.accelerator,
+                                                                 self.qemu_binary)
         self.config.check_pool_clear_of_initrd(self.image.initramfs.stat().st_size,
                                                read_initrd_addr_max(self.image.kernel))
         host.run_dir = make_private_dir(f"wdfhil-vm-{os.getpid()}-", folder_parent())
@@ -297,39 +333,55 @@ class VM(GuestMachine):
         console_theirs.close()  # QEMU has its copies; EOF on ours now means QEMU is gone
         qmp_theirs.close()
         host.console = SerialConsole(console_ours, host.run_dir / CONSOLE_LOG).start()
+        host.watch = watch = GuestWatch(host.process, host.console, name=f"VM {self.name}")
         host.qmp = QmpSession(self.name)
         host.qmp.connect(qmp_ours, timeout=max(1.0, deadline - time.monotonic()))
+        watch.qmp = host.qmp
         self.ssh_port = parse_hostfwd_port(host.qmp.hmp("info usernet"))
         if snapshot is not None:
             load_state(host.qmp, snapshot.path, timeout=max(1.0, deadline - time.monotonic()))
         else:
             self._wait_for_ready_marker(deadline)
         banner = wait_for_ssh_banner(SSH_HOST, self.ssh_port, deadline - time.monotonic(),
-                                     alive=host.process.alive)
+                                     alive=lambda: watch.failure() is None)
         if banner is None:
-            if not host.process.alive():
-                raise LaunchError("QEMU exited before the guest's SSH server answered")
+            self._raise_if_dead()
             raise LaunchError(f"the guest's SSH server did not answer on {SSH_HOST}:"
                               f"{self.ssh_port} within {self.boot_timeout:g} s")
         host.ssh = SshSession.connect(
             SSH_HOST, self.ssh_port, user=self.image.ssh_user, client_key=self.image.client_key,
-            host_key=self.image.host_key, timeout=max(5.0, deadline - time.monotonic()))
+            host_key=self.image.host_key, timeout=max(5.0, deadline - time.monotonic()),
+            health=watch)
         # the guest really reserved the window, and its kernel does not run in it
         check_pool_window_in_iomem(self.config, host.ssh.run_checked("cat /proc/iomem"))
         if snapshot is not None:
             self._set_guest_clock()
 
+    def _raise_if_dead(self, grace: float = 0.0) -> None:
+        """LaunchError naming the run state / exit / panic if the guest died while booting."""
+        watch = self._host.watch
+        found = watch.failure(grace) if watch else None
+        if found is not None:
+            raise LaunchError(f"{found.reason} while booting", run_state=found.run_state)
+
     def _wait_for_ready_marker(self, deadline: float) -> None:
+        """The ready marker on the console; between two looks, the guest's health
+        (a run state of internal-error is seen within a second, not at the timeout)."""
         console = self._host.console
         assert console is not None
-        outcome = console.wait_for(self.image.ready_marker, max(0.0, deadline - time.monotonic()))
-        if outcome is ConsoleWait.FOUND:
-            return
-        if outcome is ConsoleWait.PANIC:
-            raise LaunchError("the guest kernel panicked while booting")
-        if outcome is ConsoleWait.CLOSED:
-            self._host.process.wait(5.0)  # type: ignore[union-attr]
-            raise LaunchError("QEMU exited before the guest was ready")
+        while True:
+            remaining = deadline - time.monotonic()
+            outcome = console.wait_for(self.image.ready_marker, max(0.0, min(0.25, remaining)))
+            if outcome is ConsoleWait.FOUND:
+                return
+            if outcome is ConsoleWait.PANIC:
+                raise LaunchError("the guest kernel panicked while booting")
+            if outcome is ConsoleWait.CLOSED:
+                self._host.process.wait(5.0)  # type: ignore[union-attr]
+                raise LaunchError("QEMU exited before the guest was ready")
+            self._raise_if_dead()
+            if remaining <= 0.25:
+                break
         raise LaunchError(f"the guest printed no {self.image.ready_marker!r} on its serial "
                           f"console within {self.boot_timeout:g} s")
 
@@ -337,7 +389,7 @@ class VM(GuestMachine):
         """A restored guest's clock stands where it was saved; set it to now."""
         self.ssh.run_checked(f"date -s @{int(time.time())} >/dev/null")
 
-    def _launch_error(self, message: str) -> LaunchError:
+    def _launch_error(self, message: str, run_state: str | None = None) -> LaunchError:
         """A LaunchError with everything that explains a failed start (read
         before close() removes the run folder)."""
         host = self._host
@@ -353,7 +405,7 @@ class VM(GuestMachine):
         return LaunchError(f"VM {self.name} ({self.config.name}, {self.accelerator or '?'}) "
                            f"did not start: {message}", exit_code=exit_code,
                            command=process.argv if process else (), log_tail=log_tail,
-                           console_tail=console_tail)
+                           console_tail=console_tail, run_state=run_state)
 
     def save(self, path: str | Path | None = None) -> Snapshot:
         """Save the running guest to a file (it runs on); new VMs can start from it.

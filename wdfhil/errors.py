@@ -63,14 +63,18 @@ class LaunchError(WdfhilError):
         command: Sequence[str] = (),
         log_tail: str = "",
         console_tail: str = "",
+        run_state: str | None = None,
     ) -> None:
         self.exit_code = exit_code
+        self.run_state = run_state
         self.command = list(command)
         self.log_tail = log_tail
         self.console_tail = console_tail
         parts = [message]
         if exit_code is not None:
             parts.append(f"QEMU exit code: {exit_code}")
+        if run_state is not None:
+            parts.append(f"run state: {run_state}")
         if self.command:
             parts.append("command: " + " ".join(self.command))
         if log_tail:
