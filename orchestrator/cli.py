@@ -7,12 +7,26 @@ and turns the project's errors into a clear message and exit status.
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import logging
+import os
+import signal
 import sys
 
-from wdfhil.errors import WdfhilError
+
+def _interrupted_while_loading(signum: int, frame: object) -> None:
+    """Ctrl-C before any command runs: nothing to clean up, so no traceback."""
+    sys.stderr.write("wdfhil: interrupted\n")
+    os._exit(130)
+
+
+if os.path.basename(sys.argv[0]) == "wdfhil" or __name__ == "__main__":
+    # installed first: the imports below (and those of the sub-commands) take a while
+    signal.signal(signal.SIGINT, _interrupted_while_loading)
+
+import argparse  # noqa: E402
+import importlib  # noqa: E402
+import logging  # noqa: E402
+
+from wdfhil.errors import WdfhilError  # noqa: E402
 
 # Modules that add sub-commands; each has register(subparsers) -> None.
 COMMAND_MODULES = [
@@ -34,11 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    loading = signal.getsignal(signal.SIGINT) is _interrupted_while_loading
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")
     try:
+        if loading:  # from here on a Ctrl-C unwinds, so VMs stop and clean up
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         return int(args.func(args) or 0)
     except WdfhilError as exc:
         print(f"wdfhil: error: {exc}", file=sys.stderr)

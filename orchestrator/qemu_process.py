@@ -120,8 +120,11 @@ class QemuProcess:
             try:
                 ask_to_quit()
             except Exception as exc:  # the process may be wedged or already gone
+                # no grace to wait out: nobody asked QEMU to quit (a Ctrl-C early
+                # in a boot used to wait 10 s here for nothing)
                 log.debug("QMP quit failed (%s); sending SIGTERM", exc)
-            self.wait(quit_grace)
+            else:
+                self.wait(quit_grace)
         for sig, grace in ((signal.SIGTERM, term_grace), (signal.SIGKILL, 30.0)):
             if not self.alive():
                 break

@@ -23,6 +23,11 @@ from qemu.qmp import ExecuteError, QMPClient
 from wdfhil.errors import WdfhilError
 
 log = logging.getLogger(__name__)
+# qemu.qmp logs each failed connection (an interrupted boot, a QEMU that died)
+# with a traceback at ERROR; QmpError already says what failed. Quiet unless
+# the application set a level for it.
+if logging.getLogger("qemu.qmp").level == logging.NOTSET:
+    logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 60.0
 
@@ -65,7 +70,7 @@ class QmpSession:
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
             return future.result(timeout)
-        except TimeoutError:
+        except BaseException:  # timeout, or Ctrl-C in the caller: the loop drops it too
             future.cancel()
             raise
 

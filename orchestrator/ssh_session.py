@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import math
 import logging
 import secrets
 import select
@@ -147,6 +148,14 @@ def wait_for_ssh_banner(host: str, port: int, timeout: float, *,
             pass
         time.sleep(0.05)
     return None
+
+
+def deadline_after(timeout: float) -> float:
+    """``time.monotonic()`` ``timeout`` seconds from now; ValueError unless finite and > 0
+    (a NaN deadline never passes: every wait on it would be for ever)."""
+    if not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout <= 0:
+        raise ValueError(f"timeout must be a finite number of seconds above 0, not {timeout!r}")
+    return time.monotonic() + timeout
 
 
 class _Output:
@@ -323,7 +332,7 @@ class SshSession:
 
     def run(self, command: str, timeout: float = DEFAULT_COMMAND_TIMEOUT) -> CommandResult:
         """Run ``command`` with ``sh`` on the long-lived channel (stdin is /dev/null)."""
-        deadline = time.monotonic() + timeout
+        deadline = deadline_after(timeout)
         self._serial += 1
         mark = f"__wdfhil_end_{self._token}_{self._serial}__"
         # builtins only, one redirection (the stderr marker's)
@@ -386,7 +395,7 @@ class SshSession:
     # -- one exec channel per command (the slow, simple way) ----------------
     def run_exec(self, command: str, timeout: float = DEFAULT_COMMAND_TIMEOUT) -> CommandResult:
         """Run ``command`` on a new exec channel, as ``ssh host CMD`` does."""
-        deadline = time.monotonic() + timeout
+        deadline = deadline_after(timeout)
 
         def start(channel: paramiko.Channel) -> None:
             channel.exec_command(command)
@@ -464,7 +473,7 @@ class SshSession:
         return self._sftp
 
     def _transfer(self, what: str, timeout: float, move: Callable[[paramiko.SFTPClient], None]) -> None:
-        deadline = time.monotonic() + timeout
+        deadline = deadline_after(timeout)
         sftp = self._sftp_client(deadline, what)
         channel = sftp.get_channel()
         channel.settimeout(max(0.01, deadline - time.monotonic()))

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import socket
 import struct
@@ -153,6 +154,10 @@ class VM(GuestMachine):
         self.extra_qemu_args = tuple(extra_qemu_args)
         self.name = name or f"{config.name}-{os.getpid()}-{next(_names)}"
         self.restore_from = restore_from
+        if not isinstance(boot_timeout, (int, float)) or not math.isfinite(boot_timeout) \
+                or boot_timeout <= 0:
+            raise ConfigError(f"boot_timeout must be a finite number of seconds above 0, "
+                              f"not {boot_timeout!r}", field="boot_timeout")
         self.boot_timeout = boot_timeout
         self.qemu_binary = qemu_binary
         self.accelerator: str | None = None

@@ -3,14 +3,19 @@
 - ``wdfhil vm configs [NAME|FILE ...]`` validates guest configs (all of
   ``ci/guests`` by default) and prints each with its RAM split and pool
   window; an invalid one is reported with file, line and field (exit 2).
-- ``wdfhil vm run [--config NAME] [--accel tcg] -- COMMAND`` boots the guest,
-  runs the command over SSH, prints its output and returns its exit code.
+- ``wdfhil vm run [--config NAME] [--accel tcg] [--timeout S] -- COMMAND``
+  boots the guest, runs the command over SSH, prints its output and returns
+  its exit code; a guest that dies (panic, QEMU gone, fatal run state) or a
+  command past its timeout is an error (exit 2), never a made-up exit code.
+  ``--accel`` wins over ``$WDFHIL_ACCEL``, which wins over the config.
 - ``wdfhil vm sweep`` removes run folders left by killed processes.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 
 from orchestrator.guest_config import (ACCELERATORS, DEFAULT_GUEST, list_guest_configs,
@@ -35,12 +40,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="guest config name or file (default: %(default)s)")
     run.add_argument("--accel", choices=ACCELERATORS, default=None,
                      help="override the config's accelerator")
-    run.add_argument("--boot-timeout", type=float, default=300.0)
+    run.add_argument("--boot-timeout", type=seconds, default=300.0, metavar="SECONDS",
+                     help="boot (or restore) to SSH login (default: %(default)g)")
+    run.add_argument("--timeout", type=seconds, default=120.0, metavar="SECONDS",
+                     help="for the command itself (default: %(default)g)")
     run.add_argument("command", nargs=argparse.REMAINDER, help="the command (after --)")
     run.set_defaults(func=_run)
 
     sweep = commands.add_parser("sweep", help="remove run folders of processes that died")
     sweep.set_defaults(func=_sweep)
+
+
+def seconds(text: str) -> float:
+    """A duration argument: a finite number of seconds above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a finite number of seconds above 0")
+    return value
 
 
 def _configs(args: argparse.Namespace) -> int:
@@ -73,12 +92,15 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     config = load_guest_config(args.config)
     if args.accel:
-        config = config.with_changes(accelerator=args.accel)
+        os.environ["WDFHIL_ACCEL"] = args.accel  # the user's word beats the environment's
     image = build_image(config.image)
     with VM(config, image, boot_timeout=args.boot_timeout) as machine:
-        result = machine.run(" ".join(command))
+        result = machine.run(" ".join(command), timeout=args.timeout)
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
+    if result.truncated:
+        print(f"wdfhil: the command's output was cut: {result.stdout_dropped} bytes of stdout "
+              f"and {result.stderr_dropped} of stderr not kept", file=sys.stderr)
     return result.exit_code
 
 
