@@ -12,6 +12,14 @@ A :class:`Snapshot` owns its file: closing it (or leaving its ``with``
 block, or losing the last reference, or the interpreter exiting) removes
 it. It remembers the guest config, the image digest and the accelerator
 it was taken with, and refuses to restore into anything else.
+
+It also remembers the file's size and CRC-32 (taken right after the save;
+~0.07 s per 100 MiB here) and checks them before each restore, so an empty,
+truncated or altered file is refused at once as
+:class:`~wdfhil.errors.SnapshotCorrupted` instead of failing late in QEMU
+(an empty file waited out the whole boot timeout) or, worse, restoring
+"successfully". The CRC is computed again only when the file's size, inode
+or modification time changed since it was last checked.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import os
 import shlex
 import time
+import zlib
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Sequence
@@ -26,7 +35,7 @@ from typing import TYPE_CHECKING, Sequence
 from orchestrator.cleanup import folder_parent, track
 from orchestrator.guest_config import GuestConfig
 from orchestrator.qmp_session import QmpError, QmpSession
-from wdfhil.errors import ConfigError, LaunchError
+from wdfhil.errors import ConfigError, LaunchError, SnapshotCorrupted
 from wdfhil.private_dirs import create_private_files, make_private_dir, remove_tree
 
 if TYPE_CHECKING:
@@ -35,6 +44,16 @@ if TYPE_CHECKING:
 STATE_FILE = "vm.state"
 MIGRATION_TIMEOUT = 300.0
 _UNLIMITED_BANDWIDTH = 1 << 40  # bytes/s; the default (128 MiB/s) would throttle the save
+MIGRATION_MAGIC = b"QEVM"  # QEMU_VM_FILE_MAGIC, the first bytes of a migration stream
+
+
+def file_crc32(path: Path) -> int:
+    """The CRC-32 of a file, read in 8 MiB pieces."""
+    crc = 0
+    with open(path, "rb") as handle:
+        while piece := handle.read(8 << 20):
+            crc = zlib.crc32(piece, crc)
+    return crc
 
 
 def _remove_snapshot_files(path: Path, folder: Path | None) -> None:
@@ -56,6 +75,9 @@ class Snapshot:
         self.image_digest = image_digest
         self.accelerator = accelerator
         self.extra_qemu_args = tuple(extra_qemu_args)
+        self.size: int | None = None      # of the file as saved (record())
+        self.crc32: int | None = None
+        self._checked_stat: tuple[int, int, int] | None = None
         self._finalizer = track(self, lambda p=self.path, f=folder: _remove_snapshot_files(p, f))
 
     @classmethod
@@ -83,8 +105,41 @@ class Snapshot:
                  traceback: TracebackType | None) -> None:
         self.close()
 
+    def record(self) -> None:
+        """Note the saved file's size and CRC-32 (right after the save)."""
+        info = self.path.stat()
+        self.size, self.crc32 = info.st_size, file_crc32(self.path)
+        self._checked_stat = (info.st_size, info.st_ino, info.st_mtime_ns)
+
+    def verify(self) -> None:
+        """SnapshotCorrupted unless the file is whole and unchanged since the save."""
+        try:
+            info = self.path.stat()
+            with open(self.path, "rb") as handle:
+                head = handle.read(len(MIGRATION_MAGIC))
+        except OSError as exc:
+            raise ConfigError(f"cannot read the snapshot {self.path}: {exc.strerror}") from None
+        where = str(self.path)
+        if info.st_size == 0:
+            raise SnapshotCorrupted("the snapshot file is empty", file=where)
+        if self.size is not None and info.st_size != self.size:
+            raise SnapshotCorrupted(f"the snapshot file is truncated or altered: "
+                                    f"{info.st_size} bytes, {self.size} when saved", file=where)
+        if head != MIGRATION_MAGIC:
+            raise SnapshotCorrupted(f"not a QEMU saved state (starts {head!r}, not "
+                                    f"{MIGRATION_MAGIC!r})", file=where)
+        stat_key = (info.st_size, info.st_ino, info.st_mtime_ns)
+        if self.crc32 is None or stat_key == self._checked_stat:
+            return
+        crc = file_crc32(self.path)
+        if crc != self.crc32:
+            raise SnapshotCorrupted(f"the snapshot file is corrupted: CRC-32 {crc:08x}, "
+                                    f"{self.crc32:08x} when saved", file=where)
+        self._checked_stat = stat_key
+
     def check_compatible(self, config: GuestConfig, image: "GuestImage") -> None:
-        """Refuse to restore into a different machine, image, or a closed snapshot."""
+        """Refuse to restore into a different machine, image, a closed snapshot
+        or a file that is not whole (SnapshotCorrupted)."""
         if self.closed or not self.path.is_file():
             raise ConfigError(f"the snapshot {self.path} is closed or its file is gone")
         if config != self.config:
@@ -95,6 +150,7 @@ class Snapshot:
         if image.digest != self.image_digest:
             raise ConfigError(f"the snapshot was taken with image {self.image_digest[:12]}, not "
                               f"{image.name} {image.digest[:12]}", field="image")
+        self.verify()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else str(self.path)

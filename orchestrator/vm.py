@@ -426,6 +426,7 @@ class VM(GuestMachine):
                             extra_qemu_args=self.extra_qemu_args, folder=folder)
         try:
             save_state(self.qmp, target)
+            snapshot.record()
         except BaseException:
             snapshot.close()
             raise

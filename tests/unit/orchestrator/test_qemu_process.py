@@ -102,3 +102,19 @@ def test_child_dies_when_its_parent_is_killed(tmp_path):
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+
+
+def test_a_failed_quit_request_is_not_waited_out(tmp_path):
+    """A Ctrl-C early in a boot (QMP not up yet) used to wait the whole quit grace
+    for a QEMU nobody had asked to quit; now SIGTERM follows at once."""
+    process, ours = idle_qemu_with_monitor(tmp_path)
+    waits = []
+    real_wait = process.wait
+    process.wait = lambda timeout: (waits.append(timeout), real_wait(timeout))[1]
+
+    def quit_fails():
+        raise ConnectionError("QMP is not connected")
+
+    code = process.stop(quit_fails, quit_grace=300)
+    ours.close()
+    assert 300 not in waits and code in (0, -signal.SIGTERM) and not process.alive()
