@@ -12,7 +12,10 @@ as its process, so there are two ways to drive it:
 Commands are plain text lines (see docs/guest-side.md); :class:`Step`
 builds them so callers never hand-format one, and the ``from_result``
 constructors turn answers into typed records. A failed command raises
-:class:`~wdfhil.errors.GuestError` with the command and the agent's output.
+:class:`~wdfhil.errors.GuestError` with the command and the agent's output;
+a guest that dies meanwhile raises :class:`~wdfhil.errors.GuestDied` (from
+the machine's ``run``), never a complaint about the image. Every call keeps
+its timeout (the machine's ``run`` honours it end to end).
 """
 
 from __future__ import annotations
@@ -214,7 +217,10 @@ def _answer(command: str, result: Any, what: str = "guest agent") -> dict[str, A
     except (ValueError, IndexError):
         answer = None
     if not isinstance(answer, dict):
-        raise GuestError("the guest agent did not answer with JSON (is the image current?)",
+        # only a missing or foreign agent program points at the image; a guest that
+        # died raised GuestDied before we got here, and anything else is the agent's
+        hint = " (is the image current?)" if result.exit_code in (126, 127) else ""
+        raise GuestError(f"the guest agent did not answer with JSON{hint}",
                          command=command, exit_code=result.exit_code, stdout=result.stdout,
                          stderr=result.stderr)
     if not answer.get("ok"):

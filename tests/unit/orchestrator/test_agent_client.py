@@ -16,7 +16,7 @@ import pytest
 from guest_images.guest_programs import AGENT_SOURCES, compile_agent, write_abi_header
 from orchestrator.agent_client import AgentClient, GuestBuffer, Step, Verification, pattern_bytes
 from orchestrator.ssh_session import CommandResult
-from wdfhil.errors import GuestError
+from wdfhil.errors import GuestDied, GuestError
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="pagemap frames need root")
 
@@ -112,3 +112,31 @@ def test_serve_session_keeps_buffers_between_commands(client, tmp_path):
 def test_call_without_a_server_fails_fast(client, tmp_path, agent_path):
     result = LocalShell().run(f"{agent_path} call {tmp_path / 'nobody'} version --timeout 300")
     assert result.exit_code == 1 and "no agent serving" in result.stdout
+
+
+class DeadMachine:
+    """A machine whose guest died: its run raises GuestDied, as VM.run does."""
+
+    def run(self, command: str, timeout: float = 60.0) -> CommandResult:
+        raise GuestDied("VM x died during the command: the guest kernel panicked",
+                        command=command, qemu_exit_code=0, console_tail="Kernel panic")
+
+
+def test_a_dead_guest_is_not_blamed_on_the_image():
+    client = AgentClient(DeadMachine())
+    with pytest.raises(GuestDied) as info:
+        client.version()
+    assert "image current" not in str(info.value) and "panicked" in str(info.value)
+
+
+def test_only_a_missing_agent_points_at_the_image(client, tmp_path):
+    missing = AgentClient(LocalShell(), agent_path=str(tmp_path / "no-agent"))
+    with pytest.raises(GuestError, match="is the image current"):
+        missing.version()
+    crashing = tmp_path / "crashing-agent"
+    crashing.write_text("#!/bin/sh\nkill -SEGV $$\n")
+    crashing.chmod(0o755)
+    crashed = AgentClient(LocalShell(), agent_path=str(crashing))
+    with pytest.raises(GuestError) as info:
+        crashed.version()
+    assert "image current" not in str(info.value)
