@@ -315,8 +315,8 @@ class VM(GuestMachine):
             snapshot.check_compatible(self.config, self.image)
             self.accelerator = snapshot.accelerator
         else:
-            self.accelerator = accelerator or choose_accelerator(self.config.accelerator,
-                                                                 self.qemu_binary)
+            self.accelerator = accelerator or choose_accelerator(
+                self.config.accelerator, self.qemu_binary, kernel=self.image.kernel)
         self.config.check_pool_clear_of_initrd(self.image.initramfs.stat().st_size,
                                                read_initrd_addr_max(self.image.kernel))
         host.run_dir = make_private_dir(f"wdfhil-vm-{os.getpid()}-", folder_parent())

@@ -102,6 +102,8 @@ def test_auto_boots_again_under_tcg_when_kvm_kills_the_real_guest(guest_image, t
     monkeypatch.delenv("WDFHIL_ACCEL", raising=False)
     monkeypatch.setattr(kvm_probe, "_cache", {})
     monkeypatch.setattr(kvm_probe, "_warned", False)
+    monkeypatch.setattr(kvm_probe, "run_probe_kernel",  # stage 2 of a probe that passed
+                        lambda *args, **kw: kvm_probe.KvmProbeResult(True, "set by the test"))
     script = tmp_path / "qemu"
     script.write_text(f"#!/bin/sh\nFAKE_QEMU_FAIL_WHEN=kvm exec {sys.executable} "
                       f"{FAKE_QEMU} \"$@\"\n")
@@ -114,3 +116,10 @@ def test_auto_boots_again_under_tcg_when_kvm_kills_the_real_guest(guest_image, t
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "KVM internal error" in warnings[0]
     assert not kvm_probe.kvm_usable(str(script)).usable
+
+
+def test_the_probe_runs_the_image_kernel_to_its_end(guest_image):
+    """Stage 2 of the KVM probe means something: under TCG the image's kernel
+    runs its whole init (two vCPUs) to the no-root panic and QEMU exits."""
+    result = kvm_probe.run_probe_kernel("tcg", guest_image.kernel, timeout=180)
+    assert result.usable, result.reason

@@ -38,6 +38,8 @@ def fake_qemu(tmp_path, monkeypatch):
     monkeypatch.delenv("WDFHIL_ACCEL", raising=False)
     monkeypatch.setattr(kvm_probe, "_cache", {})
     monkeypatch.setattr(kvm_probe, "_warned", False)
+    monkeypatch.setattr(kvm_probe, "run_probe_kernel",  # stage 2 of a probe that passed
+                        lambda *args, **kw: kvm_probe.KvmProbeResult(True, "set by the test"))
 
     def make(fail_when: str = "always") -> str:
         script = tmp_path / f"qemu-{fail_when}"

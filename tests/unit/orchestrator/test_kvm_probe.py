@@ -78,3 +78,45 @@ def test_answer_is_kept_on_disk_for_the_rest_of_the_boot(monkeypatch, tmp_path):
     assert kvm_probe.kvm_usable("qemu-system-x86_64").reason == "probed once"
     assert calls == ["qemu-system-x86_64"]
     assert "probed once" in (tmp_path / "kvm-probe.json").read_text()
+
+
+def test_probe_guest_fails_without_cmpxchg16b(tmp_path, monkeypatch):
+    """Without CX16 the boot sector never reaches its end (the verdict means something)."""
+    real_run = subprocess.run
+
+    def run_without_cx16(argv, **options):
+        return real_run([*argv, "-cpu", "qemu64,-cx16"], **options)
+
+    monkeypatch.setattr(kvm_probe.subprocess, "run", run_without_cx16)
+    result = run_probe_guest("tcg", timeout=3)
+    assert not result.usable and "did not finish" in result.reason
+
+
+def test_the_kernel_stage_is_asked_only_after_the_boot_sector_passed(monkeypatch, tmp_path):
+    monkeypatch.setenv("WDFHIL_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(kvm_probe, "_cache", {})
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"kernel")
+    calls = []
+    monkeypatch.setattr(kvm_probe, "probe_kvm",
+                        lambda binary: calls.append("sector") or KvmProbeResult(True, "ok"))
+    monkeypatch.setattr(kvm_probe, "run_probe_kernel",
+                        lambda accel, k, binary: calls.append(("kernel", accel))
+                        or KvmProbeResult(False, "the image's kernel did not run"))
+    verdict = kvm_probe.kvm_usable("qemu-system-x86_64", kernel)
+    assert not verdict.usable and calls == ["sector", ("kernel", "kvm")]
+    monkeypatch.setattr(kvm_probe, "_cache", {})  # another process, same boot: from disk
+    assert not kvm_probe.kvm_usable("qemu-system-x86_64", kernel).usable
+    assert len(calls) == 2
+    assert choose_accelerator("auto", "qemu-system-x86_64", kernel) == "tcg"
+
+
+def test_a_real_guest_failing_under_kvm_overrides_a_passing_probe(monkeypatch, tmp_path):
+    monkeypatch.setenv("WDFHIL_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(kvm_probe, "_cache", {})
+    monkeypatch.setattr(kvm_probe, "probe_kvm", lambda binary: KvmProbeResult(True, "ok"))
+    assert kvm_probe.kvm_usable("qemu-system-x86_64").usable
+    kvm_probe.mark_kvm_unusable("qemu-system-x86_64", "KVM internal error. Suberror: 1")
+    monkeypatch.setattr(kvm_probe, "_cache", {})  # a new process reads the disk
+    verdict = kvm_probe.kvm_usable("qemu-system-x86_64", tmp_path / "any-kernel")
+    assert not verdict.usable and "Suberror" in verdict.reason
