@@ -35,7 +35,7 @@ import struct
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from orchestrator.cleanup import (folder_parent, install_sigterm_handler, signals_deferred,
                                   sweep_stale_folders, track)
@@ -148,7 +148,8 @@ class VM(GuestMachine):
     def __init__(self, config: GuestConfig, image: "GuestImage", *,
                  extra_qemu_args: Sequence[str] = (), name: str | None = None,
                  restore_from: Snapshot | None = None, boot_timeout: float = 120.0,
-                 qemu_binary: str = DEFAULT_QEMU) -> None:
+                 qemu_binary: str = DEFAULT_QEMU,
+                 progress: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.image = image
         self.extra_qemu_args = tuple(extra_qemu_args)
@@ -160,6 +161,7 @@ class VM(GuestMachine):
                               f"not {boot_timeout!r}", field="boot_timeout")
         self.boot_timeout = boot_timeout
         self.qemu_binary = qemu_binary
+        self.progress = progress  # told each step of a start (a StatusLine on a terminal)
         self.accelerator: str | None = None
         self.ssh_port: int | None = None
         self.start_seconds: float | None = None  # launch to first SSH login
@@ -308,6 +310,10 @@ class VM(GuestMachine):
         self._finalizer = track(self, self._host.release_last_resort)
         self._launch(time.monotonic() + self.boot_timeout, accelerator="tcg")
 
+    def _say(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress(f"VM {self.name}: {message}")
+
     def _launch(self, deadline: float, accelerator: str | None = None) -> None:
         host = self._host
         snapshot = self.restore_from
@@ -315,8 +321,11 @@ class VM(GuestMachine):
             snapshot.check_compatible(self.config, self.image)
             self.accelerator = snapshot.accelerator
         else:
+            if accelerator is None and requested_accelerator(self.config.accelerator) != "tcg":
+                self._say("choosing the accelerator (the KVM probe runs once per host boot)")
             self.accelerator = accelerator or choose_accelerator(
                 self.config.accelerator, self.qemu_binary, kernel=self.image.kernel)
+        self._say(f"starting QEMU ({self.accelerator})")
         self.config.check_pool_clear_of_initrd(self.image.initramfs.stat().st_size,
                                                read_initrd_addr_max(self.image.kernel))
         host.run_dir = make_private_dir(f"wdfhil-vm-{os.getpid()}-", folder_parent())
@@ -344,9 +353,11 @@ class VM(GuestMachine):
         watch.qmp = host.qmp
         self.ssh_port = parse_hostfwd_port(host.qmp.hmp("info usernet"))
         if snapshot is not None:
+            self._say("restoring the saved guest")
             load_state(host.qmp, snapshot.path, timeout=max(1.0, deadline - time.monotonic()))
         else:
             self._wait_for_ready_marker(deadline)
+        self._say("waiting for the guest's SSH server")
         banner = wait_for_ssh_banner(SSH_HOST, self.ssh_port, deadline - time.monotonic(),
                                      alive=lambda: watch.failure() is None)
         if banner is None:
@@ -374,7 +385,9 @@ class VM(GuestMachine):
         (a run state of internal-error is seen within a second, not at the timeout)."""
         console = self._host.console
         assert console is not None
+        began = time.monotonic()
         while True:
+            self._say(f"booting ({self.accelerator}), {time.monotonic() - began:.0f} s")
             remaining = deadline - time.monotonic()
             outcome = console.wait_for(self.image.ready_marker, max(0.0, min(0.25, remaining)))
             if outcome is ConsoleWait.FOUND:

@@ -83,6 +83,7 @@ def _configs(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from guest_images import build_image
+    from guest_images.progress import StatusLine
     from orchestrator.vm import VM
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -93,9 +94,18 @@ def _run(args: argparse.Namespace) -> int:
     config = load_guest_config(args.config)
     if args.accel:
         os.environ["WDFHIL_ACCEL"] = args.accel  # the user's word beats the environment's
-    image = build_image(config.image)
-    with VM(config, image, boot_timeout=args.boot_timeout) as machine:
-        result = machine.run(" ".join(command), timeout=args.timeout)
+    # Progress as one live line on stderr (stdout is the command's), only on a
+    # terminal: a CI log gets neither the lines nor an escape code.
+    status = StatusLine(sys.stderr)
+    say = status if status.live else (lambda message: None)
+    try:
+        image = build_image(config.image, progress=say)
+        with VM(config, image, boot_timeout=args.boot_timeout, progress=say) as machine:
+            say("running the command")
+            status.clear()
+            result = machine.run(" ".join(command), timeout=args.timeout)
+    finally:
+        status.clear()
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
     if result.truncated:

@@ -107,3 +107,11 @@ def test_sigkill_leaves_no_qemu_and_the_next_vm_sweeps_the_folder(fake_image, vm
     assert left and all(folder.exists() for folder in left)  # no Python ran to remove them
     removed = sweep_stale_folders()
     assert left <= set(removed) and not owned_folders(child.pid)
+
+
+def test_a_start_tells_its_progress(config, fake_image):
+    steps = []
+    with pytest.raises(LaunchError):
+        VM(config, fake_image("Kernel panic - not syncing: test\n"), progress=steps.append).start()
+    assert any("starting QEMU (tcg)" in step for step in steps)
+    assert any("booting (tcg)" in step for step in steps)
