@@ -214,7 +214,7 @@ class ImageBuild:
 
         self.say(f"writing the initramfs ({len(self.tree.entries())} entries, "
                  f"{self.tree.data_size / 2**20:.1f} MiB)")
-        write_initramfs(self.tree.entries(), self.output / INITRAMFS_FILE)
+        write_initramfs(self.tree.entries(), self.output / INITRAMFS_FILE, compress=False)
         self.publish(vmlinuz, host_key, boot_modules)
 
     def publish(self, vmlinuz: Path, host_key: str, boot_modules: list[KernelModule]) -> None:

@@ -203,8 +203,8 @@ def _recipe_copy(tmp_path: Path, old: str, new: str) -> Path:
 
 
 @pytest.mark.parametrize("old, new, field, value", [
-    ("modules: [virtio_pci, virtio_rng, virtio_net]",
-     "modules: [virtio_pci, virtio_rng, no_such_module]", "kernel.modules[2]",
+    ("modules: [virtio_pci, virtio_net]",
+     "modules: [virtio_pci, no_such_module]", "kernel.modules[1]",
      "no_such_module"),
     ("  - /usr/lib/sftp-server\n", "  - /usr/lib/sftp-server\n  - /usr/sbin/absent\n",
      "files[2]", "/usr/sbin/absent"),

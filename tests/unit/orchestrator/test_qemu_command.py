@@ -35,7 +35,9 @@ def test_pc_guest_has_shared_file_ram_console_qmp_and_forwarded_ssh(fake_image):
     assert value_after(argv, "-mon") == ["chardev=wdfhil-qmp,mode=control"]
     # the guest reaches nothing but what is forwarded to it (SSH, on a loopback port)
     assert value_after(argv, "-netdev") == ["user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:0-:22"]
-    assert value_after(argv, "-accel") == ["tcg"] and "-cpu" not in argv
+    assert value_after(argv, "-accel") == ["tcg"]
+    assert value_after(argv, "-cpu") == ["qemu64,+rdrand"]  # seeds the guest's RNG at boot
+    assert not any("virtio-rng" in arg for arg in argv)
     assert "-nodefaults" in argv and "-incoming" not in argv
     assert not any(HOTPLUG_ROOT_PORT in arg for arg in argv)  # pc has no PCIe
 
