@@ -42,6 +42,7 @@ HOTPLUG_ROOT_PORT = "wdfhil-rp0"
 # device) unless the firmware reserved it at boot.
 HOTPLUG_PREF64_RESERVE = f"{2 * BAR2_SIZE >> 20}M"
 GUEST_SSH_PORT = 22
+TCG_CPU = "qemu64,+rdrand"
 
 
 def kernel_command_line(config: GuestConfig, image: "GuestImage") -> str:
@@ -78,7 +79,7 @@ def build_qemu_argv(config: GuestConfig, image: "GuestImage", *, accelerator: st
         # RDRAND (emulated by TCG) seeds the guest kernel's RNG as it boots, which
         # dropbear waits for: no virtio-rng device, whose PCI interrupt routing
         # alone cost ~0.2 s of ACPI under TCG (docs/orchestrator.md, boot time).
-        argv += ["-cpu", "qemu64,+rdrand"]
+        argv += ["-cpu", TCG_CPU]
     argv += [
         "-m", str(config.memory // (1 << 20)) + "M",
         "-smp", str(config.cpus),
