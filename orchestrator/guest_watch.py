@@ -69,9 +69,12 @@ class GuestWatch:
         if self._failure is not None:
             return self._failure
         code = self.process.poll()
+        if code is not None and self.console is not None:
+            self.console.wait_closed(2.0)  # read what QEMU wrote before it went (a panic)
         panicked = self.console is not None and self.console.panicked
         if panicked:
-            code = self.process.wait(1.0)  # -no-reboot: QEMU is about to exit
+            if code is None:
+                code = self.process.wait(5.0)  # -no-reboot: QEMU is about to exit
             self._failure = GuestFailure("the guest kernel panicked", self.last_run_state, code)
         elif code is not None:
             self._failure = GuestFailure(f"QEMU exited (status {code})", self.last_run_state, code)

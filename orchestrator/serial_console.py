@@ -114,6 +114,17 @@ class SerialConsole:
         with self._changed:
             return self._panic_at is not None
 
+    def wait_closed(self, timeout: float) -> bool:
+        """Wait until QEMU's end of the console is closed and all of it read."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not self._closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+            return True
+
     def wait_for(self, marker: str, timeout: float, *, start: int = 0) -> ConsoleWait:
         """Wait until ``marker`` appears after position ``start``.
 
