@@ -265,8 +265,8 @@ class VM(GuestMachine):
         try:
             try:
                 self._launch(began + self.boot_timeout)
-            except LaunchError as exc:
-                reason = self._kvm_failure(exc)
+            except WdfhilError as exc:  # a LaunchError, or SSH failing as KVM kills the guest
+                reason = None if isinstance(exc, ConfigError) else self._kvm_failure(exc)
                 if reason is None:
                     raise
                 self._retry_under_tcg(reason)
@@ -286,18 +286,22 @@ class VM(GuestMachine):
         log.info("VM %s up in %.2f s (%s, ssh port %d)", self.name, self.start_seconds,
                  self.accelerator, self.ssh_port)
 
-    def _kvm_failure(self, error: LaunchError) -> str | None:
+    def _kvm_failure(self, error: WdfhilError) -> str | None:
         """What KVM did wrong, if ``error`` is KVM failing a real guest under
         ``accelerator: auto`` (then the boot is retried under TCG); else None."""
         if self.accelerator != "kvm" or self.restore_from is not None \
                 or requested_accelerator(self.config.accelerator) != "auto":
             return None
+        run_state = getattr(error, "run_state", None)
+        if run_state is None and self._host.watch is not None:
+            found = self._host.watch.failure()
+            run_state = found.run_state if found else self._host.watch.last_run_state
         process = self._host.process
         log_text = process.log_tail() if process else ""
         kvm_lines = [line.strip() for line in log_text.splitlines() if "KVM" in line]
-        if error.run_state != "internal-error" and not kvm_lines:
+        if run_state != "internal-error" and not kvm_lines:
             return None
-        what = kvm_lines[0] if kvm_lines else f"run state {error.run_state}"
+        what = kvm_lines[0] if kvm_lines else f"run state {run_state}"
         return f"a real guest failed under KVM ({what})"
 
     def _retry_under_tcg(self, reason: str) -> None:
