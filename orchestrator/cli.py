@@ -41,10 +41,23 @@ def build_parser() -> argparse.ArgumentParser:
         prog="wdfhil",
         description="Run WDF-style memory and DMA code against a real QEMU guest.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    parser.add_argument("--guests-dir", action="append", default=[], metavar="DIR",
+                        help="a folder of your own guest configs, searched before the built-in "
+                             "ones (repeatable; also WDFHIL_GUESTS_PATH)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
     return parser
+
+
+def add_guest_config_dirs(dirs: list[str]) -> None:
+    """``--guests-dir``: put the folders ahead of WDFHIL_GUESTS_PATH, which every
+    config lookup (and any child process, e.g. a pytest run of scenarios) reads."""
+    from orchestrator.guest_config import GUESTS_PATH_ENV, guest_config_dirs
+
+    guest_config_dirs(dirs)  # a folder that does not exist is a ConfigError now, not later
+    current = os.environ.get(GUESTS_PATH_ENV, "")
+    os.environ[GUESTS_PATH_ENV] = os.pathsep.join([*dirs, *([current] if current else [])])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if loading:  # from here on a Ctrl-C unwinds, so VMs stop and clean up
             signal.signal(signal.SIGINT, signal.default_int_handler)
+        if args.guests_dir:
+            add_guest_config_dirs(args.guests_dir)
         return int(args.func(args) or 0)
     except WdfhilError as exc:
         print(f"wdfhil: error: {exc}", file=sys.stderr)

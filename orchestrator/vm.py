@@ -320,6 +320,7 @@ class VM(GuestMachine):
 
     def _launch(self, deadline: float, accelerator: str | None = None) -> None:
         host = self._host
+        self.image.verify()   # a truncated kernel is named here, not as "QEMU exited early"
         snapshot = self.restore_from
         if snapshot is not None:
             snapshot.check_compatible(self.config, self.image)

@@ -1,7 +1,7 @@
 """``wdfhil vm``: check guest configs, boot a guest and run commands in it.
 
 - ``wdfhil vm configs [NAME|FILE ...]`` validates guest configs (all of
-  ``ci/guests`` by default) and prints each with its RAM split and pool
+  the built-in ones and yours by default) and prints each with its RAM split and pool
   window; an invalid one is reported with file, line and field (exit 2).
 - ``wdfhil vm run [--config NAME] [--accel tcg] [--timeout S] -- COMMAND``
   boots the guest, runs the command over SSH, prints its output and returns
@@ -27,12 +27,12 @@ from wdfhil.units import format_size
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "vm", help="check guest configs; boot a guest and run a command in it",
-        description="Guest configs live in ci/guests/NAME.yaml; see docs/orchestrator.md.")
+        description="Guest configs: the built-in ones (orchestrator/guests/) and your folders (wdfhil --guests-dir DIR, or WDFHIL_GUESTS_PATH); see docs/orchestrator.md.")
     commands = parser.add_subparsers(dest="vm_command", metavar="ACTION", required=True)
 
     configs = commands.add_parser("configs", help="validate and list guest configs")
     configs.add_argument("configs", nargs="*", metavar="NAME|FILE",
-                         help="configs to check (default: all of ci/guests)")
+                         help="configs to check (default: every one found)")
     configs.set_defaults(func=_configs)
 
     run = commands.add_parser("run", help="boot a guest, run a shell command, print its output")

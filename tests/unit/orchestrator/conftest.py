@@ -45,11 +45,13 @@ def fake_image(tmp_path):
                            else multiboot_kernel(console_text.encode()))
         initramfs = folder / "initramfs"
         initramfs.write_bytes(b"\0" * 4096)
+        (folder / "client_key").write_bytes(b"")
         return GuestImage(
             name="fake", digest="f" * 64, kernel=kernel, initramfs=initramfs,
             kernel_cmdline=("console=ttyS0",), client_key=folder / "client_key",
             host_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEFqt/5hEqu2XMBU7r17fP+qtqqFB0pkf/ODS+vDks6n",
             ssh_user="root", ready_marker="WDFHIL-READY", kernel_version="none",
-            agent_path="/usr/bin/wdfhil-agent", module_path="/lib/modules/wdfhil/wdfhil_pci.ko")
+            agent_path="/usr/bin/wdfhil-agent",
+            module_path="/lib/modules/wdfhil/wdfhil_pci.ko").with_file_records()
     return make
 

@@ -79,3 +79,14 @@ sys.exit(main(["vm", "configs"]))
                                timeout=120)
         assert b"Traceback" not in child.stderr, (module, child.stderr.decode())
         assert child.returncode == 130 and b"interrupted" in child.stderr, module
+
+
+def test_guests_dir_adds_the_users_configs(tmp_path, capsys, monkeypatch):
+    from orchestrator.guest_config import BUILTIN_GUESTS_DIR, GUESTS_PATH_ENV
+    monkeypatch.delenv(GUESTS_PATH_ENV, raising=False)
+    (tmp_path / "lab-box.yaml").write_text((BUILTIN_GUESTS_DIR / "pc-256m.yaml").read_text())
+    assert main(["--guests-dir", str(tmp_path), "vm", "configs"]) == 0
+    out = capsys.readouterr().out
+    assert "lab-box" in out and "pc-256m" in out
+    assert main(["--guests-dir", str(tmp_path / "missing"), "vm", "configs"]) == 2
+    assert "--guests-dir names" in capsys.readouterr().err

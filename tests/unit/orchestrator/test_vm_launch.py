@@ -59,6 +59,7 @@ def test_missing_qemu_binary(config, fake_image):
 def test_pool_over_the_initramfs_is_a_config_error_before_qemu(config, fake_image):
     image = fake_image("")
     os.truncate(image.initramfs, 220 << 20)  # sparse: QEMU would load it over the pool
+    image = image.with_file_records()        # as built that way (not a damaged image)
     with pytest.raises(ConfigError) as info:
         VM(config, image).start()
     assert info.value.field == "pool.base" and info.value.file.endswith("pc-256m.yaml")
@@ -115,3 +116,12 @@ def test_a_start_tells_its_progress(config, fake_image):
         VM(config, fake_image("Kernel panic - not syncing: test\n"), progress=steps.append).start()
     assert any("starting QEMU (tcg)" in step for step in steps)
     assert any("booting (tcg)" in step for step in steps)
+
+
+def test_a_damaged_image_is_named_before_qemu_starts(config, fake_image):
+    """A truncated cached kernel: the start names the file instead of waiting for a
+    QEMU that exits early with no clue."""
+    image = fake_image("")
+    os.truncate(image.kernel, 100)
+    with pytest.raises(LaunchError, match=r"vmlinuz .*100 bytes, built with"):
+        VM(config, image).start()
