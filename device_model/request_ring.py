@@ -267,6 +267,15 @@ class RequestEndpoint:
         with self.core.lock:
             return set(self._files)
 
+    def set_io_type(self, io_type: IoType) -> None:
+        """How READ/WRITE buffers travel from the next request on (the driver's
+        WdfDeviceInitSetIoType); the guest module reads it per request."""
+        with self.core.lock:
+            self.io_type = IoType(io_type)
+            self._write_header()
+            if self._validator is not None:
+                self._validator.io_type = self.io_type
+
     def wait_for(self, predicate: Callable[[], object], timeout: float = 60.0,
                  what: str = "condition") -> None:
         """Block until ``predicate()`` (evaluated under the device lock after each

@@ -175,13 +175,15 @@ class Step:
     def io_call(major: str, code: int, *, input: str | None = None, output: str | None = None,
                 in_start: int | None = None, in_length: int | None = None,
                 out_start: int | None = None, out_length: int | None = None,
-                offset: int | None = None, errno: bool | None = None) -> str:
+                offset: int | None = None, errno: bool | None = None,
+                alarm_ms: int | None = None) -> str:
         """WH_IOC_CALL: ``major`` read|write|ioctl|internal with IOCTL ``code``, agent
-        buffers as input/output; answers the exact NTSTATUS (and the errno with errno=1)."""
+        buffers as input/output; answers the exact NTSTATUS (and the errno with errno=1).
+        ``alarm_ms``: a handled SIGALRM that long into the call (cancellation)."""
         return (f"io-call {major} {int(code):#x}"
                 + _options(**{"in": input and _name(input), "out": output and _name(output)},
                            in_start=in_start, in_length=in_length, out_start=out_start,
-                           out_length=out_length, offset=offset, errno=errno))
+                           out_length=out_length, offset=offset, errno=errno, alarm=alarm_ms))
 
     @staticmethod
     def io_status(status: int, code: int) -> str:

@@ -228,3 +228,34 @@ def test_nonblocking_open_and_poll(io):
                            Step.alloc("b", 10), Step.fill("b", 1), Step.io_write("b"))
     assert results[0]["nonblock"] and results[1]["pollout"] and results[1]["pollin"]
     assert IoResult.from_result(results[4]).result == 10
+
+
+def test_a_signal_sends_a_cancel_and_the_call_still_waits_for_the_completion(io):
+    handler = io.recorder.handler
+    handler.hold = {IoMajor.DEVICE_CONTROL}   # completed only when the cancel arrives
+    results = io.agent.run(
+        Step.alloc("in", 100), Step.alloc("out", 8000, offset=100),
+        Step.io_call("ioctl", IOCTL_ECHO[TransferMethod.OUT_DIRECT], input="in", output="out",
+                     alarm_ms=300))
+    call = IoResult.from_result(results[2])
+    assert (call.result, call.status, call.information) == (0, CANCELLED, 0)
+    (request,) = io.recorder.of(IoMajor.DEVICE_CONTROL)
+    assert request.cancel_requested and handler.cancelled == [request.request_id]
+    assert guest_counter(io, "io_cancels") >= 1
+
+
+def test_buffered_read_write_through_a_system_buffer(io):
+    from device_model.abi import IoType
+    io.endpoint.set_io_type(IoType.BUFFERED)
+    try:
+        results = io.agent.run(
+            Step.alloc("src", 100_000, offset=3), Step.fill("src", 2),
+            Step.io_write("src", offset=5), Step.alloc("dst", 100_000, offset=4094),
+            Step.io_read("dst", offset=5), Step.verify("dst", 2))
+    finally:
+        io.endpoint.set_io_type(IoType.DIRECT)
+    assert IoResult.from_result(results[2]).result == 100_000
+    assert IoResult.from_result(results[4]).result == 100_000
+    assert Verification.from_result(results[5]).match
+    (w,) = io.recorder.of(IoMajor.WRITE)
+    assert w.system_length == 100_000 and w.pfns == ()

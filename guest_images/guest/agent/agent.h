@@ -128,7 +128,7 @@ const char *io_device_path(void);
 int io_rw(int write_, struct buffer *b, uint64_t start, uint64_t len, uint64_t offset,
 	  struct json *j);
 int io_call(uint32_t major, uint32_t code, void *in, uint32_t in_len, void *out,
-	    uint32_t out_len, uint64_t offset, int want_errno, struct json *j);
+	    uint32_t out_len, uint64_t offset, int want_errno, uint64_t alarm_ms, struct json *j);
 int io_status(uint32_t status, uint32_t code, struct json *j);
 int io_poll(int timeout_ms, struct json *j);
 int io_stress(unsigned threads, uint64_t count, uint64_t size, uint64_t page_offset, int mode,

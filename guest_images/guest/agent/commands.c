@@ -703,14 +703,15 @@ static int parse_major(const char *text, uint32_t *major)
 }
 
 /* io-call MAJOR CODE [in=NAME] [out=NAME] [in_start=] [in_length=] [out_start=]
- * [out_length=] [offset=] [errno=1]: WH_IOC_CALL, the exact NTSTATUS back. */
+ * [out_length=] [offset=] [errno=1] [alarm=MS]: WH_IOC_CALL, the exact NTSTATUS back;
+ * alarm: a SIGALRM (handled, not restarting) MS into the call, to test cancellation. */
 static int cmd_io_call(const struct args *a, struct json *j)
 {
 	static const char *const allowed[] = { "in", "out", "in_start", "in_length", "out_start",
-					       "out_length", "offset", "errno", NULL };
+					       "out_length", "offset", "errno", "alarm", NULL };
 	const char *in_name = opt(a, "in"), *out_name = opt(a, "out");
 	struct buffer *in = NULL, *out = NULL;
-	uint64_t code, in_start, in_len, out_start, out_len, offset, want_errno;
+	uint64_t code, in_start, in_len, out_start, out_len, offset, want_errno, alarm_ms;
 	uint32_t major = 0;
 
 	if (known_options(a, allowed) || parse_major(a->pos[0], &major) ||
@@ -722,7 +723,8 @@ static int cmd_io_call(const struct args *a, struct json *j)
 	    opt_num(a, "in_length", in ? in->size - (in_start < in->size ? in_start : in->size) : 0, &in_len) ||
 	    opt_num(a, "out_start", 0, &out_start) ||
 	    opt_num(a, "out_length", out ? out->size - (out_start < out->size ? out_start : out->size) : 0, &out_len) ||
-	    opt_num(a, "offset", 0, &offset) || opt_num(a, "errno", 0, &want_errno))
+	    opt_num(a, "offset", 0, &offset) || opt_num(a, "errno", 0, &want_errno) ||
+	    opt_num(a, "alarm", 0, &alarm_ms))
 		return -1;
 	if ((in && (in_start > in->size || in_len > in->size - in_start)) ||
 	    (out && (out_start > out->size || out_len > out->size - out_start)))
@@ -733,7 +735,7 @@ static int cmd_io_call(const struct args *a, struct json *j)
 	json_kuint(j, "code", code);
 	return io_call(major, (uint32_t)code, in ? in->data + in_start : NULL, (uint32_t)in_len,
 		       out ? out->data + out_start : NULL, (uint32_t)out_len, offset,
-		       want_errno != 0, j);
+		       want_errno != 0, alarm_ms, j);
 }
 
 static int cmd_io_status(const struct args *a, struct json *j)
@@ -817,7 +819,7 @@ static const struct command commands[] = {
 	{ "io-close", 0, 0, "io-close", cmd_io_close },
 	{ "io-read", 1, 1, "io-read NAME [offset=FILE_OFFSET] [start=N] [length=N]", cmd_io_read },
 	{ "io-write", 1, 1, "io-write NAME [offset=FILE_OFFSET] [start=N] [length=N]", cmd_io_write },
-	{ "io-call", 2, 2, "io-call read|write|ioctl|internal CODE [in=NAME] [out=NAME] [in_start=N] [in_length=N] [out_start=N] [out_length=N] [offset=N] [errno=1]", cmd_io_call },
+	{ "io-call", 2, 2, "io-call read|write|ioctl|internal CODE [in=NAME] [out=NAME] [in_start=N] [in_length=N] [out_start=N] [out_length=N] [offset=N] [errno=1] [alarm=MS]", cmd_io_call },
 	{ "io-status", 2, 2, "io-status NTSTATUS IOCTL_CODE", cmd_io_status },
 	{ "io-poll", 0, 0, "io-poll [timeout=MS]", cmd_io_poll },
 	{ "io-stress", 3, 3, "io-stress THREADS COUNT SIZE [page_offset=N] [mode=rw|ioctl] [code=IOCTL] [offset=FILE_BASE]", cmd_io_stress },

@@ -15,7 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <signal.h>
 #include <sys/mman.h>
+#include <sys/time.h>
 #include <unistd.h>
 #include "agent.h"
 
@@ -89,8 +91,28 @@ int io_rw(int write_, struct buffer *b, uint64_t start, uint64_t len, uint64_t o
 	return 0;
 }
 
+static void on_alarm(int sig)
+{
+	(void)sig;	/* only there to interrupt a call */
+}
+
+/* A signal (SIGALRM with a handler, no SA_RESTART) alarm_ms into the next call. */
+static void arm_alarm(uint64_t alarm_ms)
+{
+	struct sigaction sa;
+	struct itimerval t;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_alarm;
+	sigaction(SIGALRM, &sa, NULL);
+	memset(&t, 0, sizeof(t));
+	t.it_value.tv_sec = (time_t)(alarm_ms / 1000);
+	t.it_value.tv_usec = (suseconds_t)(alarm_ms % 1000) * 1000;
+	setitimer(ITIMER_REAL, &t, NULL);
+}
+
 int io_call(uint32_t major, uint32_t code, void *in, uint32_t in_len, void *out,
-	    uint32_t out_len, uint64_t offset, int want_errno, struct json *j)
+	    uint32_t out_len, uint64_t offset, int want_errno, uint64_t alarm_ms, struct json *j)
 {
 	struct wh_io_call call = {
 		.major = major, .ioctl_code = code,
@@ -102,8 +124,11 @@ int io_call(uint32_t major, uint32_t code, void *in, uint32_t in_len, void *out,
 
 	if (need_io())
 		return -1;
+	if (alarm_ms)
+		arm_alarm(alarm_ms);
 	rc = ioctl(io_fd, WH_IOC_CALL, &call);
 	report_call(j, rc, rc < 0 ? errno : 0);
+	json_kbool(j, "alarm_fired", alarm_ms != 0);
 	json_kuint(j, "status", call.status);
 	json_kuint(j, "information", call.information);
 	return 0;
