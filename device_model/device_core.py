@@ -183,8 +183,9 @@ class DeviceCore:
         self._timers = _Timers()
         self._peer_event = threading.Condition(self._lock)
         self.trace: DmaTrace | None = None
-        # Endpoints beside the personality (the request ring): duck-typed
-        # ``features``, ``doorbell(vector)``, ``reset()``, ``guest_ram_changed(attached)``.
+        # Endpoints beside the personality (the guest I/O request ring): duck-typed
+        # ``features``, ``doorbell(vector)``, ``reset()``, ``guest_ram_changed(attached)``,
+        # ``close()``.
         self._extensions: list = []
         # Everything acquired is released by close(), last acquired first.
         self._resources = contextlib.ExitStack()
@@ -262,6 +263,8 @@ class DeviceCore:
                 log.error("device thread did not stop within 30 s")
             self._thread = None
         with self._lock:
+            for extension in self._extensions:
+                extension.close()     # before BAR2 and guest RAM go
             self._release_ram()
             self._outbox.clear()
             self._timers.clear()

@@ -244,6 +244,7 @@ class RequestEndpoint:
         self._generation = 0
         self._failed = False    # rq_tail ran away: ignore the ring until reset
         self._serving = False
+        self._closed = False
         self._ram: RamWindows | None = None
         self._validator: RequestValidator | None = None
         self._changed = threading.Condition(core.lock)
@@ -287,7 +288,7 @@ class RequestEndpoint:
 
     # ---- hooks the core calls (device thread, under the lock) -------------------------------
     def doorbell(self, vector: int) -> None:
-        if vector == VECTOR_REQUEST:
+        if vector == VECTOR_REQUEST and not self._closed:
             self._serve()
 
     def reset(self) -> None:
@@ -300,6 +301,15 @@ class RequestEndpoint:
         self._failed = False
         self._generation += 1
         self._write_header()
+        self._changed.notify_all()
+
+    def close(self) -> None:
+        """The device is closing (BAR2 and guest RAM go next): requests in flight are
+        abandoned; completing one later posts nothing."""
+        self._abandon_all()
+        self._release_ram()
+        self._closed = True
+        self._generation += 1
         self._changed.notify_all()
 
     def guest_ram_changed(self, attached: bool) -> None:
@@ -321,9 +331,10 @@ class RequestEndpoint:
                 raise RequestStateError(f"request {request.request_id:#x} completed twice")
             request.completed = True
             request.status, request.information = status, information
-            if request.abandoned or request.generation != self._generation:
+            if request.abandoned or request.generation != self._generation or self._closed:
                 self._changed.notify_all()
-                return      # its guest is gone: nobody to tell
+                return      # its guest (or the device) is gone: nobody to tell
+            self._trace("io_completion", request, status=status, information=information)
             del self._in_flight[request.request_id]
             if request.major == IoMajor.CREATE and status >= 0x80000000:
                 self._files.discard(request.file_id)
@@ -413,7 +424,23 @@ class RequestEndpoint:
         elif plan.major == IoMajor.CLOSE:
             self._files.discard(plan.file_id)
         self.stats.accepted += 1
+        self._trace("io_request", request)
         self.on_request(request)
+
+    def _trace(self, kind: str, request: GuestIoRequest, **detail: object) -> None:
+        trace = self.core.trace
+        if trace is None:
+            return
+        plan = request.plan
+        record: dict[str, object] = {"type": kind, "request_id": plan.request_id,
+                                     "file_id": plan.file_id, "major": plan.major.name}
+        if kind == "io_request":
+            record.update(ioctl_code=plan.ioctl_code, input_length=plan.input_length,
+                          output_length=plan.output_length, file_offset=plan.file_offset,
+                          system=[plan.system_gpa, plan.system_length],
+                          pages=[plan.page_offset, plan.page_length, len(plan.pfns)])
+        record.update(detail)
+        trace.write(record)
 
     def _check_state(self, plan: RequestPlan) -> Refusal | None:
         rid = plan.request_id

@@ -327,3 +327,52 @@ def test_runaway_rq_tail_fails_the_ring_until_reset(tmp_path, memory):
 
 def test_inline_capacity_constant():
     assert IO_INLINE_PFNS == 16
+
+
+def test_closing_the_device_abandons_requests_in_flight(tmp_path, memory):
+    handler = EchoIoHandler(store_size=1 << 16, hold={IoMajor.READ})
+    with io_device(tmp_path, memory, handler=handler) as (device, endpoint, _h, driver):
+        create(driver)
+        driver.post_raw(page_entry(memory, 40, FILE, IoMajor.READ, 0x3000, 10,
+                                   output_length=10).pack())
+        driver.ring()
+        endpoint.wait_for(lambda: len(handler.held) == 1, what="READ held")
+        request = handler.held[0]
+    assert request.abandoned and handler.cancelled == [40]
+    request.complete(OK, 10)             # after the device closed: accepted, posts nothing
+    with pytest.raises(RequestStateError):
+        request.read_pages()
+
+
+def test_accepted_requests_and_completions_are_traced(tmp_path, memory):
+    from device_model.device import EchoDevice
+    from device_model.ivshmem_client import IvshmemClient
+    from device_model.request_ring import RequestEndpoint
+    from device_model.trace import read_trace
+    from request_ring_helpers import RequestRingDriver
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o700)
+    trace = tmp_path / "trace.jsonl"
+    handler = EchoIoHandler(store_size=1 << 16)
+    with EchoDevice(run_dir, trace_path=trace) as device:
+        device.attach_guest_ram(memory)
+        RequestEndpoint(device, handler.on_request, on_cancel=handler.on_cancel)
+        client = IvshmemClient.connect(device.socket_path)
+        driver = RequestRingDriver(client)
+        try:
+            create(driver)
+            driver.request(page_entry(memory, 2, FILE, IoMajor.WRITE, 0x3001, 5000,
+                                      input_length=5000))
+            driver.request(RequestEntry(3, 99, IoMajor.READ))
+        finally:
+            driver.close()
+            client.close()
+    records = list(read_trace(trace))
+    kinds = [(r["type"], r.get("request_id")) for r in records
+             if r["type"] in ("io_request", "io_completion", "refused")]
+    assert kinds == [("io_request", 1), ("io_completion", 1), ("io_request", 2),
+                     ("io_completion", 2), ("refused", 3)]
+    write = next(r for r in records if r["type"] == "io_request" and r["request_id"] == 2)
+    assert write["pages"] == [1, 5000, 2] and write["major"] == "WRITE"
+    refused = next(r for r in records if r["type"] == "refused")
+    assert (refused["reason"], refused["field"]) == ("BAD_FILE", "file_id")
