@@ -259,3 +259,13 @@ def test_buffered_read_write_through_a_system_buffer(io):
     assert Verification.from_result(results[5]).match
     (w,) = io.recorder.of(IoMajor.WRITE)
     assert w.system_length == 100_000 and w.pfns == ()
+
+
+def test_guest_io_follows_a_device_reset_with_nothing_in_flight(io):
+    answer = io.agent.command(Step.io_stress(1, 3, 100))
+    assert answer["done"] == 3
+    io.agent.command("reset")                 # admin RESET: the request ring's indices too
+    assert io.device.header()["rq_tail"] == 0
+    answer = io.agent.command(Step.io_stress(2, 3, 100))
+    assert (answer["done"], answer["failed"]) == (6, 0), answer
+    assert "no more guest I/O" not in io.vm.run("dmesg").stdout

@@ -353,19 +353,31 @@ static void wio_free_request(struct wio_request *r)
 	kfree(r);
 }
 
-/* The device's rq_tail is not ours: it was reset (or is hostile). Called with io_lock. */
+/*
+ * The device's rq_tail is not ours: the rings were reset (admin RESET, a new
+ * device server) or the device is hostile. With nothing in flight we follow
+ * the device's indices; otherwise the requests it forgot are kept for good
+ * and guest I/O stops (io_broken). Called with io_lock and hw_lock held.
+ */
 static bool wio_check_ring_locked(struct wdfhil_dev *wdev)
 {
+	u32 tail;
+
 	if (wdev->io_broken)
 		return false;
-	if (ioread32(wdev->hdr + WH_HDR_RQ_TAIL) != wdev->rq_tail) {
-		dev_err(&wdev->pdev->dev,
-			"request ring reset by the device: %lld request(s) in flight are kept (leaked), no more guest I/O\n",
-			(long long)atomic64_read(&wdev->io_in_flight));
-		wdev->io_broken = true;
-		return false;
+	tail = ioread32(wdev->hdr + WH_HDR_RQ_TAIL);
+	if (tail == wdev->rq_tail)
+		return true;
+	if (list_empty(&wdev->io_requests)) {
+		wdev->rq_tail = tail;
+		wdev->rcq_head = ioread32(wdev->hdr + WH_HDR_RCQ_HEAD);
+		return true;
 	}
-	return true;
+	dev_err(&wdev->pdev->dev,
+		"request ring reset by the device: %lld request(s) in flight are kept (leaked), no more guest I/O\n",
+		(long long)atomic64_read(&wdev->io_in_flight));
+	wdev->io_broken = true;
+	return false;
 }
 
 static bool wio_ring_has_room(struct wdfhil_dev *wdev)
@@ -419,17 +431,16 @@ static int wio_post(struct wdfhil_dev *wdev, struct wh_rqe *e, struct wio_reques
 		spin_unlock(&wdev->io_lock);
 		up_read(&wdev->hw_lock);
 		/* The device takes entries at each doorbell unless its completion ring is
-		 * full; io_work rings again after taking completions. Look again soon. */
+		 * full; io_work rings again after taking completions and wakes io_wq. Look
+		 * again then or soon (BAR2 is only read above, under hw_lock). */
 		if (interruptible) {
-			ret = wait_event_interruptible_timeout(wdev->io_wq, wio_ring_has_room(wdev) ||
-							       READ_ONCE(wdev->dead), HZ / 50);
+			ret = wait_event_interruptible_timeout(wdev->io_wq, READ_ONCE(wdev->dead), HZ / 50);
 			if (ret < 0)
 				return -ERESTARTSYS;
 		} else {
 			if (time_after(jiffies, deadline))
 				return -ETIMEDOUT;
-			wait_event_timeout(wdev->io_wq, wio_ring_has_room(wdev) || READ_ONCE(wdev->dead),
-					   HZ / 50);
+			wait_event_timeout(wdev->io_wq, READ_ONCE(wdev->dead), HZ / 50);
 		}
 	}
 }
@@ -513,6 +524,24 @@ static void wio_work(struct work_struct *work)
 	wake_up_all(&wdev->io_wq);
 	list_for_each_entry_safe(r, tmp, &finished, node)
 		wio_free_request(r);
+}
+
+/* The device's io_type (BUFFERED or DIRECT), or -ENODEV once it is gone. */
+static int wio_io_type(struct wdfhil_dev *wdev)
+{
+	int type = -ENODEV;
+
+	down_read(&wdev->hw_lock);
+	if (!wdev->dead)
+		type = ioread32(wdev->hdr + WH_HDR_IO_TYPE) == WH_IOTYPE_BUFFERED ?
+			WH_IOTYPE_BUFFERED : WH_IOTYPE_DIRECT;
+	up_read(&wdev->hw_lock);
+	return type;
+}
+
+static u32 wio_max_length(struct wdfhil_dev *wdev)
+{
+	return wio_io_type(wdev) == WH_IOTYPE_BUFFERED ? WH_IO_MAX_SYSTEM_BUFFER : WH_IO_MAX_LENGTH;
 }
 
 struct wio_args {
@@ -631,7 +660,10 @@ static int wio_issue(struct wio_file *wf, const struct wio_args *a, u32 *status,
 			e.input_length = len;
 		if (!len)
 			break;
-		if (ioread32(wdev->hdr + WH_HDR_IO_TYPE) == WH_IOTYPE_BUFFERED) {
+		ret = wio_io_type(wdev);
+		if (ret < 0)
+			goto out_free;
+		if (ret == WH_IOTYPE_BUFFERED) {
 			ret = wio_system_buffer(r, &e, len, read ? NULL : a->in, read ? 0 : len);
 			copy_out = read;
 		} else {
@@ -816,8 +848,7 @@ static ssize_t wio_read(struct file *filp, char __user *buf, size_t count, loff_
 	int ret;
 
 	/* Short reads are allowed: one request carries at most what the ABI allows. */
-	a.out_len = min_t(size_t, count, ioread32(wf->wdev->hdr + WH_HDR_IO_TYPE) == WH_IOTYPE_BUFFERED
-			  ? WH_IO_MAX_SYSTEM_BUFFER : WH_IO_MAX_LENGTH);
+	a.out_len = min_t(size_t, count, wio_max_length(wf->wdev));
 	ret = wio_issue(wf, &a, &status, &information);
 	if (ret)
 		return ret;
@@ -836,8 +867,7 @@ static ssize_t wio_write(struct file *filp, const char __user *buf, size_t count
 	u32 status;
 	int ret;
 
-	a.in_len = min_t(size_t, count, ioread32(wf->wdev->hdr + WH_HDR_IO_TYPE) == WH_IOTYPE_BUFFERED
-			 ? WH_IO_MAX_SYSTEM_BUFFER : WH_IO_MAX_LENGTH);
+	a.in_len = min_t(size_t, count, wio_max_length(wf->wdev));
 	ret = wio_issue(wf, &a, &status, &information);
 	if (ret)
 		return ret;
