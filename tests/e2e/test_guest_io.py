@@ -151,9 +151,9 @@ def test_echo_ioctl_each_transfer_method(io, method):
 def test_many_requests_from_many_threads(io):
     answer = io.agent.command(Step.io_stress(8, 100, 700, page_offset=4000))
     assert (answer["done"], answer["failed"], answer["mismatches"]) == (800, 0, 0), answer
-    answer = io.agent.command(Step.io_stress(4, 500, 1, mode="ioctl",
+    answer = io.agent.command(Step.io_stress(4, 2500, 1, mode="ioctl",
                                              code=IOCTL_ECHO[TransferMethod.BUFFERED]))
-    assert (answer["done"], answer["failed"]) == (2000, 0), answer
+    assert (answer["done"], answer["failed"]) == (10_000, 0), answer
 
 
 def test_several_in_flight_at_once_from_threads_and_processes(io):
