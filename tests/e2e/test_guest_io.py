@@ -269,3 +269,20 @@ def test_guest_io_follows_a_device_reset_with_nothing_in_flight(io):
     answer = io.agent.command(Step.io_stress(2, 3, 100))
     assert (answer["done"], answer["failed"]) == (6, 0), answer
     assert "no more guest I/O" not in io.vm.run("dmesg").stdout
+
+
+def test_with_every_slot_taken_nonblocking_calls_say_eagain_and_poll_waits(io):
+    handler = io.recorder.handler
+    handler.hold = {IoMajor.WRITE}
+    start_agent(io, Step.io_stress(256, 1, 1), "/tmp/full.json")
+    io.endpoint.wait_for(lambda: len(handler.held) == 256, WAIT_S, "256 WRITEs held")
+    results = io.agent.run(Step.io_open(nonblock=True), Step.io_poll(timeout_ms=10),
+                           Step.alloc("b", 10), Step.io_write("b"))
+    assert results[1]["result"] == 0 and not results[1]["pollout"]
+    assert IoResult.from_result(results[3]).errno_name == "EAGAIN"
+    handler.hold = set()
+    assert handler.release_held() == 256
+    answer = agent_answer(io, "/tmp/full.json")
+    assert (answer["done"], answer["failed"]) == (256, 0), answer
+    results = io.agent.run(Step.io_open(nonblock=True), Step.io_poll(timeout_ms=10))
+    assert results[1]["pollout"]

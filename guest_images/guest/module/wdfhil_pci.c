@@ -635,17 +635,21 @@ static int wio_issue(struct wio_file *wf, const struct wio_args *a, u32 *status,
 	r->wdev = wdev;
 	r->major = a->major;
 	INIT_LIST_HEAD(&r->node);
-	if (a->nonblock) {
-		if (down_trylock(&wdev->io_slots)) {
+	/* A slot per read/write/ioctl; CREATE (like CLEANUP/CLOSE) needs none, so
+	 * open() works while every slot is taken. */
+	if (a->major != WH_IO_CREATE) {
+		if (a->nonblock) {
+			if (down_trylock(&wdev->io_slots)) {
+				kfree(r);
+				return -EAGAIN;
+			}
+		} else if (down_interruptible(&wdev->io_slots)) {
 			kfree(r);
-			return -EAGAIN;
+			return -ERESTARTSYS;
 		}
-	} else if (down_interruptible(&wdev->io_slots)) {
-		kfree(r);
-		return -ERESTARTSYS;
+		r->slot = true;
+		atomic_inc(&wdev->io_active);
 	}
-	r->slot = true;
-	atomic_inc(&wdev->io_active);
 
 	switch (a->major) {
 	case WH_IO_READ:
