@@ -39,7 +39,7 @@ from device_model.abi import (
 )
 from device_model.descriptors import FULL_DMA_MASK, RamWindows, Refusal
 from device_model.request_descriptors import PageRun, RequestPlan, RequestValidator
-from wdfhil.errors import DeviceProtocolError
+from wdfhil.errors import ConfigError, DeviceProtocolError
 from wdfhil.physical_memory import PAGE_SIZE
 
 if TYPE_CHECKING:
@@ -252,6 +252,9 @@ class RequestEndpoint:
         # hold an export of the mapping past the core's close.
         self._bar2 = core.memory.bar2
         with core.lock:
+            if core.memory.header.get("features") & Feature.REQUEST_RING:
+                raise ConfigError("this device already has a request endpoint",
+                                  field="core", value=0)
             core.attach_extension(self)
             self._write_header()
             if core.ram_windows is not None:
@@ -267,6 +270,13 @@ class RequestEndpoint:
     def open_files(self) -> set[int]:
         with self.core.lock:
             return set(self._files)
+
+    def set_handler(self, on_request: RequestCallback,
+                    on_cancel: RequestCallback | None = None) -> None:
+        """Hand the next requests to other callbacks (requests in flight keep going:
+        their completion does not depend on who has them)."""
+        with self.core.lock:
+            self.on_request, self.on_cancel = on_request, on_cancel
 
     def set_io_type(self, io_type: IoType) -> None:
         """How READ/WRITE buffers travel from the next request on (the driver's

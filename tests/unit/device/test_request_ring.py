@@ -376,3 +376,50 @@ def test_accepted_requests_and_completions_are_traced(tmp_path, memory):
     assert write["pages"] == [1, 5000, 2] and write["major"] == "WRITE"
     refused = next(r for r in records if r["type"] == "refused")
     assert (refused["reason"], refused["field"]) == ("BAD_FILE", "file_id")
+
+
+def test_a_handler_that_raises_completes_the_request_with_internal(tmp_path, memory):
+    def broken(request):
+        raise RuntimeError("driver bug")
+    with io_device(tmp_path, memory) as (device, endpoint, handler, driver):
+        create(driver)
+        endpoint.set_handler(broken)
+        c = driver.request(RequestEntry(2, FILE, IoMajor.CLEANUP))
+        assert (c.request_id, c.reason, c.status) == (2, ErrorReason.INTERNAL,
+                                                      NTSTATUS["STATUS_UNSUCCESSFUL"])
+        assert endpoint.in_flight == [] and len(device.errors) == 1
+        device.errors.clear()
+        endpoint.set_handler(handler.on_request, handler.on_cancel)
+        assert driver.request(RequestEntry(3, FILE, IoMajor.CLEANUP)).status == OK
+
+
+def test_buffers_are_read_only_where_the_guest_pinned_them_so(tmp_path, memory):
+    handler = EchoIoHandler(store_size=1 << 16, hold={IoMajor.WRITE, IoMajor.DEVICE_CONTROL})
+    with io_device(tmp_path, memory, handler=handler) as (_d, endpoint, _h, driver):
+        create(driver)
+        memory.write(0x20000, b"abc")
+        driver.post_raw(page_entry(memory, 2, FILE, IoMajor.WRITE, 0x3000, 10,
+                                   input_length=10).pack())
+        driver.post_raw(page_entry(memory, 3, FILE, IoMajor.DEVICE_CONTROL, 0x5000, 20,
+                                   ioctl_code=IOCTL_ECHO[TransferMethod.IN_DIRECT],
+                                   input_length=3, output_length=20, system_gpa=0x20000,
+                                   system_length=3).pack())
+        driver.ring()
+        endpoint.wait_for(lambda: len(handler.held) == 2, what="both held")
+        write, ioctl = handler.held
+        for request in (write, ioctl):
+            with pytest.raises(RequestStateError, match="read-only"):
+                request.write_pages(b"x")
+        assert ioctl.input_bytes() == b"abc" and len(ioctl.read_pages()) == 20
+        with pytest.raises(RequestStateError, match="outside"):
+            write.read_pages(5, 6)
+        handler.release_held()
+        assert sorted(c.request_id for c in driver.wait(2)) == [2, 3]
+
+
+def test_one_request_endpoint_per_device(tmp_path, memory):
+    from device_model.request_ring import RequestEndpoint
+    from wdfhil.errors import ConfigError
+    with io_device(tmp_path, memory) as (device, _endpoint, handler, _driver):
+        with pytest.raises(ConfigError, match="already has a request endpoint"):
+            RequestEndpoint(device, handler.on_request)
