@@ -40,7 +40,6 @@ from device_model.abi import (
 from device_model.descriptors import FULL_DMA_MASK, RamWindows, Refusal
 from device_model.request_descriptors import PageRun, RequestPlan, RequestValidator
 from wdfhil.errors import ConfigError, DeviceProtocolError
-from wdfhil.physical_memory import PAGE_SIZE
 
 if TYPE_CHECKING:
     from device_model.device_core import DeviceCore
@@ -586,5 +585,3 @@ class RequestEndpoint:
                 view[gpa - start:gpa - start + n] = data[position:position + n]
                 position += n
 
-
-assert PAGE_SIZE == 4096
