@@ -59,6 +59,7 @@ class RequestStateError(DeviceProtocolError):
 class IoStats:
     """Counters of the request ring (written under the device lock)."""
 
+    doorbells: int = 0        # VECTOR_REQUEST doorbells handled
     entries: int = 0          # entries taken from the ring
     accepted: int = 0         # requests handed to on_request
     refused: int = 0
@@ -298,6 +299,7 @@ class RequestEndpoint:
     # ---- hooks the core calls (device thread, under the lock) -------------------------------
     def doorbell(self, vector: int) -> None:
         if vector == VECTOR_REQUEST and not self._closed:
+            self.stats.doorbells += 1
             self._serve()
 
     def reset(self) -> None:

@@ -423,3 +423,22 @@ def test_one_request_endpoint_per_device(tmp_path, memory):
     with io_device(tmp_path, memory) as (device, _endpoint, handler, _driver):
         with pytest.raises(ConfigError, match="already has a request endpoint"):
             RequestEndpoint(device, handler.on_request)
+
+
+def test_a_nonsense_rcq_head_withholds_completions_until_the_guest_fixes_it(tmp_path, memory):
+    with io_device(tmp_path, memory) as (device, endpoint, _h, driver):
+        create(driver)
+        tail = driver.header.get("rcq_tail")
+        driver.header.set("rcq_head", tail + 1000)       # the guest "consumed" the future
+        driver.post_raw(RequestEntry(2, FILE, IoMajor.CLEANUP).pack())
+        doorbells = endpoint.stats.doorbells
+        driver.ring()
+        endpoint.wait_for(lambda: endpoint.stats.doorbells == doorbells + 1, what="doorbell")
+        # no room in a completion ring it cannot trust: the entry waits, nothing is posted
+        assert endpoint.stats.entries == 1 and driver.header.get("rq_head") == 1
+        assert driver.header.get("rcq_tail") == tail
+        driver.header.set("rcq_head", tail)
+        driver.ring()
+        (c,) = driver.wait(1)
+        assert (c.request_id, c.status) == (2, OK)
+        assert device.errors == []
