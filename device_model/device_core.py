@@ -25,12 +25,10 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import functools
 import heapq
 import itertools
 import logging
 import mmap
-import operator
 import os
 import selectors
 import threading
@@ -614,9 +612,11 @@ class DeviceCore:
 
     # ---- header and reset -------------------------------------------------------------
     def _features(self) -> int:
-        return (features_for(dma_mask_enforced=self.dma_mask != FULL_DMA_MASK,
+        bits = features_for(dma_mask_enforced=self.dma_mask != FULL_DMA_MASK,
                             faults=self.fault_plan.active) | self.personality.features
-                | functools.reduce(operator.or_, (e.features for e in self._extensions), 0))
+        for extension in self._extensions:
+            bits |= extension.features
+        return bits
 
     def _set_features(self) -> None:
         self.memory.header.set("features", self._features())
