@@ -286,3 +286,28 @@ def test_with_every_slot_taken_nonblocking_calls_say_eagain_and_poll_waits(io):
     assert (answer["done"], answer["failed"]) == (256, 0), answer
     results = io.agent.run(Step.io_open(nonblock=True), Step.io_poll(timeout_ms=10))
     assert results[1]["pollout"]
+
+
+def test_a_host_claiming_more_than_the_buffer_is_clamped(io):
+    from device_model.abi import IoType
+
+    def liar(request):
+        if request.major == IoMajor.READ:
+            request.write_output(b"\x5a" * 10)         # writes 10 bytes, claims a terabyte
+            request.complete(0, 1 << 40)
+        else:
+            request.complete(0, 0)
+    io.endpoint.set_handler(liar)
+    try:
+        for io_type in (IoType.DIRECT, IoType.BUFFERED):
+            io.endpoint.set_io_type(io_type)
+            results = io.agent.run(Step.alloc("b", 100, offset=4090), Step.memset("b", 1),
+                                   Step.io_read("b"), "hexdump b length=100")
+            assert IoResult.from_result(results[2]).result == 100, io_type
+            data = bytes.fromhex(results[3]["hex"])
+            # buffered: the zeroed system buffer's 100 bytes; direct: the caller's own bytes
+            rest = b"\0" * 90 if io_type == IoType.BUFFERED else b"\1" * 90
+            assert data == b"\x5a" * 10 + rest, io_type
+    finally:
+        io.endpoint.set_io_type(IoType.DIRECT)
+        io.endpoint.set_handler(io.recorder.on_request, io.recorder.on_cancel)
