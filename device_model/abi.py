@@ -175,7 +175,7 @@ class TransferMethod(enum.IntEnum):
     BUFFERED = 0        # one system buffer of max(input, output) bytes
     IN_DIRECT = 1       # input in a system buffer; output buffer as pinned pages
     OUT_DIRECT = 2      # the same (the device writes the pages)
-    NEITHER = 3         # as IN/OUT_DIRECT, with the caller's addresses in user_input/user_output
+    NEITHER = 3         # as IN/OUT_DIRECT, and the caller's input address in user_input
 
 
 def ctl_code(device_type: int, function: int, method: int, access: int = 0) -> int:
@@ -321,7 +321,7 @@ assert SQE_HEAD_SIZE + MAX_INLINE_SEGMENTS * SEGMENT_SIZE <= SQE_SIZE
 RQE_FORMAT = "<QQHHIIIQQQIIIIQQQ"
 # request_id, file_id, major, flags, ioctl_code, input_length, output_length,
 # file_offset, target_id, system_gpa, system_length, page_offset, page_length,
-# page_count, table_gpa, user_input, user_output
+# page_count, table_gpa, user_input, user_address
 RQE_HEAD_SIZE = struct.calcsize(RQE_FORMAT)           # 0x60
 RQE_RESERVED = 4                                      # u64 at 0x60..0x80, must be 0
 RQE_PFN_OFFSET = RQE_HEAD_SIZE + 8 * RQE_RESERVED     # 0x80
@@ -398,7 +398,7 @@ class RequestEntry:
     page_count: int = 0
     table_gpa: int = 0
     user_input: int = 0
-    user_output: int = 0
+    user_address: int = 0
     pfns: tuple[int, ...] = ()
     reserved: tuple[int, ...] = (0, 0, 0, 0)
 
@@ -407,7 +407,7 @@ class RequestEntry:
                            self.ioctl_code, self.input_length, self.output_length,
                            self.file_offset, self.target_id, self.system_gpa,
                            self.system_length, self.page_offset, self.page_length,
-                           self.page_count, self.table_gpa, self.user_input, self.user_output)
+                           self.page_count, self.table_gpa, self.user_input, self.user_address)
         tail = struct.pack(f"<{RQE_RESERVED}Q", *self.reserved)
         pfns = struct.pack(f"<{len(self.pfns)}Q", *self.pfns)
         return (head + tail + pfns).ljust(RQE_SIZE, b"\0")
@@ -510,7 +510,7 @@ def render_c_header() -> str:
         "    wh_u64 file_offset; wh_u64 target_id;",
         "    wh_u64 system_gpa; wh_u32 system_length; wh_u32 page_offset;",
         "    wh_u32 page_length; wh_u32 page_count; wh_u64 table_gpa;",
-        "    wh_u64 user_input; wh_u64 user_output;",
+        "    wh_u64 user_input; wh_u64 user_address;",
         f"    wh_u64 reserved[{RQE_RESERVED}];",
         f"    wh_u64 pfn[{IO_INLINE_PFNS}];",
         "};",

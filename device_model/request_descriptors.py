@@ -36,10 +36,10 @@ _PFN_LIMIT = 1 << (64 - 12)      # a page number whose page ends at or below 2^6
 _PAGE_SHIFT = PAGE_SIZE.bit_length() - 1
 _NO_BUFFERS = ("ioctl_code", "input_length", "output_length", "file_offset",
                "system_gpa", "system_length", "page_offset", "page_length", "page_count",
-               "table_gpa", "user_input", "user_output")
+               "table_gpa", "user_input", "user_address")
 _FIELDS = ("request_id", "file_id", "major", "flags", "ioctl_code", "input_length",
            "output_length", "file_offset", "target_id", "system_gpa", "system_length",
-           "page_offset", "page_length", "page_count", "table_gpa", "user_input", "user_output")
+           "page_offset", "page_length", "page_count", "table_gpa", "user_input", "user_address")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +81,7 @@ class RequestPlan:
     page_length: int
     pfns: tuple[int, ...]
     user_input: int
-    user_output: int
+    user_address: int
     indirect: bool
 
     @property
@@ -176,10 +176,9 @@ class RequestValidator:
                               f"{major.name} has no {unused.split('_')[0]} buffer")
         else:
             method = TransferMethod(code & 3)
-        for name in ("user_input", "user_output"):
-            if f[name] and method != TransferMethod.NEITHER:
-                return refuse(ErrorReason.RESERVED_FIELD, name, f[name],
-                              "caller addresses only for METHOD_NEITHER")
+        if f["user_input"] and method != TransferMethod.NEITHER:
+            return refuse(ErrorReason.RESERVED_FIELD, "user_input", f["user_input"],
+                          "the caller's input address only for METHOD_NEITHER")
         want_system, want_pages = expected_buffers(major, code, inp, out, self.io_type)
         if f["system_length"] != want_system:
             return refuse(ErrorReason.LENGTH_MISMATCH, "system_length", f["system_length"],
@@ -205,7 +204,7 @@ class RequestValidator:
         if want_pages == 0:
             if flags:
                 return refuse(ErrorReason.BAD_FLAGS, "flags", flags, "no page list")
-            for name in ("page_offset", "page_count", "table_gpa"):
+            for name in ("page_offset", "page_count", "table_gpa", "user_address"):
                 if f[name]:
                     return refuse(ErrorReason.RESERVED_FIELD, name, f[name], "no page list: must be 0")
             for i, pfn in enumerate(inline):
@@ -215,6 +214,9 @@ class RequestValidator:
         if offset >= PAGE_SIZE:
             return refuse(ErrorReason.SEGMENT_ALIGNMENT, "page_offset", offset,
                           f"the offset into the first page must be below {PAGE_SIZE}")
+        if f["user_address"] and f["user_address"] % PAGE_SIZE != offset:
+            return refuse(ErrorReason.SEGMENT_ALIGNMENT, "user_address", f["user_address"],
+                          "the caller's address must lie page_offset bytes into its page")
         pages = (offset + want_pages + PAGE_SIZE - 1) // PAGE_SIZE
         if count != pages:
             return refuse(ErrorReason.BAD_SEGMENT_COUNT, "page_count", count,
@@ -261,7 +263,7 @@ class RequestValidator:
             target_id=f["target_id"], system_gpa=f["system_gpa"],
             system_length=f["system_length"], page_offset=f["page_offset"] if pfns else 0,
             page_length=f["page_length"], pfns=pfns, user_input=f["user_input"],
-            user_output=f["user_output"], indirect=indirect)
+            user_address=f["user_address"], indirect=indirect)
 
     def _check_range(self, rid: int, field: str, gpa: int, length: int) -> Refusal | None:
         end = gpa + length

@@ -155,8 +155,10 @@ class GuestIoRequest:
         return self.plan.user_input
 
     @property
-    def user_output(self) -> int:
-        return self.plan.user_output
+    def user_address(self) -> int:
+        """The caller's virtual address of the page list (what MmGetMdlVirtualAddress
+        shows; 0 if the guest did not say)."""
+        return self.plan.user_address
 
     # ---- completion -------------------------------------------------------------------
     def complete(self, status: int, information: int = 0) -> None:

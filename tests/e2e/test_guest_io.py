@@ -126,6 +126,7 @@ def test_write_then_read_round_trip(io, size, offset):
     frames = results[0]["frames"]
     assert [p << 12 for p in w.pfns] == frames
     assert r.page_offset == (offset + 1) % 4096 and r.page_length == size
+    assert w.user_address == results[0]["va"] and r.user_address == results[3]["va"]
 
 
 @pytest.mark.parametrize("method", list(TransferMethod), ids=lambda m: m.name)

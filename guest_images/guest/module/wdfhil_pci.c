@@ -582,6 +582,7 @@ static int wio_pin(struct wio_request *r, struct wh_rqe *e, void __user *buf, u3
 	e->page_offset = offset;
 	e->page_length = len;
 	e->page_count = n;
+	e->user_address = addr;		/* what the MDL's virtual address shows */
 	if (n <= WH_IO_INLINE_PFNS) {
 		for (i = 0; i < n; i++)
 			e->pfn[i] = page_to_pfn(r->pages[i]);
@@ -705,10 +706,8 @@ static int wio_issue(struct wio_file *wf, const struct wio_args *a, u32 *status,
 			if (ret)
 				goto out_free;
 		}
-		if (method == WH_METHOD_NEITHER) {
+		if (method == WH_METHOD_NEITHER)
 			e.user_input = (u64)(unsigned long)a->in;
-			e.user_output = (u64)(unsigned long)a->out;
-		}
 		break;
 	}
 	case WH_IO_CREATE:

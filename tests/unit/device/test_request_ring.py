@@ -105,7 +105,7 @@ def test_echo_ioctl_every_transfer_method(tmp_path, memory, method):
                            ioctl_code=IOCTL_ECHO[method], input_length=300, output_length=500,
                            system_gpa=0x20000, system_length=300,
                            user_input=0x7F0000 if method == TransferMethod.NEITHER else 0,
-                           user_output=0x7F1000 if method == TransferMethod.NEITHER else 0)
+                           user_address=0x7F1FF0)
         c = driver.request(entry)
         assert (c.status, c.information) == (OK, 500)
         if method == TransferMethod.IN_DIRECT:   # the device read the pages
@@ -157,6 +157,10 @@ REFUSALS = [
     (dict(reserved=(0, 0, 1, 0)), ErrorReason.RESERVED_FIELD, "reserved[2]"),
     (dict(target_id=3), ErrorReason.RESERVED_FIELD, "target_id"),
     (dict(user_input=0x1000), ErrorReason.RESERVED_FIELD, "user_input"),
+    (dict(user_address=0x1000), ErrorReason.RESERVED_FIELD, "user_address"),
+    (dict(major=IoMajor.READ, ioctl_code=0, input_length=0, output_length=100, system_gpa=0,
+          system_length=0, page_offset=8, page_length=100, page_count=1, pfns=(1,),
+          user_address=0x7000009), ErrorReason.SEGMENT_ALIGNMENT, "user_address"),
     (dict(system_length=9), ErrorReason.LENGTH_MISMATCH, "system_length"),
     (dict(input_length=IO_MAX_SYSTEM_BUFFER + 1, system_length=IO_MAX_SYSTEM_BUFFER + 1),
      ErrorReason.TRANSFER_TOO_LARGE, "system_length"),
