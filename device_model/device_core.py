@@ -181,6 +181,10 @@ class DeviceCore:
         self._timers = _Timers()
         self._peer_event = threading.Condition(self._lock)
         self.trace: DmaTrace | None = None
+        # Endpoints beside the personality (the guest I/O request ring): duck-typed
+        # ``features``, ``doorbell(vector)``, ``reset()``, ``guest_ram_changed(attached)``,
+        # ``close()``.
+        self._extensions: list = []
         # Everything acquired is released by close(), last acquired first.
         self._resources = contextlib.ExitStack()
         try:
@@ -235,6 +239,10 @@ class DeviceCore:
                                     self._on_submit_doorbell)
             self._selector.register(self.server.own_eventfds[VECTOR_ADMIN], selectors.EVENT_READ,
                                     self._on_admin_doorbell)
+            for vector in range(NUM_VECTORS):
+                if vector not in (VECTOR_SUBMIT, VECTOR_ADMIN):
+                    self._selector.register(self.server.own_eventfds[vector], selectors.EVENT_READ,
+                                            lambda v=vector: self._on_extension_doorbell(v))
             self.server.register(self._selector)
             self._thread = threading.Thread(target=self._run, name="wdfhil-device", daemon=True)
             self._thread.start()
@@ -253,6 +261,8 @@ class DeviceCore:
                 log.error("device thread did not stop within 30 s")
             self._thread = None
         with self._lock:
+            for extension in self._extensions:
+                extension.close()     # before BAR2 and guest RAM go
             self._release_ram()
             self._outbox.clear()
             self._timers.clear()
@@ -280,6 +290,8 @@ class DeviceCore:
             if self._status == DeviceStatus.NO_GUEST_RAM:
                 self._set_status(DeviceStatus.READY)
             self.personality.guest_ram_changed(True)
+            for extension in self._extensions:
+                extension.guest_ram_changed(True)
         self._event("guest_ram_attached", ranges=[list(r) for r in memory.ram_ranges()])
 
     def detach_guest_ram(self) -> None:
@@ -292,6 +304,8 @@ class DeviceCore:
             self._release_ram()
             self._set_status(DeviceStatus.NO_GUEST_RAM)
             self.personality.guest_ram_changed(False)
+            for extension in self._extensions:
+                extension.guest_ram_changed(False)
         self._event("guest_ram_detached")
 
     def _release_ram(self) -> None:
@@ -300,6 +314,30 @@ class DeviceCore:
             self._ram.release()
             self._ram = None
             self._ram_generation += 1
+
+    # ---- extensions (the request ring) ---------------------------------------------------
+    def attach_extension(self, extension: object) -> None:
+        """Add an endpoint with a doorbell of its own (``device_model.request_ring``).
+        It is reset with the rings and told of guest RAM, and its feature bits join
+        the header's."""
+        with self._lock:
+            self._extensions.append(extension)
+            self._set_features()
+
+    @property
+    def lock(self) -> threading.RLock:
+        """The device lock, for extensions that post completions from other threads."""
+        return self._lock
+
+    @property
+    def ram_windows(self) -> RamWindows | None:
+        """Guest RAM as attached (None before attach or after detach); under the lock."""
+        return self._ram
+
+    def _on_extension_doorbell(self, vector: int) -> None:
+        drain_eventfd(self.server.own_eventfds[vector])
+        for extension in self._extensions:
+            extension.doorbell(vector)
 
     # ---- faults -----------------------------------------------------------------------
     def arm_faults(self, plan: FaultPlan) -> None:
@@ -483,10 +521,10 @@ class DeviceCore:
         else:
             self._outbox.extend(outgoing)
 
-    def raise_interrupt(self) -> None:
-        """MSI-X VECTOR_COMPLETION to every connected guest."""
+    def raise_interrupt(self, vector: int = VECTOR_COMPLETION) -> None:
+        """MSI-X ``vector`` (VECTOR_COMPLETION) to every connected guest."""
         self.stats.interrupts += 1
-        self.server.interrupt_all(VECTOR_COMPLETION)
+        self.server.interrupt_all(vector)
 
     def serve_request_ring(self) -> None:
         """One pass over the submission ring, reading the guest's sq_tail once; each
@@ -574,8 +612,11 @@ class DeviceCore:
 
     # ---- header and reset -------------------------------------------------------------
     def _features(self) -> int:
-        return features_for(dma_mask_enforced=self.dma_mask != FULL_DMA_MASK,
+        bits = features_for(dma_mask_enforced=self.dma_mask != FULL_DMA_MASK,
                             faults=self.fault_plan.active) | self.personality.features
+        for extension in self._extensions:
+            bits |= extension.features
+        return bits
 
     def _set_features(self) -> None:
         self.memory.header.set("features", self._features())
@@ -603,6 +644,8 @@ class DeviceCore:
         self._write_header(DeviceStatus.RESETTING)
         self.memory.reset_rings()
         self.personality.reset()
+        for extension in self._extensions:
+            extension.reset()
         self._set_status(DeviceStatus.READY if self._ram is not None else DeviceStatus.NO_GUEST_RAM)
 
     def _on_admin_doorbell(self) -> None:

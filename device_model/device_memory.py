@@ -13,7 +13,8 @@ import struct
 
 from device_model.abi import (
     ABI_VERSION, BAR2_SIZE, CQ_OFFSET, CQE_FORMAT, CQE_SIZE, DATA_OFFSET, DATA_SIZE, HEADER_FIELDS,
-    MAGIC, MAX_SEGMENTS, MAX_TRANSFER, RING_ENTRIES, SQ_OFFSET, SQE_SIZE,
+    IO_MAX_LENGTH, IO_MAX_PAGES, IO_MAX_SYSTEM_BUFFER, MAGIC, MAX_SEGMENTS, MAX_TRANSFER,
+    RCQ_OFFSET, RCQE_SIZE, RING_ENTRIES, RQ_OFFSET, SQ_OFFSET, SQE_SIZE,
     Completion, DeviceStatus, Feature,
 )
 
@@ -65,6 +66,8 @@ class DeviceMemory:
             "max_segments": MAX_SEGMENTS, "max_transfer": MAX_TRANSFER,
             "segment_align": segment_align, "status": status, "guest_peer": guest_peer,
             "admin_done": admin_done,
+            "rq_offset": RQ_OFFSET, "rcq_offset": RCQ_OFFSET, "io_max_pages": IO_MAX_PAGES,
+            "io_max_length": IO_MAX_LENGTH, "io_max_system": IO_MAX_SYSTEM_BUFFER,
         }
         h = self.header
         for name, value in values.items():
@@ -74,11 +77,13 @@ class DeviceMemory:
     def reset_rings(self) -> None:
         """Zero every ring index and the CQ entries (RESET, a new guest)."""
         h = self.header
-        for name in ("sq_tail", "sq_head", "cq_tail", "cq_head", "completions", "last_error"):
+        for name in ("sq_tail", "sq_head", "cq_tail", "cq_head", "completions", "last_error",
+                     "rq_tail", "rq_head", "rcq_tail", "rcq_head", "io_completions"):
             h.set(name, 0)
         self.sq.head = 0
         self.cq.tail = self.cq.posted = 0
         self.bar2[CQ_OFFSET:CQ_OFFSET + RING_ENTRIES * CQE_SIZE] = bytes(RING_ENTRIES * CQE_SIZE)
+        self.bar2[RCQ_OFFSET:RCQ_OFFSET + RING_ENTRIES * RCQE_SIZE] = bytes(RING_ENTRIES * RCQE_SIZE)
 
     def close(self) -> None:
         self.data.release()

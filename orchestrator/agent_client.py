@@ -149,6 +149,62 @@ class Step:
     def pingpong(count: int, *, warmup: int = 10) -> str:
         return f"pingpong {int(count)}" + _options(warmup=warmup)
 
+    # ---- guest I/O through /dev/wdfioN (the request ring) ----------------------------
+    @staticmethod
+    def io_open(path: str | None = None, *, nonblock: bool | None = None) -> str:
+        """Open the guest I/O node (default /dev/wdfio0; the I/O commands open it if needed)."""
+        return "io-open" + (f" {shlex.quote(path)}" if path else "") + _options(nonblock=nonblock)
+
+    @staticmethod
+    def io_close() -> str:
+        return "io-close"
+
+    @staticmethod
+    def io_read(name: str, *, offset: int | None = None, start: int | None = None,
+                length: int | None = None) -> str:
+        """pread into buffer ``name`` (``start``/``length`` of it) at file ``offset``."""
+        return f"io-read {_name(name)}" + _options(offset=offset, start=start, length=length)
+
+    @staticmethod
+    def io_write(name: str, *, offset: int | None = None, start: int | None = None,
+                 length: int | None = None) -> str:
+        """pwrite from buffer ``name`` at file ``offset``."""
+        return f"io-write {_name(name)}" + _options(offset=offset, start=start, length=length)
+
+    @staticmethod
+    def io_call(major: str, code: int, *, input: str | None = None, output: str | None = None,
+                in_start: int | None = None, in_length: int | None = None,
+                out_start: int | None = None, out_length: int | None = None,
+                offset: int | None = None, errno: bool | None = None,
+                alarm_ms: int | None = None) -> str:
+        """WH_IOC_CALL: ``major`` read|write|ioctl|internal with IOCTL ``code``, agent
+        buffers as input/output; answers the exact NTSTATUS (and the errno with errno=1).
+        ``alarm_ms``: a handled SIGALRM that long into the call (cancellation)."""
+        return (f"io-call {major} {int(code):#x}"
+                + _options(**{"in": input and _name(input), "out": output and _name(output)},
+                           in_start=in_start, in_length=in_length, out_start=out_start,
+                           out_length=out_length, offset=offset, errno=errno, alarm=alarm_ms))
+
+    @staticmethod
+    def io_status(status: int, code: int) -> str:
+        """An IOCTL whose input is ``status``: the NTSTATUS and the errno it maps to."""
+        return f"io-status {int(status):#x} {int(code):#x}"
+
+    @staticmethod
+    def io_poll(*, timeout_ms: int = 0) -> str:
+        return "io-poll" + _options(timeout=timeout_ms)
+
+    @staticmethod
+    def io_stress(threads: int, count: int, size: int, *, page_offset: int = 0,
+                  mode: str = "rw", code: int | None = None, offset: int | None = None) -> str:
+        """``threads`` threads, each ``count`` rounds of a pattern through the device
+        (rw: pwrite then pread at its own file offset; ioctl: an echo IOCTL ``code``),
+        verified; buffers ``page_offset`` bytes into their first page."""
+        if mode not in ("rw", "ioctl"):
+            raise ValueError(f"mode={mode!r}: expected rw or ioctl")
+        return (f"io-stress {int(threads)} {int(count)} {int(size)}"
+                + _options(page_offset=page_offset, mode=mode, code=code, offset=offset))
+
 
 @dataclass(frozen=True)
 class GuestBuffer:
@@ -189,6 +245,24 @@ class CompletionRecord:
         return cls(request_id=c["request_id"], status=CompletionStatus(c["status_code"]),
                    reason=ErrorReason(c["reason_code"]), transferred=c["transferred"],
                    sequence=c["sequence"], latency_us=c["latency_us"])
+
+
+@dataclass(frozen=True)
+class IoResult:
+    """A guest I/O call's outcome: the syscall's return value and errno; for
+    io-call, the exact NTSTATUS and information the host completed it with."""
+
+    result: int
+    errno: int
+    errno_name: str               # "" when errno is 0
+    status: int | None = None
+    information: int | None = None
+
+    @classmethod
+    def from_result(cls, result: dict[str, Any]) -> "IoResult":
+        return cls(result=result["result"], errno=result["errno"],
+                   errno_name=result["errno_name"], status=result.get("status"),
+                   information=result.get("information"))
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from device_model.abi import CompletionStatus, ErrorReason, Opcode, Segment
+from device_model.abi import ABI_VERSION, CompletionStatus, ErrorReason, Opcode, Segment
 from device_model.faults import STALE_DMA_POISON, FaultKind, FaultPlan, FaultRule
 from orchestrator.agent_client import (CompletionRecord, GuestBuffer, Step, Verification,
                                        pattern_bytes)
@@ -43,7 +43,7 @@ def test_module_bound_the_device_and_header_is_sane(session):
     assert header["status_name"] == "READY"
     assert header["device_peer"] == 0
     dmesg = session.vm.run("dmesg").stdout
-    assert "wdfhil0: ABI 1" in dmesg
+    assert f"wdfhil0: ABI {ABI_VERSION}" in dmesg
 
 
 def test_unaligned_scattered_roundtrip(session):

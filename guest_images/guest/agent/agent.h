@@ -120,6 +120,20 @@ const char *error_reason_name(uint32_t reason);
 const char *opcode_name(uint32_t opcode);
 double monotonic_us(void);
 
+/* ---- guest I/O through /dev/wdfioN (io.c) ---- */
+enum { IO_STRESS_RW = 0, IO_STRESS_IOCTL = 1 };
+int io_open(const char *path, int nonblock);	/* NULL: the current path (default /dev/wdfio0) */
+void io_close(void);
+const char *io_device_path(void);
+int io_rw(int write_, struct buffer *b, uint64_t start, uint64_t len, uint64_t offset,
+	  struct json *j);
+int io_call(uint32_t major, uint32_t code, void *in, uint32_t in_len, void *out,
+	    uint32_t out_len, uint64_t offset, int want_errno, uint64_t alarm_ms, struct json *j);
+int io_status(uint32_t status, uint32_t code, struct json *j);
+int io_poll(int timeout_ms, struct json *j);
+int io_stress(unsigned threads, uint64_t count, uint64_t size, uint64_t page_offset, int mode,
+	      uint32_t code, uint64_t file_base, struct json *j);
+
 /* ---- commands (commands.c) ---- */
 /* Runs one command line; writes one JSON object (the result or the error). 0 on success. */
 int command_run_line(const char *line, struct json *out);

@@ -644,6 +644,145 @@ static int cmd_gpa(const struct args *a, struct json *j)
 	return 0;
 }
 
+/* ---------------------------------------------------------------- guest I/O */
+
+static int cmd_io_open(const struct args *a, struct json *j)
+{
+	static const char *const allowed[] = { "nonblock", NULL };
+	uint64_t nonblock;
+
+	if (known_options(a, allowed) || opt_num(a, "nonblock", 0, &nonblock) ||
+	    io_open(a->npos ? a->pos[0] : NULL, nonblock != 0))
+		return -1;
+	json_kstr(j, "path", io_device_path());
+	json_kbool(j, "nonblock", nonblock != 0);
+	return 0;
+}
+
+static int cmd_io_close(const struct args *a, struct json *j)
+{
+	(void)a;
+	io_close();
+	json_kstr(j, "path", io_device_path());
+	return 0;
+}
+
+/* io-read|io-write NAME [offset=FILE_OFFSET] [start=N] [length=N] */
+static int io_rw_command(const struct args *a, struct json *j, int write_)
+{
+	static const char *const allowed[] = { "offset", "start", "length", NULL };
+	struct buffer *b = need_buffer(a->pos[0]);
+	uint64_t start, len, offset;
+
+	if (!b || known_options(a, allowed) || buffer_range(a, b, &start, &len) ||
+	    opt_num(a, "offset", 0, &offset))
+		return -1;
+	return io_rw(write_, b, start, len, offset, j);
+}
+
+static int cmd_io_read(const struct args *a, struct json *j) { return io_rw_command(a, j, 0); }
+static int cmd_io_write(const struct args *a, struct json *j) { return io_rw_command(a, j, 1); }
+
+static int parse_major(const char *text, uint32_t *major)
+{
+	uint64_t v;
+
+	if (!strcmp(text, "read") || !strcmp(text, "READ"))
+		*major = WH_IO_READ;
+	else if (!strcmp(text, "write") || !strcmp(text, "WRITE"))
+		*major = WH_IO_WRITE;
+	else if (!strcmp(text, "ioctl") || !strcmp(text, "DEVICE_CONTROL"))
+		*major = WH_IO_DEVICE_CONTROL;
+	else if (!strcmp(text, "internal") || !strcmp(text, "INTERNAL_DEVICE_CONTROL"))
+		*major = WH_IO_INTERNAL_DEVICE_CONTROL;
+	else if (!parse_u64(text, &v) && v <= 0xffff)
+		*major = (uint32_t)v;
+	else
+		return fail("major '%s': expected read, write, ioctl, internal or a number", text);
+	return 0;
+}
+
+/* io-call MAJOR CODE [in=NAME] [out=NAME] [in_start=] [in_length=] [out_start=]
+ * [out_length=] [offset=] [errno=1] [alarm=MS]: WH_IOC_CALL, the exact NTSTATUS back;
+ * alarm: a SIGALRM (handled, not restarting) MS into the call, to test cancellation. */
+static int cmd_io_call(const struct args *a, struct json *j)
+{
+	static const char *const allowed[] = { "in", "out", "in_start", "in_length", "out_start",
+					       "out_length", "offset", "errno", "alarm", NULL };
+	const char *in_name = opt(a, "in"), *out_name = opt(a, "out");
+	struct buffer *in = NULL, *out = NULL;
+	uint64_t code, in_start, in_len, out_start, out_len, offset, want_errno, alarm_ms;
+	uint32_t major = 0;
+
+	if (known_options(a, allowed) || parse_major(a->pos[0], &major) ||
+	    num("ioctl code", a->pos[1], &code))
+		return -1;
+	if ((in_name && !(in = need_buffer(in_name))) || (out_name && !(out = need_buffer(out_name))))
+		return -1;
+	if (opt_num(a, "in_start", 0, &in_start) ||
+	    opt_num(a, "in_length", in ? in->size - (in_start < in->size ? in_start : in->size) : 0, &in_len) ||
+	    opt_num(a, "out_start", 0, &out_start) ||
+	    opt_num(a, "out_length", out ? out->size - (out_start < out->size ? out_start : out->size) : 0, &out_len) ||
+	    opt_num(a, "offset", 0, &offset) || opt_num(a, "errno", 0, &want_errno) ||
+	    opt_num(a, "alarm", 0, &alarm_ms))
+		return -1;
+	if ((in && (in_start > in->size || in_len > in->size - in_start)) ||
+	    (out && (out_start > out->size || out_len > out->size - out_start)))
+		return fail("in/out range outside its buffer");
+	if (in_len > 0xffffffffull || out_len > 0xffffffffull || code > 0xffffffffull)
+		return fail("lengths and code are 32-bit");
+	json_kuint(j, "major", major);
+	json_kuint(j, "code", code);
+	return io_call(major, (uint32_t)code, in ? in->data + in_start : NULL, (uint32_t)in_len,
+		       out ? out->data + out_start : NULL, (uint32_t)out_len, offset,
+		       want_errno != 0, alarm_ms, j);
+}
+
+static int cmd_io_status(const struct args *a, struct json *j)
+{
+	uint64_t status, code;
+
+	if (num("NTSTATUS", a->pos[0], &status) || num("ioctl code", a->pos[1], &code))
+		return -1;
+	if (status > 0xffffffffull || code > 0xffffffffull)
+		return fail("NTSTATUS and code are 32-bit");
+	return io_status((uint32_t)status, (uint32_t)code, j);
+}
+
+static int cmd_io_poll(const struct args *a, struct json *j)
+{
+	static const char *const allowed[] = { "timeout", NULL };
+	uint64_t t;
+
+	if (known_options(a, allowed) || opt_num(a, "timeout", 0, &t))
+		return -1;
+	return io_poll((int)(t > 3600000 ? 3600000 : t), j);
+}
+
+/* io-stress THREADS COUNT SIZE [page_offset=N] [mode=rw|ioctl] [code=IOCTL] [offset=FILE_BASE] */
+static int cmd_io_stress(const struct args *a, struct json *j)
+{
+	static const char *const allowed[] = { "page_offset", "mode", "code", "offset", NULL };
+	uint64_t threads, count, size, page_offset, code, base;
+	const char *mode = opt(a, "mode");
+	int m = IO_STRESS_RW;
+
+	if (known_options(a, allowed) || num("threads", a->pos[0], &threads) ||
+	    num("count", a->pos[1], &count) || num("size", a->pos[2], &size) ||
+	    opt_num(a, "page_offset", 0, &page_offset) || opt_num(a, "code", 0, &code) ||
+	    opt_num(a, "offset", 0, &base))
+		return -1;
+	if (mode && !strcmp(mode, "ioctl"))
+		m = IO_STRESS_IOCTL;
+	else if (mode && strcmp(mode, "rw"))
+		return fail("mode=%s: expected rw or ioctl", mode);
+	if (m == IO_STRESS_IOCTL && !code)
+		return fail("mode=ioctl needs code=IOCTL_CODE");
+	if (size > 0xffffffffull || code > 0xffffffffull)
+		return fail("size and code are 32-bit");
+	return io_stress((unsigned)threads, count, size, page_offset, m, (uint32_t)code, base, j);
+}
+
 struct command {
 	const char *name;
 	int min_pos, max_pos;
@@ -676,6 +815,14 @@ static const struct command commands[] = {
 	{ "device-verify", 3, 3, "device-verify DEVICE_OFFSET LENGTH SEED", cmd_device_verify },
 	{ "reset", 0, 0, "reset [timeout=MS]", cmd_reset },
 	{ "sleep", 1, 1, "sleep MS", cmd_sleep },
+	{ "io-open", 0, 1, "io-open [PATH] [nonblock=1]   (default /dev/wdfio0)", cmd_io_open },
+	{ "io-close", 0, 0, "io-close", cmd_io_close },
+	{ "io-read", 1, 1, "io-read NAME [offset=FILE_OFFSET] [start=N] [length=N]", cmd_io_read },
+	{ "io-write", 1, 1, "io-write NAME [offset=FILE_OFFSET] [start=N] [length=N]", cmd_io_write },
+	{ "io-call", 2, 2, "io-call read|write|ioctl|internal CODE [in=NAME] [out=NAME] [in_start=N] [in_length=N] [out_start=N] [out_length=N] [offset=N] [errno=1] [alarm=MS]", cmd_io_call },
+	{ "io-status", 2, 2, "io-status NTSTATUS IOCTL_CODE", cmd_io_status },
+	{ "io-poll", 0, 0, "io-poll [timeout=MS]", cmd_io_poll },
+	{ "io-stress", 3, 3, "io-stress THREADS COUNT SIZE [page_offset=N] [mode=rw|ioctl] [code=IOCTL] [offset=FILE_BASE]", cmd_io_stress },
 };
 
 static void usage_list(struct json *j)

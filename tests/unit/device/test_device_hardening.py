@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 from device_model.abi import (
-    SQ_OFFSET, VECTOR_ADMIN, AdminCommand, CompletionStatus, Descriptor, DeviceStatus,
+    HEADER_SIZE, SQ_OFFSET, VECTOR_ADMIN, AdminCommand, CompletionStatus, Descriptor, DeviceStatus,
     ErrorReason, Opcode, Segment, RING_ENTRIES,
 )
 from device_model.device import EchoDevice
@@ -42,11 +42,12 @@ def test_reset_restores_a_header_page_the_guest_scribbled_over(device, driver):
     after = device.header()
     for name in ("magic", "abi_version", "features", "device_peer", "ring_entries", "sq_offset",
                  "cq_offset", "data_offset", "data_size", "dma_mask", "max_segments",
-                 "max_transfer", "segment_align", "guest_peer"):
+                 "max_transfer", "segment_align", "guest_peer", "rq_offset", "rcq_offset",
+                 "io_max_pages", "io_max_length", "io_max_system"):
         assert after[name] == before[name], name
     assert after["status"] == DeviceStatus.READY and after["admin_done"] == 1
     assert (after["sq_tail"], after["sq_head"], after["cq_tail"], after["cq_head"]) == (0, 0, 0, 0)
-    assert bytes(driver.bar2[0x80:SQ_OFFSET]) == bytes(SQ_OFFSET - 0x80)   # reserved: zero again
+    assert bytes(driver.bar2[HEADER_SIZE:SQ_OFFSET]) == bytes(SQ_OFFSET - HEADER_SIZE)  # reserved: zero
     assert driver.request(NOP).status == CompletionStatus.OK
 
 

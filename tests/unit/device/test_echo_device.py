@@ -9,7 +9,7 @@ import time
 import pytest
 
 from device_model.abi import (
-    CQ_OFFSET, DATA_SIZE, MAGIC, RING_ENTRIES, RING_ERROR_REQUEST_ID, SQ_OFFSET, VECTOR_ADMIN,
+    ABI_VERSION, CQ_OFFSET, DATA_SIZE, MAGIC, RING_ENTRIES, RING_ERROR_REQUEST_ID, SQ_OFFSET, VECTOR_ADMIN,
     AdminCommand, CompletionStatus, Descriptor, DescriptorFlag, DeviceStatus, ErrorReason,
     Feature, Opcode, Segment, pack_segment,
 )
@@ -34,7 +34,7 @@ def read_desc(rid, length, segments, device_offset=0):
 
 def test_header_describes_the_device(device):
     h = device.header()
-    assert h["magic"] == MAGIC and h["abi_version"] == 1
+    assert h["magic"] == MAGIC and h["abi_version"] == ABI_VERSION
     assert h["status"] == DeviceStatus.READY
     assert h["ring_entries"] == RING_ENTRIES and h["sq_offset"] == SQ_OFFSET
     assert h["cq_offset"] == CQ_OFFSET and h["data_size"] == DATA_SIZE
