@@ -270,7 +270,10 @@ def render_c_header() -> str:
         f"_Static_assert(sizeof(struct wh_sqe) == {SQE_SIZE}, \"sqe size\");",
         f"_Static_assert(sizeof(struct wh_cqe) == {CQE_SIZE}, \"cqe size\");",
         f"_Static_assert(sizeof(struct wh_segment) == {SEGMENT_SIZE}, \"segment size\");",
-        "#endif /* WDFHIL_ABI_H */",
-        "",
     ]
+    # The bus-master personality's part (its own module; imported here, at call time,
+    # because it builds on this one).
+    from device_model.busmaster_abi import render_c_lines as busmaster_c_lines
+    lines += busmaster_c_lines()
+    lines += ["#endif /* WDFHIL_ABI_H */", ""]
     return "\n".join(lines)
