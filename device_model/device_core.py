@@ -597,13 +597,20 @@ class DeviceCore:
         self._wake()
 
     def drain(self, timeout: float = 10.0) -> None:
-        """Block until everything deferred before this call has run (not for the
-        device thread itself)."""
-        done = threading.Event()
-        self.defer(done.set, locked=False)
-        if not done.wait(timeout):
-            raise DeviceProtocolError(f"the device thread did not get through its work "
-                                      f"in {timeout:.0f} s")
+        """Block until the device thread has no deferred work left, including work
+        that deferred work deferred (a doorbell's pass, then its interrupt call);
+        timers (a delayed completion) are not waited for. Not from the device thread."""
+        if threading.current_thread() is self._thread:
+            raise DeviceProtocolError("drain() from the device thread would wait for itself")
+        deadline = time.monotonic() + timeout
+        while True:
+            done = threading.Event()
+            self.defer(done.set, locked=False)
+            if not done.wait(max(0.0, deadline - time.monotonic())):
+                raise DeviceProtocolError(f"the device thread did not get through its work "
+                                          f"in {timeout:.0f} s")
+            if not self._deferred:      # everything before the barrier ran, nothing new came
+                return
 
     def raise_interrupt(self) -> None:
         """MSI-X VECTOR_COMPLETION to every connected guest."""

@@ -22,7 +22,7 @@ from device_model.device import EchoDevice
 from device_model.faults import FaultKind, FaultPlan, FaultRule, STALE_DMA_POISON
 from device_model.personality import RegisterAccessError
 from device_model.trace import read_trace
-from wdfhil.errors import ConfigError
+from wdfhil.errors import ConfigError, DeviceProtocolError
 
 from busmaster_helpers import Interrupts, RingDriver
 from device_helpers import GIB, HIGH, LOW, holey_memory
@@ -116,6 +116,32 @@ def test_the_echo_device_has_no_registers(tmp_path):
 def test_address_width_is_checked(tmp_path, bits):
     with pytest.raises(ConfigError, match="address_bits"):
         BusMasterDevice(None, address_bits=bits)
+
+
+def test_a_doorbell_needs_a_running_device(tmp_path, memory):
+    device = BusMasterDevice(None)
+    try:
+        drv = RingDriver(device, memory, RING)
+        drv.write("ring_tail", 1)                        # not enabled: nothing to do yet
+        with pytest.raises(DeviceProtocolError, match="start"):
+            drv.start()                                  # ENABLE starts a pass
+    finally:
+        device.close()
+
+
+def test_drain_from_the_device_thread_is_refused(bm, memory):
+    device, _ = bm
+    failures: list[str] = []
+
+    def isr(pending: int) -> None:
+        try:
+            device.drain()
+        except DeviceProtocolError as exc:
+            failures.append(str(exc))
+    device.set_interrupt_handler(isr)
+    RingDriver(device, memory, RING).start().submit(to_device(1, BUF, 16))
+    device.drain()
+    assert failures and "itself" in failures[0]
 
 
 # ---- data both ways ---------------------------------------------------------------------
