@@ -605,11 +605,16 @@ class DeviceCore:
         deadline = time.monotonic() + timeout
         while True:
             done = threading.Event()
-            self.defer(done.set, locked=False)
+            left: list[int] = []
+
+            def barrier() -> None:       # in the device thread: nothing else is running
+                left.append(len(self._deferred))
+                done.set()
+            self.defer(barrier, locked=False)
             if not done.wait(max(0.0, deadline - time.monotonic())):
                 raise DeviceProtocolError(f"the device thread did not get through its work "
                                           f"in {timeout:.0f} s")
-            if not self._deferred:      # everything before the barrier ran, nothing new came
+            if not left[0]:              # everything before the barrier ran, nothing it queued
                 return
 
     def raise_interrupt(self) -> None:
@@ -666,7 +671,11 @@ class DeviceCore:
                 self._guarded(key.data)
             for action in self._timers.due():
                 self._guarded(action)
-            while self._deferred and not self._stopping:
+            # What was deferred until now; what that defers waits for the next turn
+            # (its defer() wrote the wake eventfd), so doorbells are never starved.
+            for _ in range(len(self._deferred)):
+                if self._stopping:
+                    break
                 action, locked = self._deferred.popleft()
                 if locked:
                     self._guarded(action)
