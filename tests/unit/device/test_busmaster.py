@@ -348,6 +348,52 @@ def test_the_interrupt_routine_may_use_registers(bm, memory):
     assert seen == [BmInterrupt.COMPLETION] and drv.read("int_status") == 0
 
 
+def test_a_driver_thread_and_an_isr_thread_keep_the_ring_full(bm, memory):
+    """Register access from two threads while the device thread walks the ring: a
+    producer that waits for free slots by reading ring_head, an ISR that
+    acknowledges and consumes records. Every request completes exactly once."""
+    device, _ = bm
+    drv = RingDriver(device, memory, RING, ring_size=16)
+    total = 300
+    consumed: list[int] = []
+    consumer_head = [0]
+    lock = threading.Lock()
+    finished = threading.Event()
+
+    def isr(pending: int) -> None:
+        device.register_write(register_offset("int_status"), 4, pending)
+        with lock:
+            while True:
+                done = drv.completion(consumer_head[0])
+                if not done.done:
+                    break
+                assert (done.status, done.transferred) == (CompletionStatus.OK, 64)
+                consumed.append(consumer_head[0])
+                memory.write(drv.slot_gpa(consumer_head[0]) + 48, bytes(16))
+                consumer_head[0] = (consumer_head[0] + 1) % drv.ring_size
+            if len(consumed) == total:
+                finished.set()
+
+    device.set_interrupt_handler(isr)
+    drv.start()
+
+    def produce() -> None:
+        for i in range(total):
+            while (drv.tail + 1) % drv.ring_size == drv.read("ring_head") or \
+                    drv.completion(drv.tail).done:
+                threading.Event().wait(0.0005)    # full, or the ISR has not consumed it yet
+            memory.write(BUF + 64 * i, bytes([i & 0xFF]) * 64)
+            drv.put(to_device(i, BUF + 64 * i, 64, offset=64 * i))
+            drv.ring()
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    producer.join(60)
+    assert finished.wait(60), f"{len(consumed)} of {total} consumed"
+    assert drv.read("completed") == total
+    assert all(device.read_data(64 * i, 64) == bytes([i & 0xFF]) * 64 for i in range(total))
+
+
 # ---- reset ----------------------------------------------------------------------------------
 
 def test_reset_clears_the_state_and_drops_delayed_completions(tmp_path, memory):
