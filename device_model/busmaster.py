@@ -219,6 +219,7 @@ class BusMasterPersonality(Personality):
                 self._ring_base = (self._ring_base & _U32) | value << 32
             else:
                 self._ring_size = value
+            self._head = self._tail = 0         # a new ring starts empty
             if self._enabled and not self._halted:
                 self._halt(Refusal(RING_ERROR_REQUEST_ID, BusMasterReason.RING_CONFIG, name, value,
                                    "the ring was reprogrammed while the device is enabled"))

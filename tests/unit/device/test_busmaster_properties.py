@@ -239,3 +239,59 @@ def test_hostile_rings_and_descriptors_do_exactly_what_the_reference_does(geomet
         assert memory.read(start, end - start) == bytes(ref.ram[start]), f"RAM at {start:#x}"
     assert store == bytes(ref.store[:WATCHED]) + bytes(ref.store[DATA_SIZE - WATCHED:])
     assert not any(ref.store[WATCHED:DATA_SIZE - WATCHED])
+
+
+# ---- hostile register sequences -------------------------------------------------------------
+
+WRITABLE = ["control", "ring_base_lo", "ring_base_hi", "ring_size", "ring_tail", "int_status",
+            "int_mask"]
+RESET_VALUES = {"control": 0, "status": 0, "error": 0, "ring_base_lo": 0, "ring_base_hi": 0,
+                "ring_size": 0, "ring_head": 0, "ring_tail": 0, "int_status": 0,
+                "int_mask": 3, "completed": 0, "last_error": 0}
+register_writes = st.lists(st.tuples(
+    st.sampled_from(WRITABLE),
+    st.one_of(st.sampled_from([0, 1, 2, 3, 8, 16, 0x8000, 0x150000, 0xFFFFFFFF]),
+              st.integers(0, 0xFFFFFFFF))), min_size=1, max_size=25)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(honest_start=honest, writes=register_writes, seed=st.integers(0, 2**32),
+       translated=st.booleans(), bits=st.sampled_from([64, 32]))
+def test_any_register_writes_leave_the_device_consistent_and_reset_recovers(
+        honest_start, writes, seed, translated, bits):
+    """Whatever a driver writes (random sequences over every writable register,
+    random descriptors in the rings it may point at), the device has no internal
+    error, its registers stay consistent, it touches nothing but guest RAM it
+    validated (InProcessMemory raises otherwise), and RESET brings every register
+    back."""
+    memory = InProcessMemory(ranges=RANGES)
+    rng = random.Random(seed)
+    for start, end in RANGES:
+        memory.write(start, rng.randbytes(end - start))
+    calls: list[int] = []
+    with BusMasterDevice(None, address_bits=bits, on_interrupt=calls.append,
+                         translate=identity_pages if translated else None) as device:
+        device.attach_guest_ram(memory)
+
+        def read(name: str) -> int:
+            return device.register_read(register_offset(name), 4)
+
+        if honest_start:      # a working ring first, so that the writes meet a live device
+            writes = [("ring_base_lo", 0x8000), ("ring_size", 16), ("int_mask", 0),
+                      ("control", 1), ("ring_tail", 5)] + writes
+        for name, value in writes:
+            device.register_write(register_offset(name), 4, value)
+            if rng.random() < 0.3:
+                device.drain()   # sometimes let the device act between two writes
+        device.drain()
+        assert device.errors == []
+        status, error = read("status"), read("error")
+        assert bool(status & BmStatus.HALTED) == (error != 0)
+        assert bool(status & BmStatus.ENABLED) == bool(read("control") & BmControl.ENABLE)
+        event(f"completed: {min(read('completed'), 2)}+, error: {error:#x}")
+        assert read("ring_head") < max(read("ring_size"), 1)
+        assert all(pending and not pending & ~3 for pending in calls)
+        device.register_write(register_offset("control"), 4, BmControl.RESET)
+        assert {name: read(name) for name in RESET_VALUES} == RESET_VALUES
+        device.drain()
+        assert device.errors == []
