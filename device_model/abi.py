@@ -548,7 +548,10 @@ def render_c_header() -> str:
         "    }",
         f"    return status >= 0xc0000000u ? {NTSTATUS_DEFAULT_ERRNO} : 0;",
         "}",
-        "#endif /* WDFHIL_ABI_H */",
-        "",
     ]
+    # The bus-master personality's part (its own module; imported here, at call time,
+    # because it builds on this one).
+    from device_model.busmaster_abi import render_c_lines as busmaster_c_lines
+    lines += busmaster_c_lines()
+    lines += ["#endif /* WDFHIL_ABI_H */", ""]
     return "\n".join(lines)

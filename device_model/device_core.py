@@ -169,6 +169,11 @@ class DeviceCore:
         self._selector: selectors.BaseSelector | None = None
         self._ram: RamWindows | None = None
         self._validator: DescriptorValidator | None = None
+        # For segments an IOMMU translated (plan_segments(translated=True)): the DMA mask
+        # and alignment were checked on the bus addresses; RAM is checked here.
+        self._translated_validator: DescriptorValidator | None = None
+        # Work handed to the device thread (defer): (action, hold the lock).
+        self._deferred: collections.deque[tuple[Callable[[], None], bool]] = collections.deque()
         self._ram_generation = 0
         self._generation = 0                 # bumps on every ring reset: stale timers see it
         self._sequence = 0
@@ -266,6 +271,7 @@ class DeviceCore:
             self._release_ram()
             self._outbox.clear()
             self._timers.clear()
+            self._deferred.clear()
         self._wake_fd = -1
         self._selector = None
         self._resources.close()
@@ -286,6 +292,7 @@ class DeviceCore:
             # Page plans always: faults and the trace act on what a plan copied.
             self._validator = DescriptorValidator(
                 windows, dma_mask=self.dma_mask, segment_align=self.segment_align)
+            self._translated_validator = DescriptorValidator(windows)
             self._ram_generation += 1
             if self._status == DeviceStatus.NO_GUEST_RAM:
                 self._set_status(DeviceStatus.READY)
@@ -310,6 +317,7 @@ class DeviceCore:
 
     def _release_ram(self) -> None:
         self._validator = None
+        self._translated_validator = None
         if self._ram is not None:
             self._ram.release()
             self._ram = None
@@ -416,14 +424,47 @@ class DeviceCore:
 
     def plan_segments(self, opcode: Opcode, request_id: int, device_offset: int,
                       segments: Sequence[tuple[int, int]],
-                      where: str = "segments[{}]") -> TransferPlan | Refusal:
+                      where: str = "segments[{}]", *,
+                      translated: bool = False) -> TransferPlan | Refusal:
         """Validate a (gpa, length) list that did not come in an SQE (a personality's
-        descriptor ring) with the same checks, tiers and refusals."""
-        validator = self._validator
+        descriptor ring) with the same checks, tiers and refusals.
+
+        ``translated``: the gpas are what a DMA remapping table made of bus
+        addresses whose DMA mask and alignment the personality already checked:
+        those two checks are left out (the device drives the bus address, not
+        the physical one); every other check stays."""
+        validator = self._translated_validator if translated else self._validator
         if validator is None:
             return Refusal(request_id, ErrorReason.DEVICE_NOT_READY, "guest_ram", 0,
                            "no guest RAM attached to the device yet")
         return validator.validate_segments(opcode, request_id, device_offset, segments, where)
+
+    def guest_range(self, gpa: int, length: int, *, request_id: int, field: str,
+                    translated: bool = False) -> memoryview | Refusal:
+        """A view of guest RAM ``[gpa, gpa + length)`` for a personality's own
+        structures (a descriptor ring, a segment table, a completion record),
+        checked as a data segment is: no wrap past 2^64 (SEGMENT_NOT_IN_RAM), end
+        under the DMA mask unless ``translated`` (SEGMENT_ABOVE_DMA_MASK), wholly
+        inside one RAM range (SEGMENT_NOT_IN_RAM); DEVICE_NOT_READY without guest
+        RAM. A refusal names ``field``. Copy out of the view before looking at it
+        (the guest may change it)."""
+        ram = self._ram
+        if ram is None:
+            return Refusal(request_id, ErrorReason.DEVICE_NOT_READY, "guest_ram", 0,
+                           "no guest RAM attached to the device yet")
+        end = gpa + length
+        if gpa < 0 or length <= 0 or end > FULL_DMA_MASK + 1:
+            return Refusal(request_id, ErrorReason.SEGMENT_NOT_IN_RAM, field, gpa,
+                           f"{length} bytes wrap around the 64-bit address space")
+        if not translated and end - 1 > self.dma_mask:
+            return Refusal(request_id, ErrorReason.SEGMENT_ABOVE_DMA_MASK, field, gpa,
+                           f"{length} bytes end above the DMA mask {self.dma_mask:#x}")
+        w = ram.find(gpa, end)
+        if w < 0:
+            return Refusal(request_id, ErrorReason.SEGMENT_NOT_IN_RAM, field, gpa,
+                           f"[{gpa:#x}, {end:#x}) is not wholly inside one guest RAM range")
+        start, _stop, view = ram.windows[w]
+        return view[gpa - start:end - start]
 
     def perform(self, plan: TransferPlan) -> DmaOutcome:
         """Execute a validated plan: decide the request's faults, copy (the same copy
@@ -521,6 +562,99 @@ class DeviceCore:
         else:
             self._outbox.extend(outgoing)
 
+    def deliver_completion(self, outcome: DmaOutcome, plan: TransferPlan,
+                           post: Callable[[bool], None]) -> None:
+        """For a personality that reports completions itself (not in the CQ): apply
+        the request's completion faults around its ``post(interrupt)``, as
+        :meth:`complete` does around a CQ entry. ``post`` writes the completion and
+        owes an interrupt if ``interrupt``: called once now; with DUPLICATE_COMPLETION
+        twice; with DELAY_COMPLETION ``delay_us`` later from a timer (a core reset
+        or a guest RAM detach drops it; the personality checks its own resets);
+        DROP_INTERRUPT makes ``interrupt`` False; STALE_DMA poisons the plan's
+        buffers ``delay_us`` after the first post."""
+        faults = outcome.faults
+        if not faults:
+            post(True)
+            return
+        source = outcome.fault_plan or self.fault_plan
+        interrupt = FaultKind.DROP_INTERRUPT not in faults
+        if not interrupt:
+            self._record(source, FaultKind.DROP_INTERRUPT, plan)
+        stale = None
+        if FaultKind.STALE_DMA in faults:
+            stale = self._stale_dma_later(source, plan, faults[FaultKind.STALE_DMA].delay_us)
+        duplicate = FaultKind.DUPLICATE_COMPLETION in faults
+        if duplicate:
+            self._record(source, FaultKind.DUPLICATE_COMPLETION, plan)
+
+        def deliver() -> None:
+            post(interrupt)
+            if stale is not None:
+                stale()
+            if duplicate:
+                post(interrupt)
+
+        if FaultKind.DELAY_COMPLETION in faults:
+            delay_us = faults[FaultKind.DELAY_COMPLETION].delay_us
+            self._record(source, FaultKind.DELAY_COMPLETION, plan, delay_us=delay_us)
+            generation = self._generation
+
+            def deliver_if_current() -> None:
+                if generation == self._generation:   # a reset in between drops it
+                    deliver()
+            self._timers.add(delay_us / 1e6, deliver_if_current)
+        else:
+            deliver()
+
+    def report_internal_error(self, text: str) -> None:
+        """A personality's own bug: logged, traced and kept in :attr:`errors`."""
+        self._internal_error(text)
+
+    # ---- registers and deferred work (for personalities a driver programs) ----------
+    def register_read(self, offset: int, width: int) -> int:
+        """The driver reads a register (READ_REGISTER_*): the personality's
+        ``register_read`` under the device lock, in the caller's thread."""
+        with self._lock:
+            return self.personality.register_read(offset, width)
+
+    def register_write(self, offset: int, width: int, value: int) -> None:
+        """The driver writes a register (WRITE_REGISTER_*): the personality's
+        ``register_write`` under the device lock, in the caller's thread. Work it
+        starts (a doorbell) runs later in the device thread (:meth:`defer`)."""
+        with self._lock:
+            self.personality.register_write(offset, width, value)
+
+    def defer(self, action: Callable[[], None], *, locked: bool = True) -> None:
+        """Run ``action`` soon in the device thread, after what was deferred before
+        it; under the device lock unless ``locked`` is False (e.g. calling a driver's
+        interrupt routine, which may read registers from other threads). Any
+        thread may call it; the device must be started."""
+        if self._thread is None or self._stopping:
+            raise DeviceProtocolError("the device is not running: start() it first")
+        self._deferred.append((action, locked))
+        self._wake()
+
+    def drain(self, timeout: float = 10.0) -> None:
+        """Block until the device thread has no deferred work left, including work
+        that deferred work deferred (a doorbell's pass, then its interrupt call);
+        timers (a delayed completion) are not waited for. Not from the device thread."""
+        if threading.current_thread() is self._thread:
+            raise DeviceProtocolError("drain() from the device thread would wait for itself")
+        deadline = time.monotonic() + timeout
+        while True:
+            done = threading.Event()
+            left: list[int] = []
+
+            def barrier() -> None:       # in the device thread: nothing else is running
+                left.append(len(self._deferred))
+                done.set()
+            self.defer(barrier, locked=False)
+            if not done.wait(max(0.0, deadline - time.monotonic())):
+                raise DeviceProtocolError(f"the device thread did not get through its work "
+                                          f"in {timeout:.0f} s")
+            if not left[0]:              # everything before the barrier ran, nothing it queued
+                return
+
     def raise_interrupt(self, vector: int = VECTOR_COMPLETION) -> None:
         """MSI-X ``vector`` (VECTOR_COMPLETION) to every connected guest."""
         self.stats.interrupts += 1
@@ -575,6 +709,16 @@ class DeviceCore:
                 self._guarded(key.data)
             for action in self._timers.due():
                 self._guarded(action)
+            # What was deferred until now; what that defers waits for the next turn
+            # (its defer() wrote the wake eventfd), so doorbells are never starved.
+            for _ in range(len(self._deferred)):
+                if self._stopping:
+                    break
+                action, locked = self._deferred.popleft()
+                if locked:
+                    self._guarded(action)
+                else:
+                    self._unlocked(action)
             # A finished timer's closure holds views of guest RAM (a stale DMA's
             # buffers): drop it now, or GuestRam cannot be unmapped at teardown.
             action = None
@@ -586,6 +730,12 @@ class DeviceCore:
             with self._lock:
                 action()
         except Exception:   # the device must survive its own bugs; they are reported
+            self._internal_error(traceback.format_exc())
+
+    def _unlocked(self, action: Callable[[], None]) -> None:
+        try:
+            action()
+        except Exception:
             self._internal_error(traceback.format_exc())
 
     def _internal_error(self, text: str) -> None:

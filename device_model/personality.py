@@ -11,9 +11,12 @@ ring in guest RAM) reads its registers and walks its ring on a doorbell, and
 asks the core for each transfer. Either way, every byte that crosses to or
 from guest RAM goes through the core's validation, engine, faults and trace.
 
-All hooks run in the device thread under the device lock (the core calls
-them), so a personality needs no locking of its own for state it touches
-only from hooks.
+All hooks run under the device lock (the core calls them), so a personality
+needs no locking of its own for state it touches only from hooks. They run in
+the device thread, except the register hooks: a driver's register access runs
+in the driver's thread (``DeviceCore.register_read``/``register_write`` take
+the lock), and work it starts (a doorbell) goes to the device thread with
+``DeviceCore.defer``, as a real device works after the write has returned.
 """
 
 from __future__ import annotations
@@ -22,9 +25,20 @@ import abc
 from typing import TYPE_CHECKING
 
 from device_model.abi import VECTOR_SUBMIT
+from wdfhil.errors import DeviceProtocolError
 
 if TYPE_CHECKING:
     from device_model.device_core import DeviceCore
+
+
+class RegisterAccessError(DeviceProtocolError):
+    """A register access the device does not decode (no such register, a width it
+    does not take, a write to a read-only register): a driver bug, named."""
+
+    def __init__(self, message: str, *, offset: int, width: int) -> None:
+        self.offset = offset
+        self.width = width
+        super().__init__(f"register access at offset {offset:#x}, width {width}: {message}")
 
 
 class Personality(abc.ABC):
@@ -60,3 +74,13 @@ class Personality(abc.ABC):
 
     def guest_ram_changed(self, attached: bool) -> None:
         """Guest RAM was attached (True) or detached (False)."""
+
+    def register_read(self, offset: int, width: int) -> int:
+        """A driver reads the register at ``offset`` (``width`` bytes). The default
+        decodes no register."""
+        raise RegisterAccessError("this device has no registers", offset=offset, width=width)
+
+    def register_write(self, offset: int, width: int, value: int) -> None:
+        """A driver writes ``value`` to the register at ``offset``. The default
+        decodes no register."""
+        raise RegisterAccessError("this device has no registers", offset=offset, width=width)
