@@ -188,6 +188,12 @@ class Device(FxObject):
         self.wake_settings: WDF_DEVICE_POWER_POLICY_WAKE_SETTINGS | None = None
         self.DESCRIPTION = f"{'filter' if self.filter else 'function'} device in stack {self.stack.name!r}"
         self.children = {}
+        # DMA and hardware (dma_enabler.py, interrupt.py, hw_resources.py)
+        self.hardware = self.stack.hardware        # the PDO's hardware: resources, registers, DMA platform
+        self.alignment_requirement = 0             # DEVICE_OBJECT.AlignmentRequirement (boundary - 1)
+        self.dma_enablers: list[Any] = []
+        self.dma_packet_transaction: Any = None    # FxDevice::AcquireDmaPacketTransaction
+        self.interrupts: list[Any] = []
 
     def file_callback_lock(self) -> CallbackLock | None:
         """File-object callbacks share the device's lock only under device scope with the passive
@@ -294,6 +300,7 @@ class DeviceStack:
 
     name: str
     devices: list[Device] = field(default_factory=list)
+    hardware: Any = None   # the PDO's DeviceHardware (hw_resources.py), None: no resources
 
     @property
     def top(self) -> Device:
