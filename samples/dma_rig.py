@@ -40,3 +40,39 @@ def dma_echo(*, high: bool = False, dma_address_bits: int = 64, dma_remapping: b
 def pattern(n: int, seed: int = 7) -> bytes:
     """``n`` bytes that are not all alike."""
     return bytes((i * 31 + seed) & 0xFF for i in range(n))
+
+
+class BareDriver:
+    """A driver that only creates its device: the DMA unit tests call the DDIs themselves."""
+
+    fx: Any = None
+
+    def __init__(self, device_attributes: Any = None) -> None:
+        self.device_attributes = device_attributes
+        self.device = 0
+        self.prepare_hardware: tuple[int, int] | None = None
+
+    def EvtDriverDeviceAdd(self, Driver: int, DeviceInit: Any) -> int:
+        from framework_emu import WDF_PNPPOWER_EVENT_CALLBACKS
+
+        self.fx.WdfDeviceInitSetPnpPowerEventCallbacks(DeviceInit, WDF_PNPPOWER_EVENT_CALLBACKS(
+            EvtDevicePrepareHardware=self.EvtDevicePrepareHardware))
+        status, self.device = self.fx.WdfDeviceCreate(DeviceInit, self.device_attributes)
+        return status
+
+    def EvtDevicePrepareHardware(self, Device: int, ResourcesRaw: int, ResourcesTranslated: int) -> int:
+        self.prepare_hardware = (ResourcesRaw, ResourcesTranslated)
+        return 0
+
+
+def bare_device(*, high: bool = False, dma_address_bits: int = 64, dma_remapping: bool = False,
+                map_registers: int = 16, hardware: bool = True, verifier_mode: str = "bugcheck",
+                device_attributes: Any = None) -> tuple[HighGuest, Any, BareDriver, FakeBusMaster]:
+    """(guest, Framework, driver, fake device) with one started device (``driver.device``)."""
+    guest = HighGuest(high)
+    device = FakeBusMaster(guest.memory, dma_address_bits=dma_address_bits, dma_remapping=dma_remapping,
+                           map_registers=map_registers)
+    driver = BareDriver(device_attributes)
+    fx = guest.iom.load_driver(driver, service_name="WDFDmaBare", verifier_mode=verifier_mode)
+    guest.iom.add_device(fx, "dma0", hardware=device.hardware if hardware else None)
+    return guest, fx, driver, device
