@@ -41,15 +41,17 @@ class DmaEchoDriver:
     fx: Any = None
 
     def __init__(self, profile: int = WdfDmaProfileScatterGather64, maximum_length: int = 64 << 10,
-                 max_elements: int = 32, bypass_dma_api: bool = False) -> None:
+                 max_elements: int = 32, bypass_dma_api: bool = False, initialize_from_mdl: bool = False) -> None:
         self.profile = profile
         self.maximum_length = maximum_length
         self.max_elements = max_elements
         self.bypass_dma_api = bypass_dma_api   # a bug to reproduce: the device gets MmGetPhysicalAddress
+        self.initialize_from_mdl = initialize_from_mdl   # writes: WdfRequestRetrieveInputWdmMdl + Initialize
         self.registers = 0
         self.bar_length = 0
         self.program_calls: list[list[tuple[int, int]]] = []
         self.isr_status = 0
+        self.current_request: int | None = None
 
     # -- device creation ----------------------------------------------------------------------------
 
@@ -114,10 +116,18 @@ class DmaEchoDriver:
 
     def _start(self, request: int, direction: int) -> None:
         fx = self.fx
-        status = fx.WdfDmaTransactionInitializeUsingRequest(self.transaction, request, self.EvtProgramDma, direction)
+        if self.initialize_from_mdl and direction == WdfDmaDirectionWriteToDevice:
+            status, mdl = fx.WdfRequestRetrieveInputWdmMdl(request)
+            if NT_SUCCESS(status):
+                status = fx.WdfDmaTransactionInitialize(self.transaction, self.EvtProgramDma, direction, mdl,
+                                                        fx.MmGetMdlVirtualAddress(mdl), fx.MmGetMdlByteCount(mdl))
+        else:
+            status = fx.WdfDmaTransactionInitializeUsingRequest(self.transaction, request, self.EvtProgramDma,
+                                                                direction)
         if not NT_SUCCESS(status):
             fx.WdfRequestComplete(request, status)
             return
+        self.current_request = request
         status = fx.WdfDmaTransactionExecute(self.transaction, None)
         if not NT_SUCCESS(status):
             fx.WdfDmaTransactionRelease(self.transaction)
@@ -165,6 +175,8 @@ class DmaEchoDriver:
             return   # the next fragment went to EvtProgramDma
         request = fx.WdfDmaTransactionGetRequest(self.transaction)
         transferred = fx.WdfDmaTransactionGetBytesTransferred(self.transaction)
+        if request is None:   # initialized from an MDL: the transaction knows no request
+            request = self.current_request
         fx.WdfDmaTransactionRelease(self.transaction)
         fx.WdfRequestCompleteWithInformation(request, status, transferred if NT_SUCCESS(status) else 0)
 

@@ -149,3 +149,14 @@ def test_hal_adapter_directly():
     assert woken == [1] and adapter.free_map_registers == 1
     with pytest.raises(Exception, match="twice"):
         adapter.unmap(sg)
+
+
+def test_single_transfer_needing_more_map_registers_than_the_adapter_has():
+    guest, fx, en = setup(map_registers=4, v3=True)
+    status, t = fx.WdfDmaTransactionCreate(en)
+    fx.WdfDmaTransactionSetSingleTransferRequirement(t, True)
+    mdl = high_mdl(fx, 0, 6 * PAGE_SIZE)
+    # PrepareForSingleTransfer: the fragment may be the enabler's MaximumLength, but 6 pages need
+    # 6 map registers and the adapter has 4
+    assert fx.WdfDmaTransactionInitialize(t, Programs(), 1, mdl, mdl.virtual_address(), 6 * PAGE_SIZE) == \
+        NTSTATUS.STATUS_WDF_NOT_ENOUGH_MAP_REGISTERS

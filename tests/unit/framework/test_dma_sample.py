@@ -115,3 +115,10 @@ def test_interrupt_runs_isr_at_dirql_then_dpc_at_dispatch():
     assert guest.write_file(file, b"x" * 100).result() == (NTSTATUS.STATUS_SUCCESS, 100)
     assert seen == [("isr", 9), ("dpc", 2)]
     assert fx.WdfInterruptGetDevice(driver.interrupt) == driver.device
+
+
+def test_initialize_from_the_request_input_mdl_and_its_accessors():
+    guest, fx, driver, device = dma_echo(initialize_from_mdl=True, maximum_length=4096)
+    roundtrip(guest, pattern(9000))
+    assert len(driver.program_calls) == 3 + 3     # 4 KiB fragments each way
+    assert device.faults == []
