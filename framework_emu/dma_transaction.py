@@ -253,6 +253,8 @@ class DmaTransaction(FxObject):
         if self._dma_state != S.FxDmaTransactionStateInitialized:
             raise self.fatal(call, "not initialized" if self._dma_state != S.FxDmaTransactionStateTransfer
                              else "already executing")
+        if self.request is not None:
+            self._reference_request()
         self._dma_state = S.FxDmaTransactionStateTransfer
         self.context = context
         self.note("executed", driver_site())
@@ -260,7 +262,27 @@ class DmaTransaction(FxObject):
         if status & 0x80000000:
             self._dma_state = S.FxDmaTransactionStateTransferFailed
             self.context = None
+            self._release_request_reference()
         return status
+
+    # ReferenceRequest / ReleaseButRetainRequest: an IRP reference on the request while its DMA
+    # is in flight, "to catch completion of request when there is a pending DMA transaction"
+    # (completing it then stops the machine: 0x10D/0x3, the request's references check).
+    _request_referenced = False
+
+    def _reference_request(self) -> None:
+        if not self._request_referenced:
+            self.request.irp_references += 1
+            self._request_referenced = True
+
+    def _release_request_reference(self) -> None:
+        if self._request_referenced:
+            self.request.irp_references -= 1
+            self._request_referenced = False
+
+    def clear_request(self) -> None:
+        self._release_request_reference()
+        self.request = None
 
     def start_transfer(self) -> int:
         if self.enabler.is_packet_profile and not self.enabler.uses_dma_v3:
@@ -372,6 +394,7 @@ class DmaTransaction(FxObject):
         self._dma_state = (S.FxDmaTransactionStateTransferFailed if status & 0x80000000
                            else S.FxDmaTransactionStateTransferCompleted)
         self.release_resources()
+        self._release_request_reference()
         self.current_length = 0
         self.note("DMA completed", driver_site())
         return True, status
@@ -403,7 +426,7 @@ class DmaTransaction(FxObject):
         self._dma_state = S.FxDmaTransactionStateReleased
         self.release_resources()
         self.reset()
-        self.request = None
+        self.clear_request()
 
     def set_immediate_execution(self, value: bool) -> None:
         if self._dma_state not in (S.FxDmaTransactionStateCreated, S.FxDmaTransactionStateInitialized,
@@ -423,13 +446,14 @@ class DmaTransaction(FxObject):
                              "deleted (with its enabler or device?) while its DMA is in progress")
         self._dma_state = S.FxDmaTransactionStateDeleted
         self.release_resources()
-        self.request = None
+        self.clear_request()
         FxObject.dispose(self)
 
     def free_storage(self) -> None:
         if self._dma_state != S.FxDmaTransactionStateDeleted:
             self._dma_state = S.FxDmaTransactionStateDeleted
             self.release_resources()
+            self.clear_request()
         FxObject.free_storage(self)
 
     _dma_state = S.FxDmaTransactionStateCreated

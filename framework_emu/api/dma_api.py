@@ -279,7 +279,7 @@ class DmaApi:
         status = transaction.initialize(EvtProgramDmaFunction, DmaDirection, mdl, 0, length, call)
         if status:
             return status
-        transaction.request = request
+        transaction.request = request   # SetRequest: referenced from Execute until the transfer ends
         return NTSTATUS.STATUS_SUCCESS
 
     def WdfDmaTransactionExecute(self, DmaTransaction: int, Context: Any = None) -> int:

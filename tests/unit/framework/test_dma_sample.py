@@ -122,3 +122,24 @@ def test_initialize_from_the_request_input_mdl_and_its_accessors():
     roundtrip(guest, pattern(9000))
     assert len(driver.program_calls) == 3 + 3     # 4 KiB fragments each way
     assert device.faults == []
+
+
+def test_completing_the_request_while_its_dma_is_in_flight_stops_the_machine():
+    """ReferenceRequest takes an IRP reference at Execute "to catch completion of request when
+    there is a pending DMA transaction": completing it then is 0x10D/0x3 (P3 the references)."""
+    import pytest
+    from framework_emu import BugCheck
+
+    guest, fx, driver, device = dma_echo()
+    program = driver.EvtProgramDma
+
+    def complete_too_early(Transaction, Device, Context, Direction, SgList):
+        program(Transaction, Device, Context, Direction, SgList)
+        fx.WdfRequestComplete(fx.WdfDmaTransactionGetRequest(Transaction), 0)
+
+    driver.EvtProgramDma = complete_too_early
+    file = guest.open("dma0")
+    with pytest.raises(BugCheck) as stop:
+        guest.write_file(file, pattern(100))
+    assert stop.value.params[:3] == (3, stop.value.params[1], 1)
+    assert "still hold 1 reference" in str(stop.value)
