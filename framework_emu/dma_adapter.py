@@ -172,6 +172,21 @@ class DmaAdapter(abc.ABC):
     def unmap_common_buffer(self, logical: int, length: int) -> None:
         """The common buffer at ``logical`` is freed."""
 
+    # Map registers: what IoGetDmaAdapter reports, and the queued adapter request.
+
+    @property
+    def number_of_map_registers(self) -> int:
+        """NumberOfMapRegisters (default: enough for the longest transfer, plus one)."""
+        return ((self.capabilities.max_transfer + PAGE_SIZE - 1) >> PAGE_SHIFT) + 1
+
+    def when_map_registers_free(self, retry: Callable[[], None]) -> None:
+        """Call ``retry`` when map registers are released (after :meth:`map` raised
+        :class:`MapRegistersBusy`); an adapter that never raises it needs nothing here."""
+        raise DmaMappingError(f"{type(self).__name__} raised MapRegistersBusy but queues no retry")
+
+    def cancel_waiter(self, retry: Callable[[], None]) -> None:
+        """Forget a queued retry (the transaction was released or deleted)."""
+
 
 class IdentityDmaAdapter(DmaAdapter):
     """Logical = physical, one element per span, nothing held: the simplest adapter,
@@ -378,10 +393,6 @@ class RemappingDmaAdapter(DmaAdapter):
     @property
     def capabilities(self) -> DmaCapabilities:
         return self._capabilities
-
-    @property
-    def number_of_map_registers(self) -> int:
-        return ((self._capabilities.max_transfer + PAGE_SIZE - 1) >> PAGE_SHIFT) + 1
 
     def _allocate(self, frames: list[int], first_offset: int, length: int, to_device: bool | None) -> IovaMapping:
         iova = self._next

@@ -232,8 +232,7 @@ class DmaEnabler(FxObject):
             if made is None:
                 return NTSTATUS.STATUS_UNSUCCESSFUL   # IoGetDmaAdapter returned NULL
             adapter, blocks = made
-            registers = int(getattr(adapter, "number_of_map_registers",
-                                    ((self.maximum_length + PAGE_SIZE - 1) >> PAGE_SHIFT) + 1))
+            registers = adapter.number_of_map_registers
             fragment = min(self.maximum_length, (registers - 1) << PAGE_SHIFT)
             self.descriptions[direction] = DmaDescription(adapter, registers, fragment, blocks)
         alignment = max(self.descriptions[0].adapter.capabilities.alignment - 1, 0)
