@@ -81,7 +81,10 @@ class FxObject:
     QI_TYPES: frozenset[int] = frozenset({FX_TYPE_OBJECT})
     NO_DELETE_DDI = False     # WdfObjectDelete logs STATUS_CANNOT_DELETE and ignores the call
     passive_dispose = False   # dispose/destroy must run at PASSIVE_LEVEL
-    DISPOSE_OVERRIDE = False  # MarkDisposeOverride: the object's dispose() does work (never the one-step delete)
+    # MarkDisposeOverride: the object's dispose() does work (DMA objects), so it never takes the
+    # one-step delete. Checked last on that path: +200 instructions per WdfMemoryCreate+Delete
+    # pair (43,675 -> 43,875, callgrind, 6,000 - 1,000 pairs / 5,000), +0.5%.
+    DISPOSE_OVERRIDE = False
 
     handle = 0
     state: ObjectState  # set by __init__ (no class default: an enum member there keeps every
