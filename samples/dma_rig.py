@@ -66,13 +66,13 @@ class BareDriver:
 
 
 def bare_device(*, high: bool = False, dma_address_bits: int = 64, dma_remapping: bool = False,
-                map_registers: int = 16, hardware: bool = True, verifier_mode: str = "bugcheck",
-                device_attributes: Any = None) -> tuple[HighGuest, Any, BareDriver, FakeBusMaster]:
+                map_registers: int = 16, hardware: bool = True, verifier: bool = True,
+                verifier_mode: str = "bugcheck", device_attributes: Any = None) -> tuple[HighGuest, Any, BareDriver, FakeBusMaster]:
     """(guest, Framework, driver, fake device) with one started device (``driver.device``)."""
     guest = HighGuest(high)
     device = FakeBusMaster(guest.memory, dma_address_bits=dma_address_bits, dma_remapping=dma_remapping,
                            map_registers=map_registers)
     driver = BareDriver(device_attributes)
-    fx = guest.iom.load_driver(driver, service_name="WDFDmaBare", verifier_mode=verifier_mode)
+    fx = guest.iom.load_driver(driver, service_name="WDFDmaBare", verifier=verifier, verifier_mode=verifier_mode)
     guest.iom.add_device(fx, "dma0", hardware=device.hardware if hardware else None)
     return guest, fx, driver, device

@@ -394,3 +394,14 @@ def test_bytes_written_reach_the_device_unchanged(rig):
     fx.WdfDmaTransactionInitialize(t, program, 1, mdl, mdl.virtual_address(), len(data))
     fx.WdfDmaTransactionExecute(t)
     assert b"".join(fx.memory.read(a, n) for a, n in program.calls[0]) == data
+
+
+def test_without_the_verifier_release_during_a_transfer_is_not_checked():
+    guest, fx, driver, device = bare_device(verifier=False)
+    en = enabler(fx, driver)
+    t = transaction(fx, en)
+    mdl = mdl_over(fx, 2 * MIB, PAGE_SIZE)
+    fx.WdfDmaTransactionInitialize(t, Programs(fx), 1, mdl, mdl.virtual_address(), 100)
+    fx.WdfDmaTransactionExecute(t)
+    assert fx.WdfDmaTransactionRelease(t) == 0
+    assert fx._live[t].dma_state == St.FxDmaTransactionStateReleased
