@@ -264,6 +264,7 @@ class BounceBuffer:
     bounce_gpa: int      # the low page's address of the span's first byte
     original_gpa: int    # the span's real address
     length: int
+    register: int = 0    # which map register (index into the adapter's bounce pages)
 
 
 class HalDmaAdapter(DmaAdapter):
@@ -274,10 +275,12 @@ class HalDmaAdapter(DmaAdapter):
     the device is given instead. Data is copied into the bounce page when the transfer is mapped
     for a write to the device, and back out of it when a read from the device is unmapped.
 
-    Map registers are finite: :meth:`map` raises :class:`MapRegistersBusy` when too few are free
-    (:meth:`when_map_registers_free` queues a retry, as the HAL queues the adapter request).
-    ``number_of_map_registers`` is what IoGetDmaAdapter reports: the bounce pages when the
-    device needs them, else BYTES_TO_PAGES(max_transfer) + 1.
+    A transfer takes a run of consecutive map registers, so its bounced pages are one logically
+    contiguous range (when the bounce pages are contiguous, as one allocation makes them).
+    Map registers are finite: :meth:`map` raises :class:`MapRegistersBusy` when no run of the
+    needed length is free (:meth:`when_map_registers_free` queues a retry, as the HAL queues the
+    adapter request). ``number_of_map_registers`` is what IoGetDmaAdapter reports: the bounce
+    pages when the device needs them, else BYTES_TO_PAGES(max_transfer) + 1.
     """
 
     def __init__(self, memory: object, capabilities: DmaCapabilities | None = None, *,
@@ -288,9 +291,9 @@ class HalDmaAdapter(DmaAdapter):
         for page in self._bounce_all:
             if page % PAGE_SIZE or page + PAGE_SIZE - 1 > self._capabilities.dma_mask:
                 raise DmaMappingError(f"bounce page 0x{page:x} is not a page the device can reach", value=page)
-        self._bounce_free = list(reversed(self._bounce_all))
+        self._in_use = [False] * len(self._bounce_all)
         self._waiters: list[Callable[[], None]] = []
-        self.mapped: list[ScatterGatherList] = []   # transfers mapped now (a leak check at release)
+        self.mapped: list[ScatterGatherList] = []   # transfers mapped now
 
     @property
     def capabilities(self) -> DmaCapabilities:
@@ -304,7 +307,7 @@ class HalDmaAdapter(DmaAdapter):
 
     @property
     def free_map_registers(self) -> int:
-        return len(self._bounce_free)
+        return self._in_use.count(False)
 
     def reachable(self, gpa: int, length: int) -> bool:
         return gpa + length - 1 <= self._capabilities.dma_mask
@@ -312,13 +315,23 @@ class HalDmaAdapter(DmaAdapter):
     def map_registers_needed(self, spans: Sequence[Span]) -> int:
         return sum(1 for s in spans if not self.reachable(span_address(s), s[2]))
 
+    def _free_run(self, count: int) -> int | None:
+        """The first index of ``count`` free map registers whose pages are consecutive."""
+        pages, in_use = self._bounce_all, self._in_use
+        for start in range(len(pages) - count + 1):
+            if all(not in_use[start + k] and pages[start + k] == pages[start] + k * PAGE_SIZE
+                   for k in range(count)):
+                return start
+        return None
+
     def map(self, spans: Sequence[Span], *, to_device: bool) -> ScatterGatherList:
         needed = self.map_registers_needed(spans)
-        if needed > len(self._bounce_free):
+        register = self._free_run(needed) if needed else 0
+        if register is None:
             if not self._bounce_all:
                 raise DmaMappingError(f"{needed} pages lie beyond the device's DMA mask"
                                       f" 0x{self._capabilities.dma_mask:x} and the adapter has no map registers")
-            raise MapRegistersBusy(needed, len(self._bounce_free), len(self._bounce_all))
+            raise MapRegistersBusy(needed, self.free_map_registers, len(self._bounce_all))
         elements: list[ScatterGatherElement] = []
         bounces: list[object] = []
         for span in spans:
@@ -326,11 +339,13 @@ class HalDmaAdapter(DmaAdapter):
             if self.reachable(gpa, length):
                 elements.append(ScatterGatherElement(gpa, length))
                 continue
-            bounce = self._bounce_free.pop() + span[1]
+            self._in_use[register] = True
+            bounce = self._bounce_all[register] + span[1]
             if to_device:
                 self._memory.write(bounce, self._memory.read(gpa, length))
-            bounces.append(BounceBuffer(bounce, gpa, length))
+            bounces.append(BounceBuffer(bounce, gpa, length, register))
             elements.append(ScatterGatherElement(bounce, length))
+            register += 1
         sg = ScatterGatherList(_coalesce(elements), to_device, sum(s[2] for s in spans),
                                map_registers=needed, bounce_buffers=bounces)
         self.mapped.append(sg)
@@ -346,7 +361,7 @@ class HalDmaAdapter(DmaAdapter):
             assert isinstance(bounce, BounceBuffer)
             if not sg.to_device:
                 self._memory.write(bounce.original_gpa, self._memory.read(bounce.bounce_gpa, bounce.length))
-            self._bounce_free.append(bounce.bounce_gpa & ~(PAGE_SIZE - 1))
+            self._in_use[bounce.register] = False
         if sg.bounce_buffers and self._waiters:
             waiters, self._waiters = self._waiters, []
             for retry in waiters:

@@ -155,21 +155,18 @@ def platform_dma_adapter(fx: Any, description: DeviceDescription,
     top = max(end for _start, end in fx.memory.ram_ranges())
     if top - 1 <= mask:
         return HalDmaAdapter(fx.memory, capabilities), []
-    blocks: list[int] = []
-    for _ in range(map_registers):
-        va = fx._pool.allocate(PoolType.NonPagedPool, PAGE_SIZE, BOUNCE_TAG, None)
-        if not va or va - fx.kva_base + PAGE_SIZE - 1 > mask:
-            for block in blocks + ([va] if va else []):
-                fx._pool.free(block)
-            return None
-        blocks.append(va)
-    try:
-        adapter = HalDmaAdapter(fx.memory, capabilities, bounce_pages=[b - fx.kva_base for b in blocks])
-    except DmaMappingError:
-        for block in blocks:
-            fx._pool.free(block)
+    size = map_registers * PAGE_SIZE   # one allocation: the map registers' pages are contiguous
+    va = fx._pool.allocate(PoolType.NonPagedPool, size, BOUNCE_TAG, None)
+    if not va:
         return None
-    return adapter, blocks
+    base = va - fx.kva_base
+    try:
+        adapter = HalDmaAdapter(fx.memory, capabilities,
+                                bounce_pages=[base + i * PAGE_SIZE for i in range(map_registers)])
+    except DmaMappingError:   # the pool lies beyond what the device can reach
+        fx._pool.free(va)
+        return None
+    return adapter, [va]
 
 
 class DmaEnabler(FxObject):

@@ -52,6 +52,7 @@ def test_write_to_device_copies_into_low_bounce_pages_before_program_dma():
     t = start(fx, en, high_mdl(fx, 0x300, len(data)), 1, program)
     assert fx.WdfDmaTransactionExecute(t) == 0
     (elements,) = program.calls
+    assert len(elements) == 1                                # consecutive map registers: one range
     assert all(a + n <= FOUR_GIB for a, n in elements)
     assert elements[0][0] % PAGE_SIZE == 0x300             # the bounce page keeps the byte offset
     assert b"".join(fx.memory.read(a, n) for a, n in elements) == data

@@ -5,7 +5,7 @@ DPC -> WdfDmaTransactionDmaCompleted -> WdfRequestComplete."""
 from __future__ import annotations
 
 from framework_emu import NTSTATUS
-from framework_emu.dma_enabler import WdfDmaProfileScatterGather, WdfDmaProfileScatterGather64
+from framework_emu.dma_enabler import WdfDmaProfilePacket, WdfDmaProfileScatterGather, WdfDmaProfileScatterGather64
 from samples.dma_echo import STATUS_DEVICE_DATA_ERROR
 
 from samples.dma_rig import FOUR_GIB, dma_echo, pattern
@@ -143,3 +143,12 @@ def test_completing_the_request_while_its_dma_is_in_flight_stops_the_machine():
         guest.write_file(file, pattern(100))
     assert stop.value.params[:3] == (3, stop.value.params[1], 1)
     assert "still hold 1 reference" in str(stop.value)
+
+
+def test_32_bit_packet_profile_with_scattered_high_pages_gets_one_bounced_range_per_fragment():
+    guest, fx, driver, device = dma_echo(high=True, dma_address_bits=32, profile=WdfDmaProfilePacket,
+                                         maximum_length=16 << 10)
+    data = pattern(3 * 4096 + 5)
+    roundtrip(guest, data)      # the caller's pages are scattered and reversed; the bounce pages are not
+    assert [len(call) for call in driver.program_calls] == [1, 1]
+    assert device.faults == []
