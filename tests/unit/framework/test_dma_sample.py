@@ -152,3 +152,13 @@ def test_32_bit_packet_profile_with_scattered_high_pages_gets_one_bounced_range_
     roundtrip(guest, data)      # the caller's pages are scattered and reversed; the bounce pages are not
     assert [len(call) for call in driver.program_calls] == [1, 1]
     assert device.faults == []
+
+
+def test_the_documented_example_runs_as_written():
+    """docs/writing-a-driver.md, "DMA, interrupts and registers"."""
+    from framework_emu import WdfDmaProfileScatterGather  # noqa: F811 (the doc star-imports it)
+
+    guest, fx, driver, device = dma_echo(high=True, dma_address_bits=32,
+                                         profile=WdfDmaProfileScatterGather)   # buffers above 4 GiB
+    file = guest.open("dma0")
+    assert guest.write_file(file, b"x" * 20000).result() == (0, 20000)        # bounced through low pages
