@@ -124,9 +124,14 @@ class Interrupt(FxObject):
     # -- the ISR ------------------------------------------------------------------------------------
 
     def trigger(self) -> None:
-        """The line fired: take it now, or leave it pending."""
+        """The line fired: take it now, or leave it pending. From outside any callback (the
+        runtime's event loop) the DPC and whatever it starts run before this returns, as an
+        IoManager call drains its work."""
         self.pending += 1
         self._take_pending()
+        manager = self.fx.io_manager
+        if manager.dispatcher.depth == 0:
+            manager.run()
 
     def _can_take(self) -> bool:
         return self.connected and self.lock_holder is None and self.fx._irql.current < self.irql

@@ -26,11 +26,11 @@ class HighGuest(InProcessGuest):
 
 
 def dma_echo(*, high: bool = False, dma_address_bits: int = 64, dma_remapping: bool = False,
-             map_registers: int = 16, **driver_options: Any) -> tuple[HighGuest, Any, DmaEchoDriver, FakeBusMaster]:
+             map_registers: int = 16, complete_later: bool = False, **driver_options: Any) -> tuple[HighGuest, Any, DmaEchoDriver, FakeBusMaster]:
     """(guest, the driver's Framework, the driver, the device), the device started as stack "dma0"."""
     guest = HighGuest(high)
     device = FakeBusMaster(guest.memory, dma_address_bits=dma_address_bits, dma_remapping=dma_remapping,
-                           map_registers=map_registers)
+                           map_registers=map_registers, complete_later=complete_later)
     driver = DmaEchoDriver(**driver_options)
     fx = guest.iom.load_driver(driver, service_name="WDFDmaEcho")
     guest.iom.add_device(fx, "dma0", hardware=device.hardware)

@@ -40,8 +40,10 @@ class FakeBusMaster(RegisterHandler):
     ``IoManager.add_device(..., hardware=device.hardware)``."""
 
     def __init__(self, memory: Any, *, dma_address_bits: int = 64, dma_remapping: bool = False,
-                 map_registers: int = 16) -> None:
+                 map_registers: int = 16, complete_later: bool = False) -> None:
         self.memory = memory
+        self.complete_later = complete_later   # a run waits for finish(), as a real device takes time
+        self.started = 0
         self.hardware = DeviceHardware(bars=[BAR0], interrupt=InterruptResource(), registers=self,
                                        dma_address_bits=dma_address_bits, dma_remapping=dma_remapping,
                                        map_registers=map_registers)
@@ -75,7 +77,10 @@ class FakeBusMaster(RegisterHandler):
         elif offset == DESC_ADDR + 4:
             self.regs[DESC_ADDR] = (self.regs[DESC_ADDR] & 0xFFFF_FFFF) | (value << 32)
         elif offset == CONTROL and value & 1:
-            self.run()
+            if self.complete_later:
+                self.started += 1
+            else:
+                self.run()
         elif offset in self.regs:
             self.regs[offset] = value
 
@@ -90,6 +95,12 @@ class FakeBusMaster(RegisterHandler):
         for gpa, n in self.hardware.translate(logical, len(data), device_writes=True):
             self.memory.write(gpa, data[done:done + n])
             done += n
+
+    def finish(self) -> None:
+        """Complete the run started last (``complete_later``): the DMA and the interrupt now."""
+        if self.started:
+            self.started -= 1
+            self.run()
 
     def run(self) -> None:
         """Run the descriptor table, then set STATUS and raise the interrupt."""

@@ -162,3 +162,18 @@ def test_the_documented_example_runs_as_written():
                                          profile=WdfDmaProfileScatterGather)   # buffers above 4 GiB
     file = guest.open("dma0")
     assert guest.write_file(file, b"x" * 20000).result() == (0, 20000)        # bounced through low pages
+
+
+def test_a_device_that_completes_later_interrupts_from_the_runtime_loop():
+    """The runtime raises the interrupt from its event loop: the ISR, the DPC, the next
+    fragment's EvtProgramDma and the request's completion all run inside trigger()."""
+    guest, fx, driver, device = dma_echo(complete_later=True, maximum_length=4096)
+    file = guest.open("dma0")
+    data = pattern(6000)
+    op = guest.write_file(file, data)
+    assert not op.done and device.started == 1
+    device.finish()                       # first fragment done: the DPC stages the second
+    assert not op.done and device.started == 1
+    device.finish()
+    assert op.done and (op.status, op.information) == (0, 6000)
+    assert bytes(device.echo) == data
