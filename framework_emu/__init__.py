@@ -35,7 +35,8 @@ from .request import (CTL_CODE, FILE_ANY_ACCESS, FILE_READ_ACCESS, FILE_WRITE_AC
                       METHOD_IN_DIRECT, METHOD_NEITHER, METHOD_OUT_DIRECT, IoRequest, WDF_REQUEST_TYPE)
 from .umdf1 import IObjectCleanup, IWDFDriver, IWDFMemory, IWDFObject
 from .verifier import Finding
-from . import wdf_io
+from . import wdf_dma, wdf_io
+from .wdf_dma import *  # noqa: F401,F403  (DMA, interrupts, resources; the list lives in wdf_dma.py)
 from .wdf_io import *  # noqa: F401,F403  (the I/O model's names; the list lives in wdf_io.py)
 
 __all__ = [
@@ -136,3 +137,4 @@ __all__ = [
     "iter_mdl_chain",
 ]
 __all__ += wdf_io.__all__
+__all__ += wdf_dma.__all__

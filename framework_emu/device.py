@@ -188,6 +188,15 @@ class Device(FxObject):
         self.wake_settings: WDF_DEVICE_POWER_POLICY_WAKE_SETTINGS | None = None
         self.DESCRIPTION = f"{'filter' if self.filter else 'function'} device in stack {self.stack.name!r}"
         self.children = {}
+        # DMA and hardware (dma_enabler.py, interrupt.py, hw_resources.py)
+        self.hardware = self.stack.hardware        # the PDO's hardware: resources, registers, DMA platform
+        self.alignment_requirement = 0             # DEVICE_OBJECT.AlignmentRequirement (boundary - 1)
+        self.dma_enablers: list[Any] = []
+        self.dma_packet_transaction: Any = None    # FxDevice::AcquireDmaPacketTransaction
+        self.interrupts: list[Any] = []
+        self.preparing_hardware = False
+        self.resources_raw: int | None = None          # WDFCMRESLIST handles, made at the first start
+        self.resources_translated: int | None = None
 
     def file_callback_lock(self) -> CallbackLock | None:
         """File-object callbacks share the device's lock only under device scope with the passive
@@ -209,11 +218,24 @@ class Device(FxObject):
         return int(result or 0)
 
     def start(self) -> int:
-        """PrepareHardware, D0Entry, queues, SelfManagedIoInit; a failure status stops the start."""
-        for name, args in (("EvtDevicePrepareHardware", (None, None)),
+        """PrepareHardware (with the raw and translated resource lists), D0Entry, the interrupts
+        connect (EvtInterruptEnable), D0EntryPostInterruptsEnabled, queues, SelfManagedIoInit; a
+        failure status stops the start."""
+        from .hw_resources import resource_lists
+
+        raw, translated = resource_lists(self)
+        for name, args in (("EvtDevicePrepareHardware", (raw, translated)),
                            ("EvtDeviceD0Entry", (WdfPowerDeviceD3Final,)),
                            ("EvtDeviceD0EntryPostInterruptsEnabled", (WdfPowerDeviceD3Final,))):
-            status = self._call(name, *args)
+            if name == "EvtDeviceD0EntryPostInterruptsEnabled":
+                status = self.connect_interrupts()
+                if status & 0x80000000:
+                    return status
+            self.preparing_hardware = name == "EvtDevicePrepareHardware"
+            try:
+                status = self._call(name, *args)
+            finally:
+                self.preparing_hardware = False
             if status & 0x80000000:
                 self.fx._log(f"{name} of {self.describe()} failed 0x{status:08X}: the device does not start")
                 return status
@@ -226,6 +248,21 @@ class Device(FxObject):
         self.self_managed_io_started = True
         return status
 
+    def connect_interrupts(self) -> int:
+        """Each WDFINTERRUPT gets its resource and connects (EvtInterruptEnable at DIRQL)."""
+        from .hw_resources import assign_interrupts
+
+        assign_interrupts(self)
+        for interrupt in self.interrupts:
+            status = interrupt.connect()
+            if status & 0x80000000:
+                return status
+        return 0
+
+    def disconnect_interrupts(self) -> None:
+        for interrupt in reversed(self.interrupts):
+            interrupt.disconnect()
+
     def remove(self) -> None:
         """The graceful removal sequence (the docstring of this module), then delete the object."""
         if self.removed:
@@ -237,8 +274,9 @@ class Device(FxObject):
                 if queue.power_managed:
                     queue.power_stop()
             self._call("EvtDeviceD0ExitPreInterruptsDisabled", WdfPowerDeviceD3Final)
+            self.disconnect_interrupts()
             self._call("EvtDeviceD0Exit", WdfPowerDeviceD3Final)
-        self._call("EvtDeviceReleaseHardware", None)
+        self._call("EvtDeviceReleaseHardware", self.resources_translated)
         for queue in self.queues:
             if queue.power_managed:
                 queue.purge_for_remove()
@@ -294,6 +332,7 @@ class DeviceStack:
 
     name: str
     devices: list[Device] = field(default_factory=list)
+    hardware: Any = None   # the PDO's DeviceHardware (hw_resources.py), None: no resources
 
     @property
     def top(self) -> Device:

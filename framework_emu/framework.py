@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from .api.memory_descriptor_api import MemoryDescriptorApi
+from .api.dma_api import DmaApi
+from .api.hw_api import HardwareApi
 from .api.driver_api import DRIVER_OBJECT, DriverApi
 from .api.io_api import IoModelApi
 from .api.irql_api import IrqlApi
@@ -22,7 +24,7 @@ from .umdf1 import IWDFDriver
 
 
 class Framework(FrameworkCore, DriverApi, ObjectApi, MemoryApi, LookasideApi, MdlApi, RequestApi, PoolApi,
-                IrqlApi, MemoryDescriptorApi, IoModelApi):
+                IrqlApi, MemoryDescriptorApi, IoModelApi, DmaApi, HardwareApi):
     """A WDF driver's view of the framework, over any :class:`PhysicalMemory`.
 
     ``Framework(memory, service_name="WDFEcho")`` creates the driver object

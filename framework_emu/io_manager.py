@@ -33,6 +33,7 @@ from .device import Device, DeviceStack, FileObject, WDFDEVICE_INIT
 from .driver import WDF_DRIVER_CONFIG
 from .errors import ArgumentError, FrameworkStateError
 from .handles import HANDLE_BASE
+from .hw_resources import IoSpace
 from .io_dispatch import TICKS_PER_MS, Dispatcher
 from .io_request import (IRP_MJ_CLEANUP, IRP_MJ_CLOSE, IRP_MJ_CREATE, STATUS_CANCELLED, STATUS_NO_SUCH_DEVICE,
                          STATUS_OBJECT_NAME_NOT_FOUND, DeviceRequest, Irp, SystemBuffer, UserPages,
@@ -147,6 +148,7 @@ class IoManager:
         self._driver_pool_size = driver_pool_size
         self.live_requests: dict[DeviceRequest, None] = {}
         self.findings: list[Finding] = []
+        self.io_space = IoSpace()  # MmMapIoSpace mappings of every device's registers
 
     # -- drivers and devices -------------------------------------------------------------------
 
@@ -188,13 +190,18 @@ class IoManager:
         fx._system_ptes = self.system_ptes
         fx.io_manager = self
 
-    def add_device(self, fx: Any, stack: str) -> int:
+    def add_device(self, fx: Any, stack: str, *, hardware: Any = None) -> int:
         """Play the PnP manager: EvtDriverDeviceAdd with a WDFDEVICE_INIT for ``stack`` (a filter
-        attaches above the devices already there), then start the device. Returns the WDFDEVICE."""
+        attaches above the devices already there), then start the device. Returns the WDFDEVICE.
+        ``hardware`` (a hw_resources.DeviceHardware) is what the bus enumerated for a new stack:
+        its resources, registers, interrupt line and DMA arrangement."""
         device_stack = self.stacks.get(stack)
         if device_stack is None:
-            device_stack = self.stacks[stack] = DeviceStack(stack)
+            device_stack = self.stacks[stack] = DeviceStack(stack, hardware=hardware)
             self._add_name(stack, device_stack)
+        elif hardware is not None:
+            raise ArgumentError("hardware belongs to the stack's first (function) device", field="hardware",
+                                value=stack)
         driver = fx._require_driver()
         add = driver.config.EvtDriverDeviceAdd
         if add is None:

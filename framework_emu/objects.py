@@ -81,6 +81,10 @@ class FxObject:
     QI_TYPES: frozenset[int] = frozenset({FX_TYPE_OBJECT})
     NO_DELETE_DDI = False     # WdfObjectDelete logs STATUS_CANNOT_DELETE and ignores the call
     passive_dispose = False   # dispose/destroy must run at PASSIVE_LEVEL
+    # MarkDisposeOverride: the object's dispose() does work (DMA objects), so it never takes the
+    # one-step delete. Checked last on that path: +200 instructions per WdfMemoryCreate+Delete
+    # pair (43,675 -> 43,875, callgrind, 6,000 - 1,000 pairs / 5,000), +0.5%.
+    DISPOSE_OVERRIDE = False
 
     handle = 0
     state: ObjectState  # set by __init__ (no class default: an enum member there keeps every
@@ -182,7 +186,7 @@ class FxObject:
             fx._irql.defer_until_passive(self._deferred_delete)
             return True
         if (self.children or self.refcount != 1 or self.cleanup_callback is not None
-                or self.destroy_callback is not None):
+                or self.destroy_callback is not None or self.DISPOSE_OVERRIDE):
             self._delete_now()
             return True
         # The common case, in one step: a leaf with no callbacks and no extra reference
