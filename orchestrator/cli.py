@@ -33,7 +33,16 @@ COMMAND_MODULES = [
     "orchestrator.demo_command",
     "guest_images.cli",
     "orchestrator.vm_command",
+    "orchestrator.scenario_command",
 ]
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("wdfhil")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="wdfhil",
         description="Run WDF-style memory and DMA code against a real QEMU guest.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
