@@ -32,7 +32,7 @@ from orchestrator.agent_client import (AgentSession, CompletionRecord, GuestBuff
                                        Verification, pattern_bytes)
 from orchestrator.guest_config import load_guest_config
 from orchestrator.scenario import Scenario, StepSpec, _plain
-from wdfhil.errors import WdfhilError
+from wdfhil.errors import ConfigError, WdfhilError
 
 if TYPE_CHECKING:
     from framework_emu import Framework
@@ -132,12 +132,12 @@ class SharedSession:
     pinned: int = 0           # fixtures holding it: never closed under them
 
 
-BetweenHook = Callable[[SharedSession, Scenario], None]
+BetweenHook = Callable[[SharedSession, FaultPlan], None]
 
 
-def install_fault_plan(shared: SharedSession, scenario: Scenario) -> None:
+def install_fault_plan(shared: SharedSession, plan: FaultPlan) -> None:
     """The next scenario's faults, counted from zero, with its own seed."""
-    shared.session.device.fault_plan = fault_plan(scenario)
+    shared.session.device.fault_plan = plan
 
 
 class GuestSessions:
@@ -163,26 +163,34 @@ class GuestSessions:
         return self._images[recipe]
 
     def acquire(self, scenario: Scenario, guest: str) -> tuple[SharedSession, float | None]:
-        """A session for ``scenario`` on ``guest``: a fitting booted one (after the
-        between-scenario hooks) or a new boot. Also returns the boot's seconds (None
-        when reused). A device booted without faults cannot take a fault plan later
-        (its DMA validator took the fast path without views), so such a scenario
-        gets a new boot of that key."""
-        key = (guest, device_settings(scenario))
-        plan = fault_plan(scenario)
+        """A session for ``scenario`` on ``guest``; see :meth:`acquire_device`."""
+        return self.acquire_device(guest, device_settings(scenario), fault_plan(scenario))
+
+    def acquire_device(self, guest: str, settings: tuple[int, int] = (FULL_DMA_MASK, 1),
+                       plan: FaultPlan | None = None) -> tuple[SharedSession, float | None]:
+        """A booted ``guest`` whose device has ``settings`` (dma_mask, segment_align)
+        and ``plan``: a fitting booted one (after the between-scenario hooks) or a
+        new boot. Also returns the boot's seconds (None when reused). A device
+        booted without faults cannot take a fault plan later (its DMA validator
+        took the fast path without views), so then the guest boots again."""
+        plan = plan or FaultPlan()
+        key = (guest, settings)
         shared = self.sessions.get(key)
-        if shared is not None and plan.active and not shared.faults_capable and not shared.pinned:
+        if shared is not None and plan.active and not shared.faults_capable:
+            if shared.pinned:
+                raise ConfigError(f"{guest} is held (by a fixture) with a device booted "
+                                  f"without faults; a fault plan cannot be added to it")
             self.release(key)
             shared = None
         if shared is not None:
             for hook in self.between:
-                hook(shared, scenario)
+                hook(shared, plan)
             return shared, None
         from orchestrator.dma_session import DmaSession
 
         config = load_guest_config(guest, self.guests_dirs)
         image = self.image(config.image)
-        dma_mask, segment_align = key[1]
+        dma_mask, segment_align = settings
         self.progress(f"booting {guest}")
         started = time.monotonic()
         session = DmaSession(config, image, dma_mask=dma_mask, segment_align=segment_align,
@@ -190,7 +198,7 @@ class GuestSessions:
         session.start()
         seconds = time.monotonic() - started
         self.progress(f"booted {guest} ({session.vm.accelerator}) in {seconds:.1f} s")
-        shared = SharedSession(guest, key[1], session, faults_capable=plan.active)
+        shared = SharedSession(guest, settings, session, faults_capable=plan.active)
         self.sessions[key] = shared
         return shared, seconds
 
