@@ -95,3 +95,20 @@ def test_wdfhil_run_exits_1_when_a_scenario_fails(tmp_path, capsys, guest_image)
     assert {r["scenario"]: r["verdict"] for r in results["results"]} == {
         "device-ready": "PASS", "data-mismatch": "FAIL"}
     assert (results["passed"], results["failed"]) == (1, 1)
+
+
+@pytest.mark.wdfhil_guest("pc-256m")
+def test_the_fixtures_example_of_the_docs(pc, wdfhil_session, wdfhil_framework, wdfhil_agent,
+                                          wdfhil_device):
+    """docs/scenarios.md's example test, on the module's guest."""
+    from framework_emu import NTSTATUS, PoolType
+    from orchestrator.agent_client import Step, Verification, pattern_bytes
+
+    assert wdfhil_session is pc and wdfhil_device is pc.device
+    fx = wdfhil_framework
+    status, memory, va = fx.WdfMemoryCreate(None, PoolType.NonPagedPool, 0, 4096)
+    assert status == NTSTATUS.STATUS_SUCCESS
+    fx.WdfMemoryCopyFromBuffer(memory, 0, pattern_bytes(7, 4096), 4096)
+    results = wdfhil_agent.run(Step.phys("m", fx.va_to_gpa(va), 4096), Step.verify("m", 7))
+    assert Verification.from_result(results[1]).match
+    fx.WdfObjectDelete(memory)
