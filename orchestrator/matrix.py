@@ -25,7 +25,7 @@ from typing import Any, Iterable
 import yaml
 
 from orchestrator.guest_config import list_guest_configs, load_guest_config
-from orchestrator.scenario import (Scenario, load_scenario, resolve_scenarios, scenario_name)
+from orchestrator.scenario import Scenario, load_scenario, resolve_scenarios
 from orchestrator.scenario_schema import Field, List, Obj, Place, Str
 from wdfhil.errors import ConfigError
 from wdfhil.yamlfile import load_yaml_mapping
@@ -235,4 +235,4 @@ def describe(matrix: Matrix) -> str:
 
 
 __all__ = ["Cell", "Matrix", "emit_github", "emit_gitlab", "github_matrix", "load_matrix",
-           "parallel_limit", "parse_only", "scenario_name"]
+           "parallel_limit", "parse_only"]

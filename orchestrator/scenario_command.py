@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -83,22 +82,30 @@ def _positive(jobs: int) -> int:
 
 
 # -- running ---------------------------------------------------------------------------
-def _execute(pairs, args: argparse.Namespace) -> int:
+def run_pairs(pairs, *, boot_timeout: float = 300.0, guests_dirs: tuple[str, ...] = (),
+              json_path: str | None = None, image_for=None, header: str = "") -> int:
+    """Run (scenario, guest) pairs with progress, print the verdict table (under
+    ``header``), write ``json_path``; the exit status (0 all passed, else 1)."""
     from orchestrator.scenario_progress import RunProgress
-    from orchestrator.scenario_runner import (GuestSessions, format_table, run_scenarios)
+    from orchestrator.scenario_runner import GuestSessions, format_table, run_scenarios
 
     progress = RunProgress(len(pairs))
     results = []
     try:
-        with GuestSessions(progress=progress.event, boot_timeout=args.boot_timeout,
-                           guests_dirs=tuple(args.guests_dir)) as sessions:
+        with GuestSessions(progress=progress.event, boot_timeout=boot_timeout,
+                           guests_dirs=guests_dirs, image_for=image_for) as sessions:
             results = run_scenarios(pairs, sessions, on_result=progress.result)
     finally:
         progress.close()
-    print(format_table(results), flush=True)
-    if args.json:
-        _write_json(args.json, [r.to_json() for r in results])
+    print(format_table(results, header), flush=True)
+    if json_path:
+        _write_json(json_path, [r.to_json() for r in results])
     return 0 if results and all(r.passed for r in results) else 1
+
+
+def _execute(pairs, args: argparse.Namespace) -> int:
+    return run_pairs(pairs, boot_timeout=args.boot_timeout, guests_dirs=tuple(args.guests_dir),
+                     json_path=args.json)
 
 
 def _write_json(path: str, results: list[dict]) -> None:

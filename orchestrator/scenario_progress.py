@@ -44,7 +44,7 @@ class RunProgress:
                            f"{result.seconds - (result.boot_seconds or 0):.2f} s{boot}")
         if not result.passed:
             self.status.notice(result.explain())
-        if self.done < self.total:
+        if self.done < self.total and self.status.live:
             self.status(f"[{self._counts()}] running")
 
     def close(self) -> None:

@@ -17,21 +17,19 @@ platform itself broke (the guest did not boot, an agent command failed).
 from __future__ import annotations
 
 import collections
-import logging
 import shlex
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from device_model.abi import CompletionStatus, ErrorReason, Opcode, Segment
+from device_model.abi import CompletionStatus, Opcode, Segment
 from device_model.descriptors import FULL_DMA_MASK
 from device_model.faults import FaultPlan
 from framework_emu import BugCheck
 from orchestrator.agent_client import (AgentSession, CompletionRecord, GuestBuffer, Step,
                                        Verification, pattern_bytes)
 from orchestrator.guest_config import load_guest_config
-from orchestrator.scenario import Scenario, StepSpec, _plain
+from orchestrator.scenario import Scenario, StepSpec, plain
 from wdfhil.errors import ConfigError, WdfhilError
 
 if TYPE_CHECKING:
@@ -39,7 +37,6 @@ if TYPE_CHECKING:
     from guest_images import GuestImage
     from orchestrator.dma_session import DmaSession
 
-log = logging.getLogger(__name__)
 
 PASS, FAIL, ERROR = "PASS", "FAIL", "ERROR"
 
@@ -116,7 +113,7 @@ def device_settings(scenario: Scenario) -> tuple[int, int]:
 
 def fault_plan(scenario: Scenario) -> FaultPlan:
     faults = scenario.device.get("faults") or {}
-    return FaultPlan.from_config([_plain(rule) for rule in faults.get("rules", [])],
+    return FaultPlan.from_config([plain(rule) for rule in faults.get("rules", [])],
                                  seed=faults.get("seed", 0))
 
 
@@ -288,7 +285,6 @@ class ScenarioRun:
         self.buffers: dict[str, GuestBuffer] = {}
         self.fx: "Framework | None" = None
         self.objects: dict[str, int] = {}       # scenario name -> framework handle
-        self.requests: dict[str, Any] = {}      # scenario name -> IoRequest
         self.names: dict[int, str] = {}         # handle -> scenario name
         self.refusals: collections.Counter[str] = collections.Counter()
         self._temp = 0
@@ -643,23 +639,38 @@ class ScenarioRun:
         return f"the guest read {length} bytes at gpa {gpa:#x} through /dev/mem"
 
     def _step_mdl_dma(self, step: StepSpec, a: dict[str, Any]) -> str:
-        from orchestrator.demo_job import _segments_of_mdl
+        """The framework's way: an MDL over the memory, its spans mapped by the
+        device's DMA port (orchestrator.dma_port) into the scatter/gather list."""
+        from framework_emu.dma_adapter import DmaMappingError, mdl_spans
+        from orchestrator.dma_port import DeviceDmaAdapter, device_segments
 
         fx = self._framework()
         _handle, va, offset, length = self._range(step, a, need_va=True)
+        to_memory = a["direction"] == "to_memory"
         mdl = self._call(step, fx.IoAllocateMdl, va + offset, length)
         try:
             self._call(step, fx.MmBuildMdlForNonPagedPool, mdl)
-            segments = _segments_of_mdl(fx, mdl)
-            if "segments" in a and len(segments) != a["segments"]:
-                raise StepFailed(f"the MDL gave {len(segments)} segment(s), expected "
-                                 f"{a['segments']}")
-            opcode = Opcode.READ if a["direction"] == "to_memory" else Opcode.WRITE
-            answer = self._command(Step.submit(opcode, a["device_offset"], segments))
+            adapter = DeviceDmaAdapter(self.session.device)
+            spans = mdl_spans(fx.MmGetMdlPfnArray(mdl), fx.MmGetMdlByteOffset(mdl),
+                              fx.MmGetMdlByteCount(mdl))
+            try:
+                sg = adapter.map(spans, to_device=not to_memory)
+            except DmaMappingError as exc:
+                raise StepFailed(f"the DMA port refused the MDL: {exc}") from None
+            try:
+                segments = device_segments(sg)
+                if "segments" in a and len(segments) != a["segments"]:
+                    raise StepFailed(f"the MDL gave {len(segments)} segment(s), expected "
+                                     f"{a['segments']}")
+                opcode = Opcode.READ if to_memory else Opcode.WRITE
+                answer = self._command(Step.submit(opcode, a["device_offset"], segments))
+            finally:
+                adapter.unmap(sg)
             detail = self._expect_completion(CompletionRecord.from_result(answer), length, None)
         finally:
             self._call(step, fx.IoFreeMdl, mdl)
-        return f"MDL -> {len(segments)} segment(s), {opcode.name} {detail}"
+        return (f"MDL of {len(spans)} page(s) -> {len(segments)} segment(s), "
+                f"{opcode.name} {detail}")
 
     def _step_WdfObjectDelete(self, step: StepSpec, a: dict[str, Any]) -> str:
         handle = self.objects.pop(a["object"])
@@ -679,7 +690,6 @@ class ScenarioRun:
         request = self._call(step, fx.present_request, major,
                              input_data=pattern_bytes(a["seed"], a["input_size"]),
                              output_length=a["output_size"], **extra)
-        self.requests[a["request"]] = request
         self.objects[a["request"]] = request.handle
         self.names[request.handle] = a["request"]
         return f"{a['type']} request, input {a['input_size']}, output {a['output_size']}"
@@ -736,13 +746,14 @@ def run_scenarios(pairs: list[tuple[Scenario, str]], sessions: GuestSessions,
     return results
 
 
-def format_table(results: list[ScenarioResult]) -> str:
-    """The verdict table: one line a scenario and guest, then the totals."""
+def format_table(results: list[ScenarioResult], header: str = "") -> str:
+    """The verdict table: one line a scenario and guest, then the totals
+    (``header``: e.g. the image's provenance, under the title)."""
     if not results:
         return "no scenario ran"
     name_w = max(len(r.scenario) for r in results)
     guest_w = max(len(r.guest) for r in results)
-    lines = ["", "wdfhil verdicts", "=" * 15]
+    lines = ["", "wdfhil verdicts", "=" * 15, *([header] if header else [])]
     for r in results:
         lines.append(f"{r.verdict:<5} {r.scenario:<{name_w}}  {r.guest:<{guest_w}}  "
                      f"{r.seconds:6.2f} s  {r.summary()}")

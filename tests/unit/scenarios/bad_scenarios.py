@@ -100,9 +100,9 @@ BAD = [
     ("timing-unknown-bound",
      "description: x\nsteps:\n  - device_info: {}\nexpect:\n  timing: {boot_s: 1}\n",
      5, "expect.timing.boot_s", "not one of", True),
-    ("bad-status-name",
-     "description: x\nsteps:\n  - WdfMemoryCreate: {memory: m, size: 1, status: STATUS_FINE}\n",
-     3, "steps[0].WdfMemoryCreate.status", "not one of", True),
+    ("bad-status-shape",
+     "description: x\nsteps:\n  - WdfMemoryCreate: {memory: m, size: 1, status: Success}\n",
+     3, "steps[0].WdfMemoryCreate.status", "an NTSTATUS name", True),
     # beyond a JSON Schema: names and files
     ("buffer-used-before-made",
      "description: x\nsteps:\n  - fill: {buffer: a, seed: 1}\n",
@@ -117,6 +117,9 @@ BAD = [
      "description: x\nsteps:\n  - device_info: {}\nexpect:\n  findings:\n"
      "    - {rule: X, object: ghost}\n",
      6, "expect.findings[0].object", "no object named", False),
+    ("unknown-status-name",
+     "description: x\nsteps:\n  - WdfMemoryCreate: {memory: m, size: 1, status: STATUS_FINE}\n",
+     3, "steps[0].WdfMemoryCreate.status", "not an NTSTATUS the framework knows", False),
     ("program-missing",
      "description: x\nsteps:\n  - program: {path: no-such-program.sh}\n",
      3, "steps[0].program.path", "no such file", False),

@@ -12,7 +12,6 @@ import pytest
 # Loaded here so pytester's in-process runs find them loaded (numpy cannot be
 # imported twice in one process, and pytester drops modules a run imported).
 import orchestrator.scenario_runner  # noqa: F401
-import orchestrator.scenario  # noqa: F401
 
 pytest_plugins = ["pytester"]
 
