@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 SUFFIX = ".scenario.yaml"         # orchestrator.scenario.SUFFIX, kept here to import nothing
 DEFAULT_GUEST = "pc-256m"
 _sessions_key = pytest.StashKey["GuestSessions"]()
-_results_key = pytest.StashKey[list]()
 
 
 def guest_marker(guest: str) -> str:
@@ -63,7 +62,32 @@ def pytest_configure(config: pytest.Config) -> None:
                                        "fixtures of this test use")
     for guest in _guest_names(config):
         config.addinivalue_line("markers", f"{guest_marker(guest)}: runs on guest config {guest}")
-    config.stash[_results_key] = []
+    config.pluginmanager.register(VerdictTable(), "wdfhil-verdict-table")
+
+
+class VerdictTable:
+    """The verdict table at the end of the run, made from the items' reports (their
+    JUnit properties), so it also works when pytest-xdist workers ran the items."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        props = dict(report.user_properties)
+        if report.when == "call" and "verdict" in props:
+            self.rows.append(props)
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if not self.rows:
+            return
+        from orchestrator.scenario_runner import ScenarioResult, format_table
+
+        results = []
+        for row in self.rows:
+            results.append(ScenarioResult(row["scenario"], "", row["guest"], row["verdict"],
+                                          seconds=float(row["seconds"]),
+                                          brief=row.get("summary", "")))
+        terminalreporter.write_line(format_table(results))
 
 
 def _guest_names(config: pytest.Config) -> list[str]:
@@ -130,9 +154,9 @@ class ScenarioItem(pytest.Item):
 
         result = run_scenario(self.scenario, self.guest, _sessions(self.config))
         self.result = result
-        self.config.stash[_results_key].append(result)
-        self.user_properties += [("guest", self.guest), ("verdict", result.verdict),
-                                 ("seconds", f"{result.seconds:.3f}")]
+        self.user_properties += [("scenario", self.scenario.name), ("guest", self.guest),
+                                 ("verdict", result.verdict), ("seconds", f"{result.seconds:.3f}")]
+        self.user_properties.append(("summary", result.summary()))
         self.user_properties += [("finding", text) for text in result.findings]
         for note in result.notes:
             if note.startswith("timing:"):
@@ -182,13 +206,6 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     if _sessions_key in session.config.stash:
         session.config.stash[_sessions_key].close()
-
-
-def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
-    results = config.stash.get(_results_key, [])
-    if results:
-        from orchestrator.scenario_runner import format_table
-        terminalreporter.write_line(format_table(results))
 
 
 # -- fixtures for your own tests -------------------------------------------------------

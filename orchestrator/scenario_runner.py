@@ -73,6 +73,7 @@ class ScenarioResult:
     notes: list[str] = field(default_factory=list)      # timing bounds, leak report...
     seconds: float = 0.0
     boot_seconds: float | None = None                   # None: ran on a guest already up
+    brief: str = ""                                     # summary() when only that is known
 
     @property
     def passed(self) -> bool:
@@ -80,6 +81,8 @@ class ScenarioResult:
 
     def summary(self) -> str:
         """One line for the verdict table: why it failed, or what it did."""
+        if self.brief:
+            return self.brief
         if self.problems:
             return self.problems[0]
         return f"{len(self.steps)} steps" + (f", {len(self.findings)} finding(s) as expected"

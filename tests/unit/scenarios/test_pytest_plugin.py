@@ -108,3 +108,15 @@ def test_junit_xml_has_a_testcase_per_item_with_verdict_and_failure(pytester):
     assert "unexpected finding" in failure.get("message")
     assert "FAIL bad on pc-256m" in failure.text
     assert cases["good[pc-256m]"].find("failure") is None
+
+
+def test_with_xdist_items_are_grouped_per_guest_for_loadgroup(pytester):
+    pytest.importorskip("xdist")
+    pytester.makeconftest(
+        "def pytest_collection_modifyitems(items):\n"
+        "    for item in items:\n"
+        "        print('GROUP', item.name, [m.args for m in item.iter_markers('xdist_group')])\n")
+    scenario(pytester, "both", guests="[pc-256m, q35-1g]")
+    result = pytester.runpytest("--co", "-q", "-s", "-p", "xdist", "-n", "0")
+    assert "GROUP both[pc-256m] [('pc-256m',)]" in result.outlines
+    assert "GROUP both[q35-1g] [('q35-1g',)]" in result.outlines
