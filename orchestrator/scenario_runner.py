@@ -252,6 +252,10 @@ def run_scenario(scenario: Scenario, guest: str, sessions: GuestSessions) -> Sce
     finally:
         shared.scenarios_run += 1
         result.seconds = time.monotonic() - started
+        if result.verdict == ERROR and not shared.pinned:
+            # The platform broke under it (a dead guest, an agent that did not answer):
+            # the next scenario gets a fresh boot rather than this guest.
+            sessions.release((shared.guest, shared.settings))
     _timing_notes(scenario, result)
     return result
 
