@@ -112,3 +112,10 @@ def test_the_fixtures_example_of_the_docs(pc, wdfhil_session, wdfhil_framework, 
     results = wdfhil_agent.run(Step.phys("m", fx.va_to_gpa(va), 4096), Step.verify("m", 7))
     assert Verification.from_result(results[1]).match
     fx.WdfObjectDelete(memory)
+
+
+def test_a_guest_program_is_copied_in_and_run(pc, wdfhil_run_scenario):
+    result = wdfhil_run_scenario(HERE / "guest-program.yaml")
+    assert result.verdict == "PASS", result.explain()
+    assert [s.detail for s in result.steps] == ["guest-program.sh exited 0",
+                                                "guest-program.sh exited 3"]
