@@ -33,7 +33,16 @@ COMMAND_MODULES = [
     "orchestrator.demo_command",
     "guest_images.cli",
     "orchestrator.vm_command",
+    "orchestrator.scenario_command",
 ]
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("wdfhil")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--guests-dir", action="append", default=[], metavar="DIR",
                         help="a folder of your own guest configs, searched before the built-in "
                              "ones (repeatable; also WDFHIL_GUESTS_PATH)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)

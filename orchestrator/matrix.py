@@ -1,0 +1,238 @@
+"""The CI matrix: guest configs x scenarios, with include and exclude
+(``ci/matrix.yaml``), run locally on N guests at once or handed to a CI engine.
+
+A cell (guest, scenario) is in the matrix when the guest is one of the
+matrix's ``guests`` and one of the scenario's own ``guests``; ``include``
+entries add cells (also on guests a scenario does not name), ``exclude``
+entries take cells away. Every filter (an include or exclude entry,
+``--only``) must match at least one cell: a filter that matches nothing is a
+typo, and an error naming its file and line.
+
+CI engines get one job per guest config, each running
+``wdfhil matrix FILE --only guest=NAME``: :func:`emit_github` prints a GitHub
+Actions ``strategy`` (matrix ``include`` list), :func:`emit_gitlab` a GitLab
+job with ``parallel:matrix``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from orchestrator.guest_config import list_guest_configs, load_guest_config
+from orchestrator.scenario import Scenario, load_scenario, resolve_scenarios
+from orchestrator.scenario_schema import Field, List, Obj, Place, Str
+from wdfhil.errors import ConfigError
+from wdfhil.yamlfile import load_yaml_mapping
+
+DEFAULT_MATRIX = Path("ci/matrix.yaml")
+
+_WORD = Str(pattern=r"^[A-Za-z0-9_.-]+$", pattern_hint="a name")
+_FILTER = Obj({
+    "guest": Field(_WORD),
+    "scenario": Field(_WORD, ),
+    "tag": Field(_WORD),
+}, description="Cells whose guest, scenario name and tag all match the given keys.",
+    rules=((lambda d: bool({"guest", "scenario", "tag"} & set(d)),
+            "give at least one of guest, scenario, tag", "guest"),))
+
+MATRIX_SCHEMA = Obj({
+    "guests": Field(List(_WORD, min_items=1), required=True),
+    "scenarios": Field(List(Str(description="A scenario file, a folder of *.scenario.yaml, "
+                                "or a built-in scenario name; 'builtin' for all built-in ones."),
+                            min_items=1), required=True),
+    "include": Field(List(_FILTER), default=[]),
+    "exclude": Field(List(_FILTER), default=[]),
+}, description="wdfhil CI matrix (docs/scenarios.md).")
+
+
+@dataclass(frozen=True)
+class Cell:
+    guest: str
+    scenario: Scenario
+
+    @property
+    def name(self) -> str:
+        return f"{self.scenario.name}[{self.guest}]"
+
+
+@dataclass
+class Matrix:
+    path: Path
+    guests: list[str]
+    cells: list[Cell]
+
+    def by_guest(self) -> dict[str, list[Cell]]:
+        out: dict[str, list[Cell]] = {}
+        for cell in self.cells:
+            out.setdefault(cell.guest, []).append(cell)
+        return out
+
+
+def _matches(rule: dict[str, Any], guest: str, scenario: Scenario) -> bool:
+    return (rule.get("guest", guest) == guest
+            and rule.get("scenario", scenario.name) == scenario.name
+            and ("tag" not in rule or rule["tag"] in scenario.tags))
+
+
+def parse_only(items: Iterable[str]) -> list[dict[str, str]]:
+    """``--only guest=pc-256m,tag=demo`` -> [{"guest": "pc-256m", "tag": "demo"}]."""
+    rules = []
+    for item in items:
+        rule: dict[str, str] = {}
+        for part in item.split(","):
+            key, sep, value = part.partition("=")
+            if not sep or key not in ("guest", "scenario", "tag") or not value:
+                raise ConfigError(f"--only {item!r}: write KEY=VALUE[,KEY=VALUE], keys guest, "
+                                  f"scenario, tag", value=item)
+            rule[key] = value
+        rules.append(rule)
+    return rules
+
+
+def load_matrix(path: str | Path = DEFAULT_MATRIX, *, only: Iterable[str] = (),
+                guests_dirs: tuple[str, ...] = ()) -> Matrix:
+    """Read, check and expand a matrix file; ``only``: --only filters (union)."""
+    path = Path(path)
+    data = load_yaml_mapping(path)
+    checked = MATRIX_SCHEMA.check(data, Place(None, ""))
+    known_guests = set(list_guest_configs(guests_dirs))
+    for index, guest in enumerate(checked["guests"]):
+        if guest not in known_guests:
+            raise ConfigError(f"no guest config named {guest!r} (known: "
+                              f"{', '.join(sorted(known_guests))})", file=str(path),
+                              line=data["guests"].line_of(index), field=f"guests[{index}]",
+                              value=guest)
+    scenarios: list[Scenario] = []
+    for index, entry in enumerate(checked["scenarios"]):
+        place = Place(data["scenarios"], index)
+        try:
+            if entry == "builtin":
+                from orchestrator.scenario import builtin_scenarios
+                found = builtin_scenarios()
+            else:
+                target = Path(entry)
+                if not target.is_absolute() and (path.parent / target).exists():
+                    target = path.parent / target
+                elif not target.is_absolute() and (path.parent.parent / target).exists():
+                    target = path.parent.parent / target      # ci/matrix.yaml names repo paths
+                found = resolve_scenarios([target if target.exists() else entry])
+        except ConfigError as exc:
+            raise place.error(exc.reason, entry) from None
+        for scenario_path in found:
+            scenario = load_scenario(scenario_path)
+            if all(s.path.resolve() != scenario.path.resolve() for s in scenarios):
+                scenarios.append(scenario)
+    matrix_guests = list(checked["guests"])
+    cells = [Cell(g, s) for s in scenarios for g in matrix_guests if g in s.guests]
+    for index, rule in enumerate(checked["include"]):
+        added = [Cell(g, s) for s in scenarios for g in ([rule["guest"]] if "guest" in rule
+                                                          else matrix_guests)
+                 if _matches(rule, g, s)]
+        if not added:
+            raise rule.error(None, "this include matches no scenario")
+        if "guest" in rule and rule["guest"] not in known_guests:
+            raise rule.error("guest", f"no guest config named {rule['guest']!r}")
+        cells += [c for c in added if c not in cells]
+    for index, rule in enumerate(checked["exclude"]):
+        kept = [c for c in cells if not _matches(rule, c.guest, c.scenario)]
+        if len(kept) == len(cells):
+            raise rule.error(None, "this exclude matches no cell of the matrix")
+        cells = kept
+    only_rules = parse_only(only)
+    if only_rules:
+        chosen = []
+        for rule in only_rules:
+            hit = [c for c in cells if _matches(rule, c.guest, c.scenario)]
+            if not hit:
+                what = ",".join(f"{k}={v}" for k, v in rule.items())
+                raise ConfigError(f"--only {what} matches no cell of the matrix {path}",
+                                  value=what)
+            chosen += [c for c in hit if c not in chosen]
+        cells = chosen
+    if not cells:
+        raise ConfigError("the matrix has no cell (no scenario names one of its guests)",
+                          file=str(path))
+    guests = [g for g in matrix_guests if any(c.guest == g for c in cells)]
+    guests += sorted({c.guest for c in cells} - set(guests))
+    return Matrix(path, guests, cells)
+
+
+# -- CI engines ------------------------------------------------------------------------
+def _job_command(matrix: Matrix, guest: str) -> str:
+    return f"wdfhil matrix {matrix.path} --only guest={guest}"
+
+
+def github_matrix(matrix: Matrix) -> dict[str, Any]:
+    """The ``strategy.matrix`` object: one job per guest config."""
+    return {"include": [{"guest": g, "cells": len(matrix.by_guest()[g]),
+                         "command": _job_command(matrix, g)} for g in matrix.guests]}
+
+
+def emit_github(matrix: Matrix, *, as_json: bool = False) -> str:
+    """``strategy:`` for a GitHub Actions job (YAML), or the matrix alone as one
+    JSON line for ``fromJSON()`` in a workflow that plans the matrix first."""
+    if as_json:
+        return json.dumps(github_matrix(matrix), separators=(",", ":"))
+    return yaml.safe_dump({"strategy": {"fail-fast": False, "matrix": github_matrix(matrix)}},
+                          sort_keys=False, width=1000)
+
+
+def emit_gitlab(matrix: Matrix, *, job: str = "wdfhil-scenarios") -> str:
+    """A GitLab CI job with ``parallel:matrix``: one job per guest config."""
+    return yaml.safe_dump({job: {
+        "image": "debian:12",
+        "parallel": {"matrix": [{"WDFHIL_GUEST": list(matrix.guests)}]},
+        "variables": {"WDFHIL_CACHE_DIR": "$CI_PROJECT_DIR/.wdfhil-cache"},
+        "cache": {"key": "wdfhil-images", "paths": [".wdfhil-cache/"]},
+        "before_script": ["apt-get update -q && apt-get install -y -q make python3 python3-venv",
+                          "make install", 'export PATH="$PWD/.venv/bin:$PATH"'],
+        "script": [f"wdfhil matrix {matrix.path} --only guest=$WDFHIL_GUEST "
+                   f"--json wdfhil-$WDFHIL_GUEST.json"],
+        "artifacts": {"when": "always", "paths": ["wdfhil-$WDFHIL_GUEST.json"]},
+    }}, sort_keys=False, width=1000)
+
+
+# -- running N guests at once ---------------------------------------------------------
+def available_memory() -> int:
+    """MemAvailable of /proc/meminfo in bytes (0 when unknown)."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def parallel_limit(requested: int, guest_memory: list[int]) -> int:
+    """How many guests to run at once: at most ``requested``, the cores, and as many
+    of the largest guests as fit in 80 % of the available memory; at least one."""
+    cores = os.cpu_count() or 1
+    limit = max(1, min(requested, cores))
+    free = available_memory()
+    if free and guest_memory:
+        largest = max(guest_memory)
+        limit = min(limit, max(1, int(free * 0.8) // max(largest, 1)))
+    return limit
+
+
+def guest_memory(guests: list[str], guests_dirs: tuple[str, ...] = ()) -> list[int]:
+    return [load_guest_config(g, guests_dirs).memory for g in guests]
+
+
+def describe(matrix: Matrix) -> str:
+    lines = []
+    for guest, cells in matrix.by_guest().items():
+        lines.append(f"{guest}: {', '.join(c.scenario.name for c in cells)}")
+    return "\n".join(lines)
+
+
+__all__ = ["Cell", "Matrix", "emit_github", "emit_gitlab", "github_matrix", "load_matrix",
+           "parallel_limit", "parse_only"]

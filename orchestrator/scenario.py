@@ -1,0 +1,422 @@
+"""Scenarios: YAML files saying what to run on which guests and what must come out.
+
+The language is defined once, in :data:`SCENARIO_SCHEMA` (nodes of
+:mod:`orchestrator.scenario_schema`): :func:`load_scenario` checks a file
+against it (every error names file, line and field; unknown keys are errors)
+and :func:`json_schema` turns the same definition into the published JSON
+Schema (``orchestrator/scenarios/scenario.schema.json``). docs/scenarios.md
+describes every key.
+
+What is not here on purpose: the driver under test (``module:Class`` and its
+options) and guest programs doing read/write/ioctl on a framework driver need
+the guest-I/O path, which does not exist yet; a key for them would be a
+promise the runner cannot keep, so such a file is refused as an unknown key.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from device_model.abi import ErrorReason, Opcode
+from device_model.faults import FaultKind
+from framework_emu import NTSTATUS, PoolType
+from orchestrator.guest_config import DEFAULT_GUEST
+from orchestrator.scenario_schema import (Bool, Checked, Field, Int, List, Map, Number, Obj,
+                                          OneKey, Place, Size, Str)
+from wdfhil.errors import ConfigError
+from wdfhil.yamlfile import load_yaml_mapping
+
+BUILTIN_SCENARIOS_DIR = Path(__file__).resolve().parent / "scenarios"   # package data
+SCHEMA_FILE = BUILTIN_SCENARIOS_DIR / "scenario.schema.json"
+SCHEMA_ID = "https://wdfhil.invalid/scenario.schema.json"
+SUFFIX = ".scenario.yaml"   # the collection rule: only files named *.scenario.yaml are scenarios
+
+MAX_COUNT = 10_000
+
+# -- the vocabulary -------------------------------------------------------------
+_NAME = Str(pattern=r"^[A-Za-z0-9_.-]{1,31}$", pattern_hint="a name of 1-31 letters, digits, "
+            "'_', '.', '-'", description="A name the scenario gives a buffer or object.")
+_GUEST = Str(pattern=r"^[A-Za-z0-9_.-]+$", pattern_hint="a guest config name",
+             description="A guest config name (wdfhil guests lists them).")
+_TAG = Str(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", pattern_hint="an identifier (letters, digits, _)")
+_SEED = Int(minimum=0, maximum=0xFFFFFFFF, description="Seed of the fill pattern (the agent's "
+            "pattern_byte; the host's copy is agent_client.pattern_bytes).")
+_REASONS = tuple(r.name for r in ErrorReason if r is not ErrorReason.NONE)
+_REASON = Str(choices=_REASONS, description="Why the device refuses a descriptor "
+              "(device_model.abi.ErrorReason).")
+_OPCODES = tuple(o.name for o in Opcode)
+# A pattern, not the list of names: the framework adds statuses, and the published
+# schema should not change each time. The loader checks the name (_check_names).
+_STATUS = Str(pattern=r"^STATUS_[A-Z0-9_]+$", pattern_hint="an NTSTATUS name (STATUS_...)",
+              description="An NTSTATUS name (framework_emu.NTSTATUS).")
+_POOL_TYPES = tuple(PoolType.__members__)
+_DEVICE_OFFSET = Size(description="Offset into the device's data memory.")
+_LENGTH = Size(minimum=1)
+
+
+def _step(description: str, **fields: Field) -> Obj:
+    return Obj(fields, description=description)
+
+
+def _req(node: Any) -> Field:
+    return Field(node, required=True)
+
+
+def _opt(node: Any, default: Any = None) -> Field:
+    return Field(node) if default is None else Field(node, default=default)
+
+
+_TRANSFER = dict(
+    buffer=_req(_NAME), device_offset=_opt(_DEVICE_OFFSET, 0),
+    request_id=_opt(Int(minimum=0, maximum=(1 << 64) - 1, description="The descriptor's "
+                        "request id (a fault rule can target it); default the agent's own.")),
+    indirect=_opt(Bool(description="Force (true) or forbid (false) an indirect segment "
+                       "table; default: indirect above 13 segments.")),
+    count=_opt(Int(minimum=1, maximum=MAX_COUNT, description="Repeat the transfer."), 1),
+    refused=_opt(Str(choices=_REASONS, description="The device must refuse it for this "
+                     "reason (default: it must complete OK with every byte moved).")),
+    short=_opt(Bool(description="A fault shortens it: it must complete SHORT."), False),
+)
+
+_SEGMENT = Obj({
+    "gpa": _opt(Size(description="Guest-physical address.")),
+    "after_ram_end": _opt(Size(description="Offset past the end of guest RAM (a segment the "
+                               "device must refuse).")),
+    "length": _req(Size()),
+}, description="One raw segment: gpa or after_ram_end, and a length.",
+    rules=((lambda d: ("gpa" in d) != ("after_ram_end" in d),
+            "give exactly one of gpa and after_ram_end", "gpa"),),
+    schema_extra={"oneOf": [{"required": ["gpa"]}, {"required": ["after_ram_end"]}]})
+
+AGENT_STEPS: dict[str, Obj] = {
+    "alloc": _step(
+        "A locked user buffer in a guest process (the guest agent).",
+        buffer=_req(_NAME), size=_req(Size(minimum=1, maximum=64 << 20)),
+        offset=_opt(Int(minimum=0, maximum=4095, description="Offset of its first byte in its "
+                        "first page (alignment; with size, page crossing)."), 0),
+        where=_opt(Str(choices=("any", "low", "high"), description="Pages below (low) or "
+                       "above (high) 4 GiB."), "any"),
+        merge=_opt(Bool(description="Merge physically contiguous pages into one segment."), True),
+        segments=_opt(Int(minimum=1, description="The buffer must get exactly this many "
+                          "segments."))),
+    "pool_buffer": _step(
+        "A range of the guest's reserved pool window, reached by the guest through /dev/mem.",
+        buffer=_req(_NAME), pool_offset=_req(Size()), size=_req(Size(minimum=1))),
+    "fill": _step("Fill a guest buffer with the seeded pattern.",
+                  buffer=_req(_NAME), seed=_req(_SEED)),
+    "memset": _step("Set every byte of a guest buffer.",
+                    buffer=_req(_NAME), byte=_req(Int(minimum=0, maximum=255))),
+    "write": _step("WRITE: the device reads the buffer into its memory.", **_TRANSFER),
+    "read": _step("READ: the device writes its memory into the buffer.", **_TRANSFER),
+    "verify": _step(
+        "The guest checks a buffer against the pattern (data integrity, in the guest).",
+        buffer=_req(_NAME), seed=_req(_SEED),
+        expect=_opt(Str(choices=("match", "mismatch")), "match"),
+        qmp=_opt(Bool(description="Also read the buffer through QEMU (QMP xp) and compare."),
+                 False)),
+    "watch": _step(
+        "Stale-DMA watch: wait until the buffer stops holding the pattern, or the timeout.",
+        buffer=_req(_NAME), seed=_req(_SEED),
+        timeout_ms=_opt(Int(minimum=1, maximum=600_000), 5000),
+        expect=_opt(Str(choices=("changed", "unchanged")), "changed")),
+    "device_fill": _step("Fill device memory with the pattern (through BAR2, from the guest).",
+                         device_offset=_req(_DEVICE_OFFSET), length=_req(_LENGTH),
+                         seed=_req(_SEED)),
+    "device_verify": _step("Check device memory against the pattern, from the guest.",
+                           device_offset=_req(_DEVICE_OFFSET), length=_req(_LENGTH),
+                           seed=_req(_SEED),
+                           expect=_opt(Str(choices=("match", "mismatch")), "match")),
+    "submit": _step(
+        "A hand-built descriptor with raw segments (hostile descriptors).",
+        opcode=_req(Str(choices=_OPCODES)), device_offset=_opt(_DEVICE_OFFSET, 0),
+        segments=_req(List(_SEGMENT, min_items=1)),
+        length=_opt(Size(description="The descriptor's length (default: the segments' sum).")),
+        refused=_opt(_REASON)),
+    "device_info": _step("The device header as the guest sees it.",
+                         status=_opt(Str(choices=("READY", "RESET", "FAILED")), "READY")),
+    "program": _step(
+        "Your own guest program: copied into the guest and run there (static binary or "
+        "busybox sh script).",
+        path=_req(Str(description="Relative to the scenario file.")),
+        args=_opt(List(Str()), []),
+        timeout_s=_opt(Number(minimum=0.1, maximum=3600), 120.0),
+        exit_code=_opt(Int(minimum=0, maximum=255), 0),
+        stdout_contains=_opt(Str())),
+}
+
+FRAMEWORK_STEPS: dict[str, Obj] = {
+    "WdfMemoryCreate": _step(
+        "Framework memory in the guest's pool window.",
+        memory=_req(_NAME), size=_req(Size(minimum=1)),
+        pool_type=_opt(Str(choices=_POOL_TYPES), "NonPagedPool"),
+        tag=_opt(Str(pattern=r"^.{1,4}$", pattern_hint="1-4 characters")),
+        status=_opt(_STATUS, "STATUS_SUCCESS")),
+    "WdfMemoryCopyFromBuffer": _step(
+        "Copy the pattern into framework memory.",
+        memory=_req(_NAME), offset=_opt(Size(), 0), length=_opt(Size(minimum=1)),
+        seed=_req(_SEED), status=_opt(_STATUS, "STATUS_SUCCESS")),
+    "WdfMemoryCopyToBuffer": _step(
+        "Copy out of framework memory; with a seed, it must hold the pattern.",
+        memory=_req(_NAME), offset=_opt(Size(), 0), length=_opt(Size(minimum=1)),
+        seed=_opt(_SEED), status=_opt(_STATUS, "STATUS_SUCCESS")),
+    "guest_reads_memory": _step(
+        "The guest reads framework memory through /dev/mem and checks the pattern.",
+        memory=_req(_NAME), offset=_opt(Size(), 0), length=_opt(Size(minimum=1)),
+        seed=_req(_SEED), expect=_opt(Str(choices=("match", "mismatch")), "match")),
+    "mdl_dma": _step(
+        "An MDL over framework memory (IoAllocateMdl + MmBuildMdlForNonPagedPool), its "
+        "pages as the device's scatter/gather list, one transfer.",
+        memory=_req(_NAME), offset=_opt(Size(), 0), length=_req(_LENGTH),
+        device_offset=_opt(_DEVICE_OFFSET, 0),
+        direction=_opt(Str(choices=("to_memory", "from_memory"), description="to_memory: "
+                           "the device writes (READ); from_memory: it reads (WRITE)."),
+                       "to_memory"),
+        segments=_opt(Int(minimum=1, description="The MDL must give exactly this many "
+                          "segments."))),
+    "WdfObjectDelete": _step("Delete a framework object.", object=_req(_NAME)),
+    "request": _step(
+        "The I/O manager's part: a request presented to the driver (input is the pattern).",
+        request=_req(_NAME), type=_req(Str(choices=("read", "write", "ioctl"))),
+        input_size=_opt(Size(), 0), output_size=_opt(Size(), 0), seed=_opt(_SEED, 0)),
+    "WdfRequestRetrieveInputMemory": _step(
+        "The request's input buffer as a memory object.",
+        request=_req(_NAME), memory=_req(_NAME), status=_opt(_STATUS, "STATUS_SUCCESS")),
+    "WdfRequestRetrieveOutputMemory": _step(
+        "The request's output buffer as a memory object.",
+        request=_req(_NAME), memory=_req(_NAME), status=_opt(_STATUS, "STATUS_SUCCESS")),
+    "WdfRequestComplete": _step(
+        "Complete the request.", request=_req(_NAME), status=_opt(_STATUS, "STATUS_SUCCESS")),
+}
+
+STEPS = {**AGENT_STEPS, **FRAMEWORK_STEPS}
+
+_FAULT_RULE = Obj({
+    "kind": _req(Str(choices=tuple(k.value for k in FaultKind))),
+    "request_ids": _opt(List(Int(minimum=0, maximum=(1 << 64) - 1), min_items=1)),
+    "probability": _opt(Number(minimum=0.0, maximum=1.0), 1.0),
+    "opcodes": _opt(List(Str(choices=_OPCODES), min_items=1)),
+    "max_count": _opt(Int(minimum=0)),
+    "delay_us": _opt(Int(minimum=0, maximum=600_000_000), 1000),
+    "fraction": _opt(Number(minimum=0.0, maximum=0.999999), 0.5),
+}, description="One fault rule (device_model.faults.FaultRule).")
+
+_DEVICE = Obj({
+    "personality": _opt(Str(choices=("echo",), description="The device personality."), "echo"),
+    "dma_bits": _opt(Int(minimum=32, maximum=64, description="DMA address width: the device "
+                         "refuses segments ending above 2**dma_bits."), 64),
+    "segment_align": _opt(Int(choices=tuple(1 << n for n in range(21)), description="Required "
+                              "alignment of every segment (a power of two up to 1 MiB)."), 1),
+    "faults": _opt(Obj({
+        "seed": _opt(Int(minimum=0), 0),
+        "rules": _opt(List(_FAULT_RULE), []),
+    }, description="Seeded fault injection.")),
+}, description="The device the guest gets at boot.")
+
+_FINDING = Obj({
+    "rule": _req(Str(description="The verifier rule (BufAfterReqCompletedWriteA, ...).")),
+    "object": _opt(_NAME),
+    "severity": _opt(Str(choices=("error", "warning"))),
+}, description="One verifier finding: its rule and, optionally, the object (by the name "
+   "the scenario gave it) and severity.")
+
+_EXPECT = Obj({
+    "findings": _opt(List(_FINDING), []),
+    "ignore_warnings": _opt(Bool(description="Warnings not listed in findings do not fail "
+                                 "the scenario."), False),
+    "refusals": _opt(Map(key=Str(choices=_REASONS), value=Int(minimum=0)), {}),
+    "faults": _opt(Map(key=Str(choices=tuple(k.value for k in FaultKind)),
+                       value=Int(minimum=0)), {}),
+    "timing": _opt(Map(key=Str(choices=("scenario_s", "step_s")), value=Number(minimum=0)), {}),
+}, description="What must come out: the exact verifier findings, refusals by reason, "
+   "injected faults by kind. Timing bounds are printed, never asserted.")
+
+SCENARIO_SCHEMA = Obj({
+    "description": _req(Str(description="What the scenario shows, one line.")),
+    "guests": _opt(List(_GUEST, min_items=1, description="Guest configs it runs on."),
+                   [DEFAULT_GUEST]),
+    "tags": _opt(List(_TAG, description="Words for selection (pytest -k, wdfhil run --tag).")),
+    "device": _opt(_DEVICE),
+    "steps": _req(List(OneKey(STEPS), min_items=1)),
+    "expect": _opt(_EXPECT),
+}, description="A wdfhil scenario (docs/scenarios.md).")
+
+
+def json_schema() -> dict[str, Any]:
+    """The published JSON Schema, made from :data:`SCENARIO_SCHEMA`."""
+    schema = SCENARIO_SCHEMA.json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID,
+            "title": "wdfhil scenario", **schema}
+
+
+def json_schema_text() -> str:
+    return json.dumps(json_schema(), indent=2, sort_keys=False) + "\n"
+
+
+# -- the checked scenario ----------------------------------------------------------
+@dataclass(frozen=True)
+class StepSpec:
+    kind: str
+    args: Checked
+    index: int
+
+    @property
+    def line(self) -> int:
+        return self.args.source.line
+
+    @property
+    def framework(self) -> bool:
+        return self.kind in FRAMEWORK_STEPS
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A checked scenario file."""
+
+    name: str
+    path: Path
+    description: str
+    guests: tuple[str, ...]
+    tags: tuple[str, ...]
+    device: Checked
+    steps: tuple[StepSpec, ...]
+    expect: Checked
+    data: Checked = field(repr=False)
+
+    @property
+    def uses_framework(self) -> bool:
+        return any(step.framework for step in self.steps)
+
+
+def plain(value: Any) -> Any:
+    """A checked value as plain dicts and lists (for FaultPlan.from_config, JSON)."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
+def scenario_name(path: Path) -> str:
+    name = path.name
+    for suffix in (SUFFIX, ".yaml", ".yml"):
+        if name.endswith(suffix):
+            return name[:-len(suffix)]
+    return name
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and check one scenario file; ConfigError with file, line and field otherwise."""
+    path = Path(path)
+    data = load_yaml_mapping(path)
+    checked = SCENARIO_SCHEMA.check(data, Place(None, ""))
+    device = checked.get("device") or _DEVICE.check({}, Place(data, "device"))
+    expect = checked.get("expect") or _EXPECT.check({}, Place(data, "expect"))
+    steps = tuple(StepSpec(kind, args, index)
+                  for index, (kind, args) in enumerate(checked["steps"]))
+    scenario = Scenario(name=scenario_name(path), path=path, description=checked["description"],
+                        guests=tuple(checked["guests"]), tags=tuple(checked.get("tags", ())),
+                        device=device, steps=steps, expect=expect, data=checked)
+    _check_names(scenario)
+    return scenario
+
+
+def _check_names(scenario: Scenario) -> None:
+    """Every buffer, memory, object and request is made before a step uses it."""
+    buffers: set[str] = set()
+    objects: dict[str, str] = {}      # name -> "memory" | "request"
+    makes = {"alloc": ("buffer", buffers), "pool_buffer": ("buffer", buffers)}
+    for step in scenario.steps:
+        args = step.args
+        if step.framework and "status" in args and args["status"] not in NTSTATUS.__members__:
+            raise args.error("status", f"{args['status']} is not an NTSTATUS the framework "
+                             f"knows", args["status"])
+        if step.kind in makes:
+            buffers.add(args["buffer"])
+            continue
+        if "buffer" in args and args["buffer"] not in buffers:
+            raise args.error("buffer", f"no buffer named {args['buffer']!r} was made before "
+                             f"(by alloc or pool_buffer)", args["buffer"])
+        if step.kind == "WdfMemoryCreate":
+            objects[args["memory"]] = "memory"
+        elif step.kind == "request":
+            objects[args["request"]] = "request"
+        elif step.kind.startswith("WdfRequestRetrieve"):
+            _need(args, "request", objects, "request")
+            objects[args["memory"]] = "memory"
+        elif step.kind == "WdfObjectDelete":
+            if args["object"] not in objects:
+                raise args.error("object", f"no framework object named {args['object']!r} was "
+                                 f"made before", args["object"])
+        elif "memory" in args:
+            _need(args, "memory", objects, "memory")
+        elif "request" in args:
+            _need(args, "request", objects, "request")
+    for index, finding in enumerate(scenario.expect.get("findings", [])):
+        name = finding.get("object")
+        if name is not None and name not in objects and name not in buffers:
+            raise finding.error("object", f"no object named {name!r} in the steps", name)
+    if scenario.path.suffix and any(step.kind == "program" for step in scenario.steps):
+        for step in scenario.steps:
+            if step.kind == "program":
+                program = scenario.path.parent / step.args["path"]
+                if not program.is_file():
+                    raise step.args.error("path", f"no such file: {program}", step.args["path"])
+
+
+def _need(args: Checked, key: str, objects: dict[str, str], kind: str) -> None:
+    name = args[key]
+    if objects.get(name) != kind:
+        raise args.error(key, f"no {kind} named {name!r} was made before", name)
+
+
+# -- finding scenario files ----------------------------------------------------------
+def is_scenario_file(path: Path) -> bool:
+    """The collection rule (pytest plugin, wdfhil scenarios): the name ends in .scenario.yaml."""
+    return path.name.endswith(SUFFIX)
+
+
+def builtin_scenarios() -> list[Path]:
+    return sorted(p for p in BUILTIN_SCENARIOS_DIR.rglob(f"*{SUFFIX}"))
+
+
+def default_scenarios() -> list[Path]:
+    """The default set (``make demo``, ``wdfhil run`` without arguments): the built-in
+    scenarios tagged ``default``."""
+    chosen = []
+    for path in builtin_scenarios():
+        try:
+            if "default" in load_scenario(path).tags:
+                chosen.append(path)
+        except ConfigError:
+            chosen.append(path)     # a broken built-in must show, not vanish
+    return chosen
+
+
+def resolve_scenarios(items: Iterable[str | Path]) -> list[Path]:
+    """Scenario files from paths, folders (every *.scenario.yaml below) and built-in names."""
+    paths: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob(f"*{SUFFIX}"))
+            if not found:
+                raise ConfigError(f"no *{SUFFIX} file in folder {path}", value=str(item))
+            paths.extend(found)
+        elif path.is_file():
+            paths.append(path)
+        elif "/" not in str(item) and (BUILTIN_SCENARIOS_DIR / f"{item}{SUFFIX}").is_file():
+            paths.append(BUILTIN_SCENARIOS_DIR / f"{item}{SUFFIX}")
+        else:
+            known = ", ".join(scenario_name(p) for p in builtin_scenarios())
+            raise ConfigError(f"no scenario file or built-in scenario named {str(item)!r} "
+                              f"(built-in: {known})", value=str(item))
+    return paths
+
+
+def tag_ok(scenario: Scenario, tags: Iterable[str]) -> bool:
+    tags = list(tags)
+    return not tags or any(tag in scenario.tags for tag in tags)
+

@@ -1,0 +1,280 @@
+"""``wdfhil run``, ``wdfhil matrix``, ``wdfhil scenarios``, ``wdfhil guests``.
+
+- ``wdfhil run [SCENARIO...] [--guest CFG]`` runs scenario files (or folders,
+  or built-in names; the default set without any) and prints the verdict table.
+- ``wdfhil matrix [ci/matrix.yaml] [-j N] [--only guest=X]`` runs the matrix,
+  up to N guests at once (each in a child ``wdfhil matrix --only guest=X``);
+  ``--emit github|github-json|gitlab`` prints the CI engine's matrix instead.
+- ``wdfhil scenarios [PATH...] [--schema]`` lists and validates scenarios, or
+  prints the JSON Schema.
+- ``wdfhil guests`` lists the guest configs.
+
+Exit status: 0 all passed, 1 a scenario failed, 2 bad usage or configuration
+(a ConfigError, turned into one line by orchestrator.cli).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from orchestrator.scenario import (default_scenarios, json_schema_text, load_scenario,
+                                   resolve_scenarios, scenario_name, tag_ok)
+from wdfhil.errors import ConfigError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    run = subparsers.add_parser(
+        "run", help="run scenarios on guests, print the verdict table",
+        description="Run scenario files (paths, folders of *.scenario.yaml, built-in names); "
+                    "without any, the default set. See docs/scenarios.md.")
+    run.add_argument("scenarios", nargs="*", metavar="SCENARIO")
+    run.add_argument("--guest", action="append", default=[], metavar="CFG",
+                     help="run on this guest config instead of the scenarios' own (repeatable)")
+    run.add_argument("--tag", action="append", default=[],
+                     help="only scenarios with this tag (repeatable: any of them)")
+    _common(run)
+    run.set_defaults(func=_run)
+
+    matrix = subparsers.add_parser(
+        "matrix", help="run the CI matrix (guest configs x scenarios) or emit it for a CI engine")
+    matrix.add_argument("file", nargs="?", default="ci/matrix.yaml",
+                        help="the matrix file (default: %(default)s)")
+    matrix.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
+                        help="guests at once (bounded by cores and memory; default 1)")
+    matrix.add_argument("--only", action="append", default=[], metavar="KEY=VALUE[,...]",
+                        help="only cells matching guest=/scenario=/tag= (repeatable: union)")
+    matrix.add_argument("--emit", choices=("github", "github-json", "gitlab"),
+                        help="print the CI engine's matrix (one job per guest config) and exit")
+    matrix.add_argument("--list", action="store_true", help="print the cells and exit")
+    _common(matrix)
+    matrix.set_defaults(func=_matrix)
+
+    scenarios = subparsers.add_parser("scenarios", help="list and validate scenarios")
+    scenarios.add_argument("paths", nargs="*", metavar="PATH",
+                           help="files or folders (default: the built-in scenarios)")
+    scenarios.add_argument("--schema", action="store_true",
+                           help="print the scenario JSON Schema and exit")
+    scenarios.set_defaults(func=_scenarios)
+
+    guests = subparsers.add_parser("guests", help="list the guest configs")
+    guests.add_argument("--guests-dir", action="append", default=[], metavar="DIR")
+    guests.set_defaults(func=_guests)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--guests-dir", action="append", default=[], metavar="DIR",
+                        help="a folder of your own guest configs (searched first)")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--boot-timeout", type=float, default=300.0)
+
+
+def _positive(jobs: int) -> int:
+    if jobs < 1:
+        raise ConfigError("-j must be at least 1", field="-j", value=jobs)
+    return jobs
+
+
+# -- running ---------------------------------------------------------------------------
+def run_pairs(pairs, *, boot_timeout: float = 300.0, guests_dirs: tuple[str, ...] = (),
+              json_path: str | None = None, image_for=None, header: str = "") -> int:
+    """Run (scenario, guest) pairs with progress, print the verdict table (under
+    ``header``), write ``json_path``; the exit status (0 all passed, else 1)."""
+    from orchestrator.scenario_progress import RunProgress
+    from orchestrator.scenario_runner import GuestSessions, format_table, run_scenarios
+
+    progress = RunProgress(len(pairs))
+    results = []
+    try:
+        with GuestSessions(progress=progress.event, boot_timeout=boot_timeout,
+                           guests_dirs=guests_dirs, image_for=image_for) as sessions:
+            results = run_scenarios(pairs, sessions, on_result=progress.result)
+    finally:
+        progress.close()
+    print(format_table(results, header), flush=True)
+    if json_path:
+        _write_json(json_path, [r.to_json() for r in results])
+    return 0 if results and all(r.passed for r in results) else 1
+
+
+def _execute(pairs, args: argparse.Namespace) -> int:
+    return run_pairs(pairs, boot_timeout=args.boot_timeout, guests_dirs=tuple(args.guests_dir),
+                     json_path=args.json)
+
+
+def _write_json(path: str, results: list[dict]) -> None:
+    passed = sum(r["verdict"] == "PASS" for r in results)
+    Path(path).write_text(json.dumps({"results": results, "passed": passed,
+                                      "failed": len(results) - passed}, indent=2) + "\n")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from orchestrator.guest_config import load_guest_config
+    from orchestrator.scenario_runner import plan_runs
+
+    paths = resolve_scenarios(args.scenarios) if args.scenarios else default_scenarios()
+    scenarios = [load_scenario(p) for p in paths]
+    chosen = [s for s in scenarios if tag_ok(s, args.tag)]
+    if not chosen:
+        raise ConfigError(f"no scenario has the tag(s) {', '.join(args.tag)}", field="--tag")
+    for guest in args.guest or {g for s in chosen for g in s.guests}:
+        load_guest_config(guest, tuple(args.guests_dir))     # a typo fails before any boot
+    return _execute(plan_runs(chosen, args.guest or None), args)
+
+
+def _matrix(args: argparse.Namespace) -> int:
+    from orchestrator import matrix as mx
+
+    matrix = mx.load_matrix(args.file, only=args.only, guests_dirs=tuple(args.guests_dir))
+    if args.emit == "github":
+        sys.stdout.write(mx.emit_github(matrix))
+        return 0
+    if args.emit == "github-json":
+        print(mx.emit_github(matrix, as_json=True))
+        return 0
+    if args.emit == "gitlab":
+        sys.stdout.write(mx.emit_gitlab(matrix))
+        return 0
+    if args.list:
+        for cell in matrix.cells:
+            print(f"{cell.guest:16} {cell.scenario.name}")
+        return 0
+    jobs = _positive(args.jobs)
+    limit = mx.parallel_limit(jobs, mx.guest_memory(matrix.guests, tuple(args.guests_dir)))
+    if limit > 1 and len(matrix.guests) > 1:
+        return _matrix_parallel(matrix, limit, args)
+    from orchestrator.scenario_runner import plan_runs
+
+    pairs = []
+    for guest, cells in matrix.by_guest().items():
+        pairs += plan_runs([c.scenario for c in cells], [guest])
+    return _execute(pairs, args)
+
+
+def _matrix_parallel(matrix, limit: int, args: argparse.Namespace) -> int:
+    """One child ``wdfhil matrix --only guest=G`` a guest config, ``limit`` at once;
+    their results merged into one table. Children are stopped (SIGTERM: they close
+    their guests) if this process is interrupted."""
+    from orchestrator.scenario_runner import ScenarioResult, StepResult, format_table
+
+    waiting = list(matrix.guests)
+    running: dict[str, tuple[subprocess.Popen, Path, object]] = {}
+    results: list[ScenarioResult] = []
+    failed_children = []
+    started = time.monotonic()
+    print(f"matrix {matrix.path}: {len(matrix.cells)} cells on {len(waiting)} guest configs, "
+          f"{limit} at once", flush=True)
+    with tempfile.TemporaryDirectory(prefix="wdfhil-matrix-") as folder:
+        try:
+            while waiting or running:
+                while waiting and len(running) < limit:
+                    guest = waiting.pop(0)
+                    out = Path(folder) / f"{guest}.json"
+                    log = open(Path(folder) / f"{guest}.log", "w")
+                    argv = [sys.executable, "-m", "orchestrator.cli", "matrix", str(matrix.path),
+                            "--json", str(out), "--boot-timeout", str(args.boot_timeout),
+                            *_child_only(guest, args.only)]
+                    for folder_arg in args.guests_dir:
+                        argv += ["--guests-dir", folder_arg]
+                    running[guest] = (subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                                       stdin=subprocess.DEVNULL), out, log)
+                    print(f"started {guest} ({len(running)} running, {len(waiting)} waiting, "
+                          f"{time.monotonic() - started:.0f} s)", flush=True)
+                time.sleep(0.5)
+                for guest, (child, out, log) in list(running.items()):
+                    code = child.poll()
+                    if code is None:
+                        continue
+                    log.close()
+                    del running[guest]
+                    text = (Path(folder) / f"{guest}.log").read_text(errors="replace")
+                    if out.exists():
+                        for item in json.loads(out.read_text())["results"]:
+                            steps = [StepResult(**s) for s in item.pop("steps")]
+                            results.append(ScenarioResult(**item, steps=steps))
+                    if code not in (0, 1) or not out.exists():
+                        failed_children.append(guest)
+                        print(f"{guest}: the run failed (exit {code}):\n{text[-3000:]}", flush=True)
+                    else:
+                        done = [r for r in results if r.guest == guest]
+                        print(f"finished {guest}: {sum(r.passed for r in done)}/{len(done)} "
+                              f"passed ({time.monotonic() - started:.0f} s)", flush=True)
+                        for r in done:
+                            if not r.passed:
+                                print(r.explain(), flush=True)
+        finally:
+            for guest, (child, _out, log) in running.items():
+                if child.poll() is None:
+                    child.send_signal(signal.SIGTERM)
+                try:
+                    child.wait(60)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+                log.close()
+    print(format_table(results), flush=True)
+    if args.json:
+        _write_json(args.json, [r.to_json() for r in results])
+    if failed_children:
+        print(f"guest configs whose run failed: {', '.join(failed_children)}", flush=True)
+    return 0 if results and not failed_children and all(r.passed for r in results) else 1
+
+
+def _child_only(guest: str, only: list[str]) -> list[str]:
+    """The child's --only filters: the user's that can match this guest, each
+    narrowed to it (or just guest=GUEST)."""
+    from orchestrator.matrix import parse_only
+
+    rules = [r for r in parse_only(only) if r.get("guest", guest) == guest] or [{}]
+    words: list[str] = []
+    for rule in rules:
+        words += ["--only", ",".join(f"{k}={v}" for k, v in {**rule, "guest": guest}.items())]
+    return words
+
+
+# -- listing -----------------------------------------------------------------------------
+def _scenarios(args: argparse.Namespace) -> int:
+    from orchestrator.scenario import builtin_scenarios
+
+    if args.schema:
+        sys.stdout.write(json_schema_text())
+        return 0
+    paths = resolve_scenarios(args.paths) if args.paths else builtin_scenarios()
+    bad = 0
+    for path in paths:
+        try:
+            scenario = load_scenario(path)
+        except ConfigError as exc:
+            print(f"INVALID {exc}")
+            bad += 1
+            continue
+        tags = f" [{', '.join(scenario.tags)}]" if scenario.tags else ""
+        print(f"ok      {scenario.name:34} {', '.join(scenario.guests):24} "
+              f"{len(scenario.steps):3} steps{tags}  {scenario.description}")
+    return 2 if bad else 0
+
+
+def _guests(args: argparse.Namespace) -> int:
+    from orchestrator.guest_config import list_guest_configs, load_guest_config
+    from wdfhil.units import format_size
+
+    bad = 0
+    for name in list_guest_configs(args.guests_dir):
+        try:
+            config = load_guest_config(name, tuple(args.guests_dir))
+        except ConfigError as exc:
+            print(f"INVALID {exc}")
+            bad += 1
+            continue
+        print(f"{config.name:16} {config.machine:4} {format_size(config.memory):>4} "
+              f"iommu {config.iommu:5} pool {config.pool.describe()}  {config.description}")
+    return 2 if bad else 0
+
+
+__all__ = ["register", "scenario_name"]

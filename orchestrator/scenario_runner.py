@@ -1,0 +1,769 @@
+"""Running scenarios on real guests: :class:`GuestSessions` (booted guests,
+shared by consecutive scenarios) and :func:`run_scenario` (one scenario on one
+session, a :class:`ScenarioResult` with its verdict).
+
+A guest booted for one scenario serves the next ones on the same guest config
+and device (DMA width, segment alignment). Between two scenarios on one guest
+the hooks in ``GuestSessions.between`` run (today: the next scenario's fault
+plan goes into the device); a warm reset or a snapshot restore slots in there
+later without touching the runner.
+
+Verdicts: PASS when every step saw what it expects and the findings,
+refusals and injected faults are exactly the expected ones; FAIL otherwise
+(with each problem named, the step's file:line first); ERROR when the
+platform itself broke (the guest did not boot, an agent command failed).
+"""
+
+from __future__ import annotations
+
+import collections
+import shlex
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from device_model.abi import CompletionStatus, Opcode, Segment
+from device_model.descriptors import FULL_DMA_MASK
+from device_model.faults import FaultPlan
+from framework_emu import BugCheck
+from orchestrator.agent_client import (AgentSession, CompletionRecord, GuestBuffer, Step,
+                                       Verification, pattern_bytes)
+from orchestrator.guest_config import load_guest_config
+from orchestrator.scenario import Scenario, StepSpec, plain
+from wdfhil.errors import ConfigError, WdfhilError
+
+if TYPE_CHECKING:
+    from framework_emu import Framework
+    from guest_images import GuestImage
+    from orchestrator.dma_session import DmaSession
+
+
+PASS, FAIL, ERROR = "PASS", "FAIL", "ERROR"
+
+
+class StepFailed(AssertionError):
+    """A step saw something other than what the scenario expects."""
+
+
+@dataclass
+class StepResult:
+    index: int
+    kind: str
+    line: int
+    ok: bool
+    detail: str
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"index": self.index, "kind": self.kind, "line": self.line, "ok": self.ok,
+                "detail": self.detail, "seconds": round(self.seconds, 6)}
+
+
+@dataclass
+class ScenarioResult:
+    scenario: str
+    path: str
+    guest: str
+    verdict: str
+    problems: list[str] = field(default_factory=list)
+    steps: list[StepResult] = field(default_factory=list)
+    findings: list[str] = field(default_factory=list)
+    refusals: dict[str, int] = field(default_factory=dict)
+    faults: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)      # timing bounds, leak report...
+    seconds: float = 0.0
+    boot_seconds: float | None = None                   # None: ran on a guest already up
+    brief: str = ""                                     # summary() when only that is known
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == PASS
+
+    def summary(self) -> str:
+        """One line for the verdict table: why it failed, or what it did."""
+        if self.brief:
+            return self.brief
+        if self.problems:
+            return self.problems[0]
+        return f"{len(self.steps)} steps" + (f", {len(self.findings)} finding(s) as expected"
+                                             if self.findings else "")
+
+    def explain(self) -> str:
+        """Everything a reader needs when it failed."""
+        lines = [f"{self.verdict} {self.scenario} on {self.guest} ({self.path})"]
+        lines += [f"  problem: {p}" for p in self.problems]
+        for step in self.steps:
+            lines.append(f"  {'ok  ' if step.ok else 'FAIL'} step {step.index} {step.kind} "
+                         f"(line {step.line}, {step.seconds:.3f} s): {step.detail}")
+        lines += [f"  finding: {f}" for f in self.findings]
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"scenario": self.scenario, "path": self.path, "guest": self.guest,
+                "verdict": self.verdict, "problems": self.problems,
+                "steps": [s.to_json() for s in self.steps], "findings": self.findings,
+                "refusals": self.refusals, "faults": self.faults, "notes": self.notes,
+                "seconds": round(self.seconds, 3), "boot_seconds": self.boot_seconds}
+
+
+# -- booted guests, shared ---------------------------------------------------------
+def device_settings(scenario: Scenario) -> tuple[int, int]:
+    """(dma_mask, segment_align) of the device a scenario asks for."""
+    bits = scenario.device["dma_bits"]
+    return (FULL_DMA_MASK if bits == 64 else (1 << bits) - 1), scenario.device["segment_align"]
+
+
+def fault_plan(scenario: Scenario) -> FaultPlan:
+    faults = scenario.device.get("faults") or {}
+    return FaultPlan.from_config([plain(rule) for rule in faults.get("rules", [])],
+                                 seed=faults.get("seed", 0))
+
+
+@dataclass
+class SharedSession:
+    """A booted guest with the device, and what it was booted for."""
+
+    guest: str
+    settings: tuple[int, int]
+    session: "DmaSession"
+    faults_capable: bool      # booted with an active fault plan (see GuestSessions.acquire)
+    scenarios_run: int = 0
+    pinned: int = 0           # fixtures holding it: never closed under them
+
+
+BetweenHook = Callable[[SharedSession, FaultPlan], None]
+
+
+def install_fault_plan(shared: SharedSession, plan: FaultPlan) -> None:
+    """The next scenario's faults, counted from zero, with its own seed."""
+    shared.session.device.fault_plan = plan
+
+
+class GuestSessions:
+    """Booted guests keyed by (guest config, device settings), reused by the next
+    scenario that fits. ``image_for(recipe)`` builds or finds an image (cached);
+    ``progress(text)`` hears about boots."""
+
+    def __init__(self, *, image_for: Callable[[str | None], "GuestImage"] | None = None,
+                 boot_timeout: float = 300.0, progress: Callable[[str], None] | None = None,
+                 guests_dirs: tuple[str, ...] = ()) -> None:
+        self._image_for = image_for or _build_image
+        self._images: dict[str | None, "GuestImage"] = {}
+        self.boot_timeout = boot_timeout
+        self.progress = progress or (lambda text: None)
+        self.guests_dirs = guests_dirs
+        self.sessions: dict[tuple[str, tuple[int, int]], SharedSession] = {}
+        # Run before a reused guest takes the next scenario (warm reset / restore go here).
+        self.between: list[BetweenHook] = [install_fault_plan]
+
+    def image(self, recipe: str | None) -> "GuestImage":
+        if recipe not in self._images:
+            self._images[recipe] = self._image_for(recipe)
+        return self._images[recipe]
+
+    def acquire(self, scenario: Scenario, guest: str) -> tuple[SharedSession, float | None]:
+        """A session for ``scenario`` on ``guest``; see :meth:`acquire_device`."""
+        return self.acquire_device(guest, device_settings(scenario), fault_plan(scenario))
+
+    def acquire_device(self, guest: str, settings: tuple[int, int] = (FULL_DMA_MASK, 1),
+                       plan: FaultPlan | None = None) -> tuple[SharedSession, float | None]:
+        """A booted ``guest`` whose device has ``settings`` (dma_mask, segment_align)
+        and ``plan``: a fitting booted one (after the between-scenario hooks) or a
+        new boot. Also returns the boot's seconds (None when reused). A device
+        booted without faults cannot take a fault plan later (its DMA validator
+        took the fast path without views), so then the guest boots again."""
+        plan = plan or FaultPlan()
+        key = (guest, settings)
+        shared = self.sessions.get(key)
+        if shared is not None and plan.active and not shared.faults_capable:
+            if shared.pinned:
+                raise ConfigError(f"{guest} is held (by a fixture) with a device booted "
+                                  f"without faults; a fault plan cannot be added to it")
+            self.release(key)
+            shared = None
+        if shared is not None:
+            for hook in self.between:
+                hook(shared, plan)
+            return shared, None
+        from orchestrator.dma_session import DmaSession
+
+        config = load_guest_config(guest, self.guests_dirs)
+        image = self.image(config.image)
+        dma_mask, segment_align = settings
+        self.progress(f"booting {guest}")
+        started = time.monotonic()
+        session = DmaSession(config, image, dma_mask=dma_mask, segment_align=segment_align,
+                             fault_plan=plan, boot_timeout=self.boot_timeout)
+        session.start()
+        seconds = time.monotonic() - started
+        self.progress(f"booted {guest} ({session.vm.accelerator}) in {seconds:.1f} s")
+        shared = SharedSession(guest, settings, session, faults_capable=plan.active)
+        self.sessions[key] = shared
+        return shared, seconds
+
+    def release(self, key: tuple[str, tuple[int, int]]) -> None:
+        shared = self.sessions.pop(key, None)
+        if shared is not None:
+            shared.session.close()
+
+    def release_except(self, guest: str | None) -> None:
+        """Close every unpinned guest but those of config ``guest`` (bounds memory)."""
+        for key, shared in list(self.sessions.items()):
+            if key[0] != guest and not shared.pinned:
+                self.release(key)
+
+    def close(self) -> None:
+        errors = []
+        for key in list(self.sessions):
+            try:
+                self.release(key)
+            except Exception as exc:   # close the others all the same
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> "GuestSessions":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _build_image(recipe: str | None) -> "GuestImage":
+    from guest_images import DEFAULT_RECIPE, build_image
+    return build_image(recipe or DEFAULT_RECIPE)
+
+
+# -- one scenario ------------------------------------------------------------------------
+def run_scenario(scenario: Scenario, guest: str, sessions: GuestSessions) -> ScenarioResult:
+    """Run ``scenario`` on ``guest`` (booting it if no fitting guest is up)."""
+    started = time.monotonic()
+    result = ScenarioResult(scenario.name, str(scenario.path), guest, ERROR)
+    try:
+        shared, result.boot_seconds = sessions.acquire(scenario, guest)
+    except WdfhilError as exc:
+        result.problems.append(f"the guest did not come up: {_first_line(exc)}")
+        result.notes.append(str(exc))
+        result.seconds = time.monotonic() - started
+        return result
+    try:
+        ScenarioRun(scenario, shared.session, result).run()
+    finally:
+        shared.scenarios_run += 1
+        result.seconds = time.monotonic() - started
+        if result.verdict == ERROR and not shared.pinned:
+            # The platform broke under it (a dead guest, an agent that did not answer):
+            # the next scenario gets a fresh boot rather than this guest.
+            sessions.release((shared.guest, shared.settings))
+    _timing_notes(scenario, result)
+    return result
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
+def _timing_notes(scenario: Scenario, result: ScenarioResult) -> None:
+    """Bounds on timing are printed, never asserted: shared CI machines are noisy."""
+    bounds = scenario.expect.get("timing") or {}
+    if "scenario_s" in bounds:
+        took = result.seconds - (result.boot_seconds or 0.0)
+        within = "within" if took <= bounds["scenario_s"] else "OVER (not a failure)"
+        result.notes.append(f"timing: scenario {took:.2f} s, bound {bounds['scenario_s']} s: {within}")
+    if "step_s" in bounds and result.steps:
+        slowest = max(result.steps, key=lambda s: s.seconds)
+        within = "within" if slowest.seconds <= bounds["step_s"] else "OVER (not a failure)"
+        result.notes.append(f"timing: slowest step {slowest.index} {slowest.kind} "
+                            f"{slowest.seconds:.3f} s, bound {bounds['step_s']} s: {within}")
+
+
+_IRP = {"read": "IRP_MJ_READ", "write": "IRP_MJ_WRITE", "ioctl": "IRP_MJ_DEVICE_CONTROL"}
+
+
+class ScenarioRun:
+    """The steps of one scenario against one session; fills ``result``."""
+
+    def __init__(self, scenario: Scenario, session: "DmaSession", result: ScenarioResult) -> None:
+        self.scenario = scenario
+        self.session = session
+        self.result = result
+        self.agent: AgentSession | None = None
+        self.buffers: dict[str, GuestBuffer] = {}
+        self.fx: "Framework | None" = None
+        self.objects: dict[str, int] = {}       # scenario name -> framework handle
+        self.names: dict[int, str] = {}         # handle -> scenario name
+        self.refusals: collections.Counter[str] = collections.Counter()
+        self._temp = 0
+        self._sites: dict[int, Callable[..., Any]] = {}
+
+    # -- the run -------------------------------------------------------------------
+    def run(self) -> None:
+        result = self.result
+        failed = False
+        try:
+            with self.session.agent.serve() as agent:
+                self.agent = agent
+                for step in self.scenario.steps:
+                    begin = time.monotonic()
+                    try:
+                        detail = getattr(self, f"_step_{step.kind}")(step, step.args)
+                        result.steps.append(StepResult(step.index, step.kind, step.line, True,
+                                                       detail or "", time.monotonic() - begin))
+                    except (StepFailed, BugCheck) as exc:
+                        if isinstance(exc, BugCheck):
+                            exc = StepFailed(f"bug check: {_first_line(exc)}")
+                        result.steps.append(StepResult(step.index, step.kind, step.line, False,
+                                                       str(exc), time.monotonic() - begin))
+                        result.problems.append(f"{self._where(step)}: {step.kind}: {exc}")
+                        failed = True
+                        break
+            self.agent = None
+            self._finish_framework()
+            self._compare_outcomes()
+        except WdfhilError as exc:
+            step = self.scenario.steps[len(result.steps)] if len(result.steps) < len(
+                self.scenario.steps) else None
+            where = f"{self._where(step)}: {step.kind}: " if step else ""
+            result.problems.append(f"{where}{_first_line(exc)}")
+            result.notes.append(str(exc))
+            result.verdict = ERROR
+            return
+        finally:
+            self.fx = None
+        result.verdict = FAIL if (failed or result.problems) else PASS
+
+    def _where(self, step: StepSpec) -> str:
+        return f"{self.scenario.path}:{step.line}"
+
+    # -- framework calls made "from" the scenario's line ---------------------------
+    def _call(self, step: StepSpec, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call a framework entry point so that its call site (findings, object
+        histories) is the scenario file's line of this step, not this module."""
+        trampoline = self._sites.get(step.line)
+        if trampoline is None:
+            code = compile("\n" * (step.line - 1) + "def call(f, a, k): return f(*a, **k)\n",
+                           str(self.scenario.path), "exec")
+            namespace: dict[str, Any] = {}
+            exec(code, namespace)
+            trampoline = self._sites[step.line] = namespace["call"]
+        return trampoline(function, args, kwargs)
+
+    def _framework(self) -> "Framework":
+        if self.fx is None:
+            from framework_emu import Framework
+
+            self.fx = Framework(self.session.ram, service_name="WDFScenario",
+                                verifier_mode="record",
+                                pool_window=self.session.vm.config.pool.window)
+        return self.fx
+
+    def _finish_framework(self) -> None:
+        if self.fx is None:
+            return
+        try:
+            leaks = self.fx.unload_driver()
+        except BugCheck as exc:
+            self.result.problems.append(f"unloading the driver: bug check: {_first_line(exc)}")
+            return
+        text = str(leaks).strip()
+        if text:
+            self.result.notes.append(f"driver unloaded: {text}")
+
+    # -- outcomes --------------------------------------------------------------------
+    def _compare_outcomes(self) -> None:
+        expect, result = self.scenario.expect, self.result
+        findings = list(self.fx.findings) if self.fx is not None else []
+        result.findings = [self._finding_text(f) for f in findings]
+        wanted = list(expect.get("findings", []))
+        unmatched_actual = []
+        for finding in findings:
+            match = next((w for w in wanted if self._finding_matches(w, finding)), None)
+            if match is not None:
+                wanted.remove(match)
+            elif not (finding.severity == "warning" and expect.get("ignore_warnings")):
+                unmatched_actual.append(finding)
+        for finding in unmatched_actual:
+            result.problems.append(f"unexpected finding: {self._finding_text(finding)}")
+        for want in wanted:
+            what = want["rule"] + (f" on {want['object']}" if "object" in want else "")
+            result.problems.append(f"{self.scenario.path}:{want.source.line}: expected finding "
+                                   f"not reported: {what}")
+        result.refusals = dict(sorted(self.refusals.items()))
+        if expect.get("refusals"):
+            wanted_refusals = {k: v for k, v in expect["refusals"].items() if v}
+            if wanted_refusals != result.refusals:
+                result.problems.append(f"refusals {result.refusals or 'none'}, expected "
+                                       f"{wanted_refusals or 'none'}")
+        device = self.session.device
+        injected = collections.Counter(f.kind.value for f in device.fault_plan.injected)
+        result.faults = dict(sorted(injected.items()))
+        if expect.get("faults"):
+            wanted_faults = {k: v for k, v in expect["faults"].items() if v}
+            if wanted_faults != result.faults:
+                result.problems.append(f"injected faults {result.faults or 'none'}, expected "
+                                       f"{wanted_faults or 'none'}")
+
+    def _finding_matches(self, want: dict[str, Any], finding: Any) -> bool:
+        if want["rule"] != finding.rule:
+            return False
+        if "severity" in want and want["severity"] != finding.severity:
+            return False
+        if "object" in want:
+            return self.names.get(finding.handle) == want["object"]
+        return True
+
+    def _finding_text(self, finding: Any) -> str:
+        from framework_emu import format_site
+
+        name = self.names.get(finding.handle)
+        what = f" on {name}" if name else (f" on {finding.object_kind}" if finding.object_kind
+                                          else "")
+        return (f"[{finding.severity}] {finding.rule}{what} at {format_site(finding.site)}: "
+                f"{finding.message}")
+
+    # -- helpers -------------------------------------------------------------------------
+    def _command(self, line: str, timeout: float | None = None) -> dict[str, Any]:
+        return self.agent.command(line, timeout=timeout)
+
+    def _expect_completion(self, done: CompletionRecord, length: int, refused: str | None,
+                           short: bool = False) -> str:
+        if done.status is CompletionStatus.ERROR:
+            self.refusals[done.reason.name] += 1
+        if refused is not None:
+            if done.status is not CompletionStatus.ERROR or done.reason.name != refused:
+                raise StepFailed(f"expected a refusal ({refused}), the device completed "
+                                 f"{done.status.name} {done.reason.name}, {done.transferred} bytes")
+            return f"refused: {refused}"
+        if done.status is CompletionStatus.ERROR:
+            raise StepFailed(f"the device refused it: {done.reason.name}")
+        if short:
+            if done.status is not CompletionStatus.SHORT:
+                raise StepFailed(f"expected a SHORT completion, got {done.status.name}")
+            return f"SHORT: {done.transferred} of {length} bytes"
+        if done.status is not CompletionStatus.OK or done.transferred != length:
+            raise StepFailed(f"completed {done.status.name} with {done.transferred} of "
+                             f"{length} bytes")
+        return f"OK, {length} bytes"
+
+    def _temp_name(self) -> str:
+        self._temp += 1
+        return f"_s{self._temp}"
+
+
+    # -- guest agent steps ---------------------------------------------------------------
+    def _step_alloc(self, step: StepSpec, a: dict[str, Any]) -> str:
+        buf = GuestBuffer.from_result(self._command(Step.alloc(
+            a["buffer"], a["size"], offset=a["offset"], where=a["where"], merge=a["merge"])))
+        self.buffers[a["buffer"]] = buf
+        if "segments" in a and len(buf.segments) != a["segments"]:
+            raise StepFailed(f"{len(buf.segments)} segments, expected {a['segments']}")
+        place = "above 4 GiB" if buf.above_4g and not buf.below_4g else (
+            "below 4 GiB" if buf.below_4g and not buf.above_4g else "across 4 GiB")
+        return (f"{buf.size} bytes at gpa {buf.gpa:#x} (offset {buf.offset} in page, "
+                f"{len(buf.frames)} page(s), {place}), {len(buf.segments)} segment(s)")
+
+    def _step_pool_buffer(self, step: StepSpec, a: dict[str, Any]) -> str:
+        base, size = self.session.vm.config.pool.window
+        if a["pool_offset"] + a["size"] > size:
+            raise StepFailed(f"pool_offset + size ({a['pool_offset'] + a['size']:#x}) is past "
+                             f"the pool window's {size:#x} bytes")
+        buf = GuestBuffer.from_result(self._command(Step.phys(a["buffer"], base + a["pool_offset"],
+                                                              a["size"])))
+        self.buffers[a["buffer"]] = buf
+        return f"{buf.size} bytes of the pool window at gpa {buf.gpa:#x}"
+
+    def _step_fill(self, step: StepSpec, a: dict[str, Any]) -> str:
+        self._command(Step.fill(a["buffer"], a["seed"]))
+        return f"pattern {a['seed']}"
+
+    def _step_memset(self, step: StepSpec, a: dict[str, Any]) -> str:
+        self._command(Step.memset(a["buffer"], a["byte"]))
+        return f"byte {a['byte']:#04x}"
+
+    def _transfer(self, a: dict[str, Any], build: Callable[..., str]) -> str:
+        buf = self.buffers[a["buffer"]]
+        detail = ""
+        for _ in range(a["count"]):
+            answer = self._command(build(a["buffer"], a["device_offset"],
+                                         request_id=a.get("request_id"),
+                                         indirect=a.get("indirect")))
+            detail = self._expect_completion(CompletionRecord.from_result(answer), buf.size,
+                                             a.get("refused"), a.get("short", False))
+        return detail + (f" (x{a['count']})" if a["count"] > 1 else "")
+
+    def _step_write(self, step: StepSpec, a: dict[str, Any]) -> str:
+        return self._transfer(a, Step.write)
+
+    def _step_read(self, step: StepSpec, a: dict[str, Any]) -> str:
+        return self._transfer(a, Step.read)
+
+    def _step_verify(self, step: StepSpec, a: dict[str, Any]) -> str:
+        seen = Verification.from_result(self._command(Step.verify(a["buffer"], a["seed"])))
+        want_match = a["expect"] == "match"
+        if seen.match != want_match:
+            raise StepFailed(f"the guest found {seen.mismatches} byte(s) of {seen.checked} "
+                             f"different from pattern {a['seed']} (first at offset "
+                             f"{seen.first_mismatch})" if want_match else
+                             "the guest found the pattern intact, expected a mismatch")
+        detail = f"guest: {seen.checked} bytes {'match' if seen.match else 'differ'}"
+        if a["qmp"]:
+            buf = self.buffers[a["buffer"]]
+            host = b"".join(self.session.read_physical(s.gpa, s.length) for s in buf.segments)
+            same = host == pattern_bytes(a["seed"], buf.size)
+            if same != want_match:
+                raise StepFailed("QEMU's view (QMP xp) disagrees with the guest's")
+            detail += "; QEMU's view (QMP xp) agrees"
+        return detail
+
+    def _step_watch(self, step: StepSpec, a: dict[str, Any]) -> str:
+        seen = Verification.from_result(self._command(
+            Step.watch(a["buffer"], a["seed"], timeout_ms=a["timeout_ms"]),
+            timeout=a["timeout_ms"] / 1000 + 60))
+        changed = bool(seen.changed) and not seen.match
+        if a["expect"] == "changed" and not changed:
+            raise StepFailed(f"the buffer did not change within {a['timeout_ms']} ms "
+                             f"(no stale DMA seen)")
+        if a["expect"] == "unchanged" and changed:
+            raise StepFailed(f"the buffer changed under the guest: {seen.mismatches} byte(s) "
+                             f"(a stale DMA?)")
+        return (f"changed: {seen.mismatches} byte(s) differ" if changed
+                else f"unchanged for {a['timeout_ms']} ms")
+
+    def _step_device_fill(self, step: StepSpec, a: dict[str, Any]) -> str:
+        self._command(Step.device_fill(a["device_offset"], a["length"], a["seed"]))
+        return f"{a['length']} bytes at device offset {a['device_offset']:#x}"
+
+    def _step_device_verify(self, step: StepSpec, a: dict[str, Any]) -> str:
+        seen = Verification.from_result(self._command(
+            Step.device_verify(a["device_offset"], a["length"], a["seed"])))
+        if seen.match != (a["expect"] == "match"):
+            raise StepFailed(f"device memory {'differs' if not seen.match else 'matches'} "
+                             f"({seen.mismatches} byte(s)), expected {a['expect']}")
+        return f"device memory {'matches' if seen.match else 'differs'}"
+
+    def _step_submit(self, step: StepSpec, a: dict[str, Any]) -> str:
+        ram_end = max(end for _start, end in self.session.ram.ram_ranges())
+        segments = [Segment(s["gpa"] if "gpa" in s else ram_end + s["after_ram_end"], s["length"])
+                    for s in a["segments"]]
+        answer = self._command(Step.submit(Opcode[a["opcode"]], a["device_offset"], segments,
+                                           length=a.get("length")))
+        length = a.get("length", sum(s.length for s in segments))
+        return self._expect_completion(CompletionRecord.from_result(answer), length,
+                                       a.get("refused"))
+
+    def _step_device_info(self, step: StepSpec, a: dict[str, Any]) -> str:
+        header = self._command("info")["header"]
+        if header["status_name"] != a["status"]:
+            raise StepFailed(f"device status {header['status_name']}, expected {a['status']}")
+        return f"device ABI {header['abi_version']}, status {header['status_name']}"
+
+    def _step_program(self, step: StepSpec, a: dict[str, Any]) -> str:
+        local = self.scenario.path.parent / a["path"]
+        remote = f"/tmp/wdfhil-program-{step.index}-{local.name}"
+        vm = self.session.vm
+        vm.put(str(local), remote)
+        command = " ".join(shlex.quote(w) for w in [remote, *a["args"]])
+        ran = vm.run(f"chmod 0755 {shlex.quote(remote)} && {command}", timeout=a["timeout_s"])
+        vm.run(f"rm -f {shlex.quote(remote)}", timeout=30)
+        if ran.exit_code != a["exit_code"]:
+            raise StepFailed(f"{local.name} exited {ran.exit_code}, expected {a['exit_code']}; "
+                             f"stdout {ran.stdout[-300:]!r} stderr {ran.stderr[-300:]!r}")
+        if "stdout_contains" in a and a["stdout_contains"] not in ran.stdout:
+            raise StepFailed(f"{local.name}'s output lacks {a['stdout_contains']!r}: "
+                             f"{ran.stdout[-300:]!r}")
+        return f"{local.name} exited {ran.exit_code}"
+
+    # -- framework steps -------------------------------------------------------------------
+    def _status(self, got: int, want: str, call: str) -> None:
+        from framework_emu import NTSTATUS
+
+        if got != NTSTATUS[want]:
+            try:
+                name = NTSTATUS(got).name
+            except ValueError:
+                name = f"{got:#x}"
+            raise StepFailed(f"{call} returned {name}, expected {want}")
+
+    def _step_WdfMemoryCreate(self, step: StepSpec, a: dict[str, Any]) -> str:
+        from framework_emu import PoolType
+
+        fx = self._framework()
+        tag = int.from_bytes(a["tag"].encode("latin-1").ljust(4, b"\0"), "little") if "tag" in a else 0
+        status, memory, va = self._call(step, fx.WdfMemoryCreate, None, PoolType[a["pool_type"]],
+                                        tag, a["size"])
+        self._status(status, a["status"], "WdfMemoryCreate")
+        if memory:
+            self.objects[a["memory"]] = memory
+            self.names[memory] = a["memory"]
+            return f"{a['size']} bytes at gpa {fx.va_to_gpa(va):#x} (pool window)"
+        return "refused as expected"
+
+    def _range(self, step: StepSpec, a: dict[str, Any], *, need_va: bool = False
+               ) -> tuple[int, int | None, int, int]:
+        """(handle, va, offset, length) of the step's memory range. WdfMemoryGetBuffer
+        is called only when the step needs the address or the size: it is itself a
+        use of the object the verifier judges (at the step's line)."""
+        handle = self.objects[a["memory"]]
+        va = None
+        length = a.get("length")
+        if need_va or length is None:
+            va, size = self._call(step, self._framework().WdfMemoryGetBuffer, handle)
+            if length is None:
+                length = size - a["offset"]
+        return handle, va, a["offset"], length
+
+    def _step_WdfMemoryCopyFromBuffer(self, step: StepSpec, a: dict[str, Any]) -> str:
+        handle, _va, offset, length = self._range(step, a)
+        status = self._call(step, self._framework().WdfMemoryCopyFromBuffer, handle, offset,
+                            pattern_bytes(a["seed"], length), length)
+        self._status(status, a["status"], "WdfMemoryCopyFromBuffer")
+        return f"pattern {a['seed']} into {a['memory']}+{offset}, {length} bytes"
+
+    def _step_WdfMemoryCopyToBuffer(self, step: StepSpec, a: dict[str, Any]) -> str:
+        handle, _va, offset, length = self._range(step, a)
+        seen = bytearray(length)
+        status = self._call(step, self._framework().WdfMemoryCopyToBuffer, handle, offset, seen,
+                            length)
+        self._status(status, a["status"], "WdfMemoryCopyToBuffer")
+        if "seed" in a and bytes(seen) != pattern_bytes(a["seed"], length):
+            raise StepFailed(f"{a['memory']}+{offset} does not hold pattern {a['seed']}")
+        return f"{length} bytes" + (f" hold pattern {a['seed']}" if "seed" in a else "")
+
+    def _step_guest_reads_memory(self, step: StepSpec, a: dict[str, Any]) -> str:
+        _handle, va, offset, length = self._range(step, a, need_va=True)
+        gpa = self._framework().va_to_gpa(va) + offset
+        name = self._temp_name()
+        self._command(Step.phys(name, gpa, length))
+        try:
+            seen = Verification.from_result(self._command(Step.verify(name, a["seed"])))
+        finally:
+            self._command(Step.free(name))
+        if seen.match != (a["expect"] == "match"):
+            raise StepFailed(f"the guest read {a['memory']} at gpa {gpa:#x} through /dev/mem: "
+                             f"{seen.mismatches} byte(s) differ from pattern {a['seed']}"
+                             if not seen.match else "the guest found the pattern, expected not")
+        return f"the guest read {length} bytes at gpa {gpa:#x} through /dev/mem"
+
+    def _step_mdl_dma(self, step: StepSpec, a: dict[str, Any]) -> str:
+        """The framework's way: an MDL over the memory, its spans mapped by the
+        device's DMA port (orchestrator.dma_port) into the scatter/gather list."""
+        from framework_emu.dma_adapter import DmaMappingError, mdl_spans
+        from orchestrator.dma_port import DeviceDmaAdapter, device_segments
+
+        fx = self._framework()
+        _handle, va, offset, length = self._range(step, a, need_va=True)
+        to_memory = a["direction"] == "to_memory"
+        mdl = self._call(step, fx.IoAllocateMdl, va + offset, length)
+        try:
+            self._call(step, fx.MmBuildMdlForNonPagedPool, mdl)
+            adapter = DeviceDmaAdapter(self.session.device)
+            spans = mdl_spans(fx.MmGetMdlPfnArray(mdl), fx.MmGetMdlByteOffset(mdl),
+                              fx.MmGetMdlByteCount(mdl))
+            try:
+                sg = adapter.map(spans, to_device=not to_memory)
+            except DmaMappingError as exc:
+                raise StepFailed(f"the DMA port refused the MDL: {exc}") from None
+            try:
+                segments = device_segments(sg)
+                if "segments" in a and len(segments) != a["segments"]:
+                    raise StepFailed(f"the MDL gave {len(segments)} segment(s), expected "
+                                     f"{a['segments']}")
+                opcode = Opcode.READ if to_memory else Opcode.WRITE
+                answer = self._command(Step.submit(opcode, a["device_offset"], segments))
+            finally:
+                adapter.unmap(sg)
+            detail = self._expect_completion(CompletionRecord.from_result(answer), length, None)
+        finally:
+            self._call(step, fx.IoFreeMdl, mdl)
+        return (f"MDL of {len(spans)} page(s) -> {len(segments)} segment(s), "
+                f"{opcode.name} {detail}")
+
+    def _step_WdfObjectDelete(self, step: StepSpec, a: dict[str, Any]) -> str:
+        handle = self.objects.pop(a["object"])
+        self._call(step, self._framework().WdfObjectDelete, handle)
+        return f"deleted {a['object']}"
+
+    def _step_request(self, step: StepSpec, a: dict[str, Any]) -> str:
+        import framework_emu
+
+        fx = self._framework()
+        major = getattr(framework_emu, _IRP[a["type"]])
+        extra: dict[str, Any] = {}
+        if a["type"] == "ioctl":
+            extra = {"ioctl_code": framework_emu.CTL_CODE(0x8000, 0x800,
+                                                          framework_emu.METHOD_BUFFERED,
+                                                          framework_emu.FILE_ANY_ACCESS)}
+        request = self._call(step, fx.present_request, major,
+                             input_data=pattern_bytes(a["seed"], a["input_size"]),
+                             output_length=a["output_size"], **extra)
+        self.objects[a["request"]] = request.handle
+        self.names[request.handle] = a["request"]
+        return f"{a['type']} request, input {a['input_size']}, output {a['output_size']}"
+
+    def _retrieve(self, step: StepSpec, a: dict[str, Any], which: str) -> str:
+        fx = self._framework()
+        call = getattr(fx, f"WdfRequestRetrieve{which}Memory")
+        status, memory = self._call(step, call, self.objects[a["request"]])
+        self._status(status, a["status"], f"WdfRequestRetrieve{which}Memory")
+        if memory:
+            self.objects[a["memory"]] = memory
+            self.names[memory] = a["memory"]
+        return f"{which.lower()} memory of {a['request']}"
+
+    def _step_WdfRequestRetrieveInputMemory(self, step: StepSpec, a: dict[str, Any]) -> str:
+        return self._retrieve(step, a, "Input")
+
+    def _step_WdfRequestRetrieveOutputMemory(self, step: StepSpec, a: dict[str, Any]) -> str:
+        return self._retrieve(step, a, "Output")
+
+    def _step_WdfRequestComplete(self, step: StepSpec, a: dict[str, Any]) -> str:
+        from framework_emu import NTSTATUS
+
+        self._call(step, self._framework().WdfRequestComplete, self.objects[a["request"]],
+                   NTSTATUS[a["status"]])
+        return f"completed {a['request']} with {a['status']}"
+
+
+# -- many scenarios ------------------------------------------------------------------------
+def plan_runs(scenarios: list[Scenario], guests: list[str] | None = None) -> list[tuple[Scenario, str]]:
+    """(scenario, guest) pairs in the order that boots least: by guest, then by device
+    settings, scenarios with faults first on each (a device booted with a fault plan
+    takes any later plan; one booted without cannot). ``guests`` overrides the
+    scenarios' own lists."""
+    pairs = [(s, g) for s in scenarios for g in (guests or s.guests)]
+    first_seen = {g: i for i, (_s, g) in reversed(list(enumerate(pairs)))}
+    return sorted(pairs, key=lambda p: (first_seen[p[1]], device_settings(p[0]),
+                                        not fault_plan(p[0]).active))
+
+
+def run_scenarios(pairs: list[tuple[Scenario, str]], sessions: GuestSessions,
+                  on_result: Callable[[ScenarioResult], None] | None = None) -> list[ScenarioResult]:
+    """Run the pairs in order; a guest is closed once no later pair needs it."""
+    results = []
+    for index, (scenario, guest) in enumerate(pairs):
+        result = run_scenario(scenario, guest, sessions)
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+        later = {g for _s, g in pairs[index + 1:]}
+        for key in list(sessions.sessions):
+            if key[0] not in later:
+                sessions.release(key)
+    return results
+
+
+def format_table(results: list[ScenarioResult], header: str = "") -> str:
+    """The verdict table: one line a scenario and guest, then the totals
+    (``header``: e.g. the image's provenance, under the title)."""
+    if not results:
+        return "no scenario ran"
+    name_w = max(len(r.scenario) for r in results)
+    guest_w = max(len(r.guest) for r in results)
+    lines = ["", "wdfhil verdicts", "=" * 15, *([header] if header else [])]
+    for r in results:
+        lines.append(f"{r.verdict:<5} {r.scenario:<{name_w}}  {r.guest:<{guest_w}}  "
+                     f"{r.seconds:6.2f} s  {r.summary()}")
+    counts = collections.Counter(r.verdict for r in results)
+    lines.append(f"{counts[PASS]} passed, {counts[FAIL] + counts[ERROR]} failed")
+    return "\n".join(lines)
