@@ -83,7 +83,7 @@ sys.exit(main(["vm", "configs"]))
 
 def test_guests_dir_adds_the_users_configs(tmp_path, capsys, monkeypatch):
     from orchestrator.guest_config import BUILTIN_GUESTS_DIR, GUESTS_PATH_ENV
-    monkeypatch.delenv(GUESTS_PATH_ENV, raising=False)
+    monkeypatch.setenv(GUESTS_PATH_ENV, "")   # restored after: --guests-dir writes it
     (tmp_path / "lab-box.yaml").write_text((BUILTIN_GUESTS_DIR / "pc-256m.yaml").read_text())
     assert main(["--guests-dir", str(tmp_path), "vm", "configs"]) == 0
     out = capsys.readouterr().out
