@@ -369,7 +369,7 @@ class GuestIoRuntime:
         code = request.ioctl_code
         method = self.iom.transfer_type(file, major, code)
         system = SystemBuffer(request.system_gpa, request.system_length) if request.system_length else None
-        pages = (UserPages(tuple(request.pfns), request.page_offset, request.page_length, request.user_output)
+        pages = (UserPages(tuple(request.pfns), request.page_offset, request.page_length, request.user_address)
                  if request.page_length else None)
         mode = (KPROCESSOR_MODE.KernelMode if major == IRP_MJ_INTERNAL_DEVICE_CONTROL
                 else KPROCESSOR_MODE.UserMode)   # the guest module is an internal IOCTL's kernel-mode client
