@@ -369,7 +369,10 @@ class GuestIoRuntime:
         code = request.ioctl_code
         method = self.iom.transfer_type(file, major, code)
         system = SystemBuffer(request.system_gpa, request.system_length) if request.system_length else None
-        pages = (UserPages(tuple(request.pfns), request.page_offset, request.page_length, request.user_address)
+        # UserPages.user_va is the address of the first *page* (the framework adds the offset);
+        # the entry's user_address is that of the first byte (0: the guest did not say).
+        user_va = request.user_address - request.page_offset if request.user_address else 0
+        pages = (UserPages(tuple(request.pfns), request.page_offset, request.page_length, user_va)
                  if request.page_length else None)
         mode = (KPROCESSOR_MODE.KernelMode if major == IRP_MJ_INTERNAL_DEVICE_CONTROL
                 else KPROCESSOR_MODE.UserMode)   # the guest module is an internal IOCTL's kernel-mode client

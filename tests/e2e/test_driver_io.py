@@ -406,3 +406,49 @@ def test_the_filter_sample_over_the_echo_driver(session, drive):
     assert IoResult.from_result(results[21]).information == 64
     assert hexdump(results[23]) == hexdump(results[22])[::-1]
     assert runtime.call(lambda: filt.bytes_written) == 5000   # the probes send below the filter
+
+
+class LeakyEchoDriver(EchoDriver):
+    """The echo sample, plus a pool allocation per write that is never freed."""
+
+    def EvtIoWrite(self, Queue, Request, Length):
+        self.fx.ExAllocatePool2(0x40, 64, b"Leak")      # POOL_FLAG_NON_PAGED, never freed
+        super().EvtIoWrite(Queue, Request, Length)
+
+
+class UseAfterCompleteDriver(EchoDriver):
+    """Completes a write, then reads its buffer: a fatal verifier finding (bug check 0x10D)."""
+
+    def EvtIoWrite(self, Queue, Request, Length):
+        fx = self.fx
+        _status, memory = fx.WdfRequestRetrieveInputMemory(Request)
+        fx.WdfRequestCompleteWithInformation(Request, 0, Length)
+        fx.WdfMemoryCopyToBuffer(memory, 0, bytearray(Length), Length)
+
+
+@pytest.mark.parametrize("mode", ["record", "bugcheck"])
+def test_a_leak_is_reported_when_the_runtime_closes(session, drive, mode):
+    runtime = drive(LeakyEchoDriver(direct_io=True), framework_options={"verifier_mode": mode})
+    results = session.agent.run(Step.alloc("b", 100), Step.io_write("b"), Step.io_write("b"))
+    assert IoResult.from_result(results[2]).result == 100
+    report = runtime.close()
+    assert report.never_completed == []
+    (finding,) = [f for f in report.findings if f.rule == "PoolLeakOnUnload"]
+    assert finding.message.count("test_driver_io.py") == 2      # where each allocation was made
+    if mode == "record":
+        (leak,) = report.leaks
+        assert len(leak.allocations) == 2 and report.bugcheck is None
+    else:   # as Driver Verifier does: unloading with pool allocations left is bug check 0xC4/0x62
+        assert (report.bugcheck.code, report.bugcheck.params[0]) == (0xC4, 0x62)
+
+
+def test_a_bug_check_stops_the_driver_and_the_guest_gets_enodev(session, drive):
+    runtime = drive(UseAfterCompleteDriver(direct_io=True))
+    results = session.agent.run(Step.alloc("b", 100), Step.io_write("b"), Step.io_write("b"))
+    # the emulated machine stopped inside the first write's callback: both end with ENODEV
+    for result in results[1:]:
+        call = IoResult.from_result(result)
+        assert (call.result, call.errno_name) == (-1, "ENODEV")
+    report = runtime.close()
+    assert report.bugcheck is not None and report.bugcheck.code == 0x10D
+    assert "test_driver_io.py" in str(report.bugcheck.finding)
