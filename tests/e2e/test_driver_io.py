@@ -21,10 +21,7 @@ import pytest
 from device_model.abi import NTSTATUS, IoType, TransferMethod
 from device_model.request_echo import IOCTL_ECHO
 from device_model.request_ring import RequestEndpoint
-from framework_emu import (NT_SUCCESS, WDF_DRIVER_CONFIG, WDF_IO_QUEUE_CONFIG_INIT_DEFAULT_QUEUE,
-                           WDF_OBJECT_ATTRIBUTES, WDF_REL_TIMEOUT_IN_MS, WDF_TIMER_CONFIG_INIT,
-                           WdfDeviceIoDirect, WdfIoQueueDispatchParallel, WdfIoQueueDispatchSequential)
-from orchestrator.agent_client import IoResult, Step, Verification, pattern_bytes
+from orchestrator.agent_client import GuestBuffer, IoResult, Step, Verification, pattern_bytes
 from orchestrator.dma_session import DmaSession
 from orchestrator.guest_io_runtime import GuestIoRuntime, no_driver
 from samples.echo import IOCTL_ECHO_REVERSE, EchoDriver
@@ -33,155 +30,15 @@ from samples.filter import IOCTL_FILTER_PROBE_ASYNC, IOCTL_FILTER_PROBE_SYNC, IO
 from samples.internal_ioctl import IOCTL_INTERNAL_SENSOR_READ, SensorDriver, SensorFilterDriver
 from wdfhil.errors import GuestError
 
+from driver_io_drivers import (HoldingDriver, LeakyEchoDriver, MethodEchoDriver, OffsetStoreDriver,
+                               UseAfterCompleteDriver)
+
 pytestmark = pytest.mark.e2e
 
 SYSFS = "/sys/class/wdfhil/wdfhil0"
 WAIT_S = 120.0
 CANCELLED = NTSTATUS["STATUS_CANCELLED"]
 INVALID_DEVICE_REQUEST = NTSTATUS["STATUS_INVALID_DEVICE_REQUEST"]
-
-
-# ---- drivers for the tests -----------------------------------------------------------------
-class MethodEchoDriver(EchoDriver):
-    """The echo sample plus one echo IOCTL per transfer method (the device model's codes):
-    input -> output; METHOD_IN_DIRECT: the driver reads the "output" pages (kept in
-    ``in_direct``); METHOD_NEITHER: whatever the framework gives a user-mode caller."""
-
-    def __init__(self, **options) -> None:
-        super().__init__(**options)
-        self.in_direct = b""
-        self.statuses: dict[int, int] = {}
-
-    def EvtIoDeviceControl(self, Queue, Request, OutputBufferLength, InputBufferLength, IoControlCode):
-        if IoControlCode not in IOCTL_ECHO.values():
-            super().EvtIoDeviceControl(Queue, Request, OutputBufferLength, InputBufferLength, IoControlCode)
-            return
-        fx = self.fx
-        if IoControlCode & 3 == TransferMethod.IN_DIRECT:
-            status, memory = fx.WdfRequestRetrieveOutputMemory(Request)
-            data = bytearray(OutputBufferLength)
-            if NT_SUCCESS(status):
-                status = fx.WdfMemoryCopyToBuffer(memory, 0, data, OutputBufferLength)
-            self.in_direct = bytes(data)
-            self._done(Request, IoControlCode, status, OutputBufferLength)
-            return
-        status, memory = fx.WdfRequestRetrieveInputMemory(Request)
-        if not NT_SUCCESS(status):       # METHOD_NEITHER from user mode: no buffer for anyone
-            self._done(Request, IoControlCode, status, 0)
-            return
-        data = bytearray(InputBufferLength)
-        status = fx.WdfMemoryCopyToBuffer(memory, 0, data, InputBufferLength)
-        count = min(InputBufferLength, OutputBufferLength)
-        if NT_SUCCESS(status):
-            status, out = fx.WdfRequestRetrieveOutputMemory(Request)
-        if NT_SUCCESS(status):
-            status = fx.WdfMemoryCopyFromBuffer(out, 0, bytes(data[:count]), count)
-        self._done(Request, IoControlCode, status, count if NT_SUCCESS(status) else 0)
-
-    def _done(self, Request, code, status, information):
-        self.statuses[code] = status
-        self.fx.WdfRequestCompleteWithInformation(Request, status, information)
-
-
-class OffsetStoreDriver:
-    """Reads and writes a store at the request's byte offset (so each guest thread has its own
-    data), on a parallel or sequential default queue, recording how many requests it holds at
-    once. ``gate``: hold requests until that many are held together, then complete them all
-    (once). ``delay_ms``: complete each from a timer (sequential queues: one at a time)."""
-
-    fx = None
-
-    def __init__(self, *, parallel: bool, direct_io: bool = True, gate: int = 0, delay_ms: int = 0) -> None:
-        self.parallel, self.direct_io, self.gate, self.delay_ms = parallel, direct_io, gate, delay_ms
-        self.store = bytearray(16 << 20)
-        self.held: list[tuple[int, int]] = []     # (request, information)
-        self.max_held = 0
-        self.presented = 0
-        self.timer = None
-
-    def DriverEntry(self, DriverObject, RegistryPath):
-        return self.fx.WdfDriverCreate(DriverObject, RegistryPath, None,
-                                       WDF_DRIVER_CONFIG(EvtDriverDeviceAdd=self.EvtDriverDeviceAdd))[0]
-
-    def EvtDriverDeviceAdd(self, Driver, DeviceInit):
-        fx = self.fx
-        if self.direct_io:
-            fx.WdfDeviceInitSetIoType(DeviceInit, WdfDeviceIoDirect)
-        status, device = fx.WdfDeviceCreate(DeviceInit, None)
-        if not NT_SUCCESS(status):
-            return status
-        config = WDF_IO_QUEUE_CONFIG_INIT_DEFAULT_QUEUE(
-            WdfIoQueueDispatchParallel if self.parallel else WdfIoQueueDispatchSequential)
-        config.EvtIoRead, config.EvtIoWrite = self.EvtIoRead, self.EvtIoWrite
-        status, queue = fx.WdfIoQueueCreate(device, config, None)
-        if NT_SUCCESS(status) and self.delay_ms:
-            status, self.timer = fx.WdfTimerCreate(WDF_TIMER_CONFIG_INIT(self.EvtTimerFunc),
-                                                   WDF_OBJECT_ATTRIBUTES(ParentObject=queue))
-        return status
-
-    def EvtIoWrite(self, Queue, Request, Length):
-        fx = self.fx
-        offset = fx.WdfRequestGetParameters(Request).DeviceOffset
-        status, memory = fx.WdfRequestRetrieveInputMemory(Request)
-        data = bytearray(Length)
-        if NT_SUCCESS(status):
-            status = fx.WdfMemoryCopyToBuffer(memory, 0, data, Length)
-        if NT_SUCCESS(status):
-            self.store[offset:offset + Length] = data
-        self._hold(Request, status, Length)
-
-    def EvtIoRead(self, Queue, Request, Length):
-        fx = self.fx
-        offset = fx.WdfRequestGetParameters(Request).DeviceOffset
-        status, memory = fx.WdfRequestRetrieveOutputMemory(Request)
-        if NT_SUCCESS(status):
-            status = fx.WdfMemoryCopyFromBuffer(memory, 0, bytes(self.store[offset:offset + Length]), Length)
-        self._hold(Request, status, Length)
-
-    def _hold(self, Request, status, information):
-        self.presented += 1
-        if not NT_SUCCESS(status):
-            self.fx.WdfRequestComplete(Request, status)
-            return
-        self.held.append((Request, information))
-        self.max_held = max(self.max_held, len(self.held))
-        if self.delay_ms:
-            self.fx.WdfTimerStart(self.timer, WDF_REL_TIMEOUT_IN_MS(self.delay_ms))
-        elif len(self.held) >= self.gate:
-            self.gate = 0
-            self._release()
-
-    def _release(self):
-        held, self.held = self.held, []
-        for request, information in held:
-            self.fx.WdfRequestCompleteWithInformation(request, 0, information)
-
-    def EvtTimerFunc(self, Timer):
-        self._release()
-
-
-class HoldingDriver:
-    """Keeps every read and never completes it: the bug the runtime's report must name."""
-
-    fx = None
-
-    def __init__(self) -> None:
-        self.held = []
-
-    def DriverEntry(self, DriverObject, RegistryPath):
-        return self.fx.WdfDriverCreate(DriverObject, RegistryPath, None,
-                                       WDF_DRIVER_CONFIG(EvtDriverDeviceAdd=self.EvtDriverDeviceAdd))[0]
-
-    def EvtDriverDeviceAdd(self, Driver, DeviceInit):
-        status, device = self.fx.WdfDeviceCreate(DeviceInit, None)
-        if not NT_SUCCESS(status):
-            return status
-        config = WDF_IO_QUEUE_CONFIG_INIT_DEFAULT_QUEUE(WdfIoQueueDispatchParallel)
-        config.EvtIoRead = self.EvtIoRead
-        return self.fx.WdfIoQueueCreate(device, config, None)[0]
-
-    def EvtIoRead(self, Queue, Request, Length):
-        self.held.append(Request)
 
 
 # ---- fixtures and helpers --------------------------------------------------------------------
@@ -264,7 +121,7 @@ def hexdump(result: dict) -> bytes:
                          ids=["1-byte-last-in-page", "4k-odd-page-crossing", "100k-unaligned",
                               "1MiB-unaligned-257-pages"])
 def test_write_then_read_round_trips_through_the_echo_driver(session, drive, direct, size, offset):
-    runtime = drive(EchoDriver(direct_io=direct))
+    runtime = drive(MethodEchoDriver(direct_io=direct))      # the echo sample, recording its MDLs
     results = session.agent.run(
         Step.alloc("src", size, offset=offset, merge=False), Step.fill("src", 9),
         Step.io_write("src", offset=64), Step.alloc("dst", size, offset=(offset + 1) % 4096),
@@ -277,6 +134,15 @@ def test_write_then_read_round_trips_through_the_echo_driver(session, drive, dir
     driver = runtime.drivers[0]
     assert runtime.call(lambda: (driver.length, driver.events[:2])) == (size, ["SelfManagedIoInit", "FileCreate"])
     assert runtime.findings() == []
+    mdls = runtime.call(lambda: list(driver.mdls))
+    if not direct:
+        assert mdls == []
+        return
+    # The driver's MDLs list the very frames of the guest program's buffers.
+    src, dst = GuestBuffer.from_result(results[0]), GuestBuffer.from_result(results[3])
+    for (what, pfns, byte_offset, count, va), buffer in zip(mdls, (src, dst)):
+        assert [p << 12 for p in pfns] == list(buffer.frames), what
+        assert (byte_offset, count, va % 4096) == (buffer.offset, size, buffer.offset), what
 
 
 @pytest.mark.parametrize("direct", [False, True], ids=["buffered-device", "direct-device"])
@@ -301,6 +167,9 @@ def test_each_ioctl_transfer_method_reaches_the_driver(session, drive, direct, m
         assert runtime.call(lambda: driver.in_direct) == pattern_bytes(5, 3000)
     else:
         assert Verification.from_result(results[5]).match
+    if method in (TransferMethod.IN_DIRECT, TransferMethod.OUT_DIRECT):
+        ((_what, pfns, byte_offset, count, _va),) = runtime.call(lambda: list(driver.mdls))
+        assert [p << 12 for p in pfns] == results[2]["frames"] and (byte_offset, count) == (123, 3000)
     assert runtime.findings() == []
 
 
@@ -368,7 +237,7 @@ def test_a_request_never_completed_is_reported_with_where_it_was_presented(sessi
     report = runtime.close()
     (never,) = report.never_completed
     assert never.major == "READ"
-    assert "EvtIoRead" in never.presented_in and "test_driver_io.py" in never.presented_in
+    assert "EvtIoRead" in never.presented_in and "driver_io_drivers.py" in never.presented_in
     assert any(f.rule == "RequestNeverCompleted" for f in report.findings)
     # the guest is let go with STATUS_DEVICE_REMOVED (ENODEV) and unpins the buffer
     answer = agent_answer(session, "/tmp/never.json")
@@ -408,24 +277,6 @@ def test_the_filter_sample_over_the_echo_driver(session, drive):
     assert runtime.call(lambda: filt.bytes_written) == 5000   # the probes send below the filter
 
 
-class LeakyEchoDriver(EchoDriver):
-    """The echo sample, plus a pool allocation per write that is never freed."""
-
-    def EvtIoWrite(self, Queue, Request, Length):
-        self.fx.ExAllocatePool2(0x40, 64, b"Leak")      # POOL_FLAG_NON_PAGED, never freed
-        super().EvtIoWrite(Queue, Request, Length)
-
-
-class UseAfterCompleteDriver(EchoDriver):
-    """Completes a write, then reads its buffer: a fatal verifier finding (bug check 0x10D)."""
-
-    def EvtIoWrite(self, Queue, Request, Length):
-        fx = self.fx
-        _status, memory = fx.WdfRequestRetrieveInputMemory(Request)
-        fx.WdfRequestCompleteWithInformation(Request, 0, Length)
-        fx.WdfMemoryCopyToBuffer(memory, 0, bytearray(Length), Length)
-
-
 @pytest.mark.parametrize("mode", ["record", "bugcheck"])
 def test_a_leak_is_reported_when_the_runtime_closes(session, drive, mode):
     runtime = drive(LeakyEchoDriver(direct_io=True), framework_options={"verifier_mode": mode})
@@ -434,7 +285,7 @@ def test_a_leak_is_reported_when_the_runtime_closes(session, drive, mode):
     report = runtime.close()
     assert report.never_completed == []
     (finding,) = [f for f in report.findings if f.rule == "PoolLeakOnUnload"]
-    assert finding.message.count("test_driver_io.py") == 2      # where each allocation was made
+    assert finding.message.count("driver_io_drivers.py") == 2      # where each allocation was made
     if mode == "record":
         (leak,) = report.leaks
         assert len(leak.allocations) == 2 and report.bugcheck is None
@@ -451,4 +302,4 @@ def test_a_bug_check_stops_the_driver_and_the_guest_gets_enodev(session, drive):
         assert (call.result, call.errno_name) == (-1, "ENODEV")
     report = runtime.close()
     assert report.bugcheck is not None and report.bugcheck.code == 0x10D
-    assert "test_driver_io.py" in str(report.bugcheck.finding)
+    assert "driver_io_drivers.py" in str(report.bugcheck.finding)

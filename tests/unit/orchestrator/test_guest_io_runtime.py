@@ -14,7 +14,7 @@ from framework_emu import NT_SUCCESS, WDF_DRIVER_CONFIG, WDF_IO_QUEUE_CONFIG_INI
     WdfIoQueueDispatchParallel
 from orchestrator.guest_io_runtime import GuestIoRuntime, no_driver
 from samples.echo import IOCTL_ECHO_REVERSE, EchoDriver
-from wdfhil.physical_memory import PAGE_SIZE, InProcessMemory
+from wdfhil.physical_memory import InProcessMemory
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "device"))
 from request_ring_helpers import io_device, page_entry  # noqa: E402
@@ -99,7 +99,7 @@ def test_direct_write_then_read_through_the_echo_driver(tmp_path, memory):
         assert ring.request(RequestEntry(5, FILE, IoMajor.CLOSE)).status == OK
         driver = runtime.drivers[0]
     assert runtime.report.clean, runtime.report
-    assert driver.events[-2:] == ["FileCreate", "FileClose"] or "FileClose" in driver.events
+    assert "FileClose" in driver.events
 
 
 def test_buffered_io_and_a_buffered_ioctl(tmp_path, memory):
