@@ -170,6 +170,7 @@ class GuestIoRuntime:
         self.bugcheck: BugCheck | None = None
         self.errors: list[str] = []
         self.served = 0                            # requests taken off the queue
+        self.cpu_seconds = 0.0                     # runtime thread CPU spent on requests and cancels
         self._queue: queue.SimpleQueue[tuple] = queue.SimpleQueue()
         self._files: dict[int, OpenFile] = {}      # guest file_id -> the IoManager's open file
         self._pending: dict[int, _Pending] = {}    # request_id -> the operation in the framework
@@ -274,7 +275,11 @@ class GuestIoRuntime:
                         future.set_exception(exc)
                 elif kind == "request":
                     self.served += 1
-                    self._serve(item[1])
+                    started = time.thread_time()
+                    try:
+                        self._serve(item[1])
+                    finally:
+                        self.cpu_seconds += time.thread_time() - started
                 elif kind == "cancel":
                     self._cancel(item[1])
             except BugCheck as exc:
