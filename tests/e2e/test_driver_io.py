@@ -303,3 +303,25 @@ def test_a_bug_check_stops_the_driver_and_the_guest_gets_enodev(session, drive):
     report = runtime.close()
     assert report.bugcheck is not None and report.bugcheck.code == 0x10D
     assert "driver_io_drivers.py" in str(report.bugcheck.finding)
+
+
+def test_the_timer_driven_echo_sample_completes_as_time_passes(session, drive):
+    driver = EchoDriver(direct_io=True, delay_ms=20)        # the WDK sample's timer path
+    runtime = drive(driver)
+    results = session.agent.run(
+        Step.alloc("src", 3000, offset=4090), Step.fill("src", 2), Step.io_write("src"),
+        Step.alloc("dst", 3000, offset=5), Step.io_read("dst"), Step.verify("dst", 2))
+    assert IoResult.from_result(results[2]).result == 3000
+    assert IoResult.from_result(results[4]).result == 3000
+    assert Verification.from_result(results[5]).match
+    assert "RequestCancel" not in runtime.call(lambda: list(driver.events))
+
+
+def test_a_signal_mid_call_cancels_through_the_drivers_cancel_routine(session, drive):
+    driver = EchoDriver(direct_io=True, delay_ms=10 ** 7)   # the write waits on its timer
+    runtime = drive(driver)
+    results = session.agent.run(Step.alloc("in", 100, offset=4000), Step.fill("in", 1),
+                                Step.io_call("write", 0, input="in", alarm_ms=300))
+    call = IoResult.from_result(results[2])
+    assert (call.result, call.status, call.information) == (0, CANCELLED, 0)
+    assert "RequestCancel" in runtime.call(lambda: list(driver.events))
