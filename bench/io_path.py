@@ -1,0 +1,123 @@
+"""Guest I/O benchmark: a guest program's read/write through the framework, against the bare device.
+
+Measured inside a booted guest (pc-256m) by the guest agent: one agent
+process issues back-to-back ``pread``/``pwrite`` calls on ``/dev/wdfio0``
+(one thread, one request in flight) and times each with
+clock_gettime(CLOCK_MONOTONIC) (``latency_us`` of ``io-read``/``io-write``).
+Two paths, in the same run, on the same device and the same guest buffers:
+
+- bare device round trip (the reference): the request ring's endpoint
+  answering with the echo handler (``device_model/request_echo.py``): no
+  framework;
+- through the framework: the guest I/O runtime (``orchestrator/guest_io_runtime.py``)
+  running the echo sample (``samples/echo.py``, direct I/O) in an IoManager over the
+  guest's RAM: runtime thread hop, IRP, WDFREQUEST with an MDL over the caller's
+  frames, system-PTE mapping, the driver's callback, completion.
+
+The two paths alternate ``--rounds`` times per figure (the host is shared:
+noise hits both). For 4 KiB and 64 KiB reads and writes: requests per second
+(one thread, back to back: 1 / mean latency) and p50/p99 latency, each with
+its ratio to the bare path, and the runtime thread's CPU time per request
+(where the framework's share of the latency goes). The last line is ``framework overhead ratio: X``,
+X the 4 KiB read p50 through the framework over the bare p50 (target X <= 2.0,
+printed, not asserted unless ``--check``).
+
+Run: ``python3 bench/io_path.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+
+MIB = 1 << 20
+GUEST_CONFIG = "pc-256m"
+SIZES = (4096, 64 << 10)
+OVERHEAD_TARGET = 2.0
+WARMUP = 10
+
+
+def percentile(samples: list[float], p: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+def measure(agent, op: str, size: int, count: int) -> list[float]:
+    """``count`` back-to-back calls of ``op`` (read|write) of ``size`` bytes from one guest
+    process (after a warm-up); their latencies in us, as the guest measured them."""
+    from orchestrator.agent_client import Step
+
+    call = Step.io_read("b", offset=0) if op == "read" else Step.io_write("b", offset=0)
+    steps = [Step.alloc("b", size), Step.fill("b", 1), Step.io_write("b", offset=0)]
+    steps += [call] * (WARMUP + count)
+    results = agent.run(*steps, timeout=600)
+    calls = results[3 + WARMUP:]
+    bad = [r for r in calls if r["result"] != size]
+    if bad:
+        raise RuntimeError(f"{op} of {size} bytes failed: {bad[0]}")
+    return [float(r["latency_us"]) for r in calls]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=40, help="calls per figure and round")
+    parser.add_argument("--rounds", type=int, default=10, help="alternations bare/framework per figure")
+    parser.add_argument("--check", action="store_true", help="exit 1 if the target is missed")
+    args = parser.parse_args(argv)
+
+    from device_model.request_echo import EchoIoHandler
+    from device_model.request_ring import RequestEndpoint
+    from guest_images import build_image
+    from orchestrator.dma_session import DmaSession
+    from orchestrator.guest_io_runtime import GuestIoRuntime
+    from samples.echo import EchoDriver
+
+    with DmaSession(GUEST_CONFIG, build_image()) as session:
+        echo = EchoIoHandler()
+        endpoint = RequestEndpoint(session.device, echo.on_request, on_cancel=echo.on_cancel)
+        samples: dict[tuple[str, str, int], list[float]] = {}
+        reports = []
+        cpu: dict[tuple[str, int], list[float]] = {}     # runtime thread CPU per request
+        for size in SIZES:
+            for op in ("read", "write"):
+                for _ in range(args.rounds):
+                    samples.setdefault(("bare", op, size), []).extend(
+                        measure(session.agent, op, size, args.count))
+                    runtime = GuestIoRuntime(endpoint, session.ram, session.config.pool.window,
+                                             [EchoDriver(direct_io=True)]).start()
+                    try:
+                        samples.setdefault(("framework", op, size), []).extend(
+                            measure(session.agent, op, size, args.count))
+                    finally:
+                        reports.append(runtime.close())
+                    cpu.setdefault((op, size), []).append(runtime.cpu_seconds / max(1, runtime.served))
+        assert session.device.errors == [], session.device.errors
+
+    print(f"== Guest I/O, measured in the guest ({GUEST_CONFIG}, one thread, "
+          f"{args.count * args.rounds} calls per figure)")
+    for size in SIZES:
+        for op in ("read", "write"):
+            bare, fw = samples[("bare", op, size)], samples[("framework", op, size)]
+            label = f"{size >> 10} KiB {op}"
+            rps, rps_ref = 1e6 / statistics.fmean(fw), 1e6 / statistics.fmean(bare)
+            print(f"   {label + ' req/s':<22} {rps:9.0f}       ratio {rps / rps_ref:5.2f} vs bare device "
+                  f"{rps_ref:9.0f}")
+            for p in (50, 99):
+                value, ref = percentile(fw, p), percentile(bare, p)
+                print(f"   {label + f' p{p}':<22} {value:9.1f} us    ratio {value / ref:5.2f} vs bare device "
+                      f"{ref:9.1f} us")
+            print(f"   {label + ' host CPU':<22} {statistics.median(cpu[(op, size)]) * 1e6:9.1f} us    "
+                  "per request in the runtime thread (IoManager + driver)")
+    unclean = [str(r) for r in reports if not r.clean]
+    if unclean:
+        print("runtime reports: " + "; ".join(unclean))
+    ratio = percentile(samples[("framework", "read", 4096)], 50) / percentile(samples[("bare", "read", 4096)], 50)
+    print(f"   target: 4 KiB read p50 ratio <= {OVERHEAD_TARGET:.1f}: "
+          f"{'met' if ratio <= OVERHEAD_TARGET else 'not met'}")
+    print(f"framework overhead ratio: {ratio:.2f}")
+    return 1 if (args.check and ratio > OVERHEAD_TARGET) or unclean else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
