@@ -147,12 +147,15 @@ class GuestIoRuntime:
     ``open_name``: what CREATE opens (default: the stack's name; a symbolic link or an
     interface GUID work too). ``time_rate``: emulated ms per wall-clock ms (0: time moves
     only with :meth:`advance_time`). ``framework_options``: for every ``load_driver``.
+    ``hardware``: the function driver's device hardware (a ``DeviceHardware``, e.g. a
+    :class:`~orchestrator.busmaster_runtime.BusMasterHardware`'s), given to its ``add_device``;
+    a device's interrupt reaches the runtime thread through :meth:`post`.
     """
 
     def __init__(self, endpoint: RequestEndpoint, memory: PhysicalMemory, pool_window: tuple[int, int],
                  drivers: Sequence[Any], *, stack: str = DEFAULT_STACK, open_name: str | None = None,
                  service_names: Sequence[str] | None = None, time_rate: float = 1.0,
-                 framework_options: dict[str, Any] | None = None) -> None:
+                 framework_options: dict[str, Any] | None = None, hardware: Any = None) -> None:
         if not drivers:
             raise ValueError("drivers: at least the function driver")
         self.endpoint = endpoint
@@ -164,6 +167,7 @@ class GuestIoRuntime:
         self.open_name = open_name or stack
         self.time_rate = float(time_rate)
         self.framework_options = dict(framework_options or {})
+        self.hardware = hardware
         self.iom: IoManager | None = None          # touch only on the runtime thread (call())
         self.frameworks: list[Any] = []
         self.report: GuestIoReport | None = None
@@ -232,6 +236,12 @@ class GuestIoRuntime:
         except concurrent.futures.TimeoutError:
             raise GuestIoRuntimeError(f"the runtime thread did not run {fn!r} within {timeout:.0f} s") from None
 
+    def post(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the runtime thread without waiting (any thread, never blocks):
+        how a device's interrupt reaches the framework. An exception is a runtime error in the
+        report (a bug check stops the emulated machine)."""
+        self._queue.put(("call", fn, args, None))
+
     def advance_time(self, milliseconds: float) -> None:
         """Move the emulated clock on (firing the timers that fall due)."""
         self.call(lambda: self.iom.advance_time(milliseconds))
@@ -269,6 +279,9 @@ class GuestIoRuntime:
                     return
                 if kind == "call":
                     _, fn, args, future = item
+                    if future is None:             # post(): nobody waits, failures are reported
+                        fn(*args)
+                        continue
                     try:
                         future.set_result(fn(*args))
                     except BaseException as exc:   # handed to the caller
@@ -319,8 +332,9 @@ class GuestIoRuntime:
         for driver, name in zip(self.drivers, self.service_names):
             fx = iom.load_driver(driver, service_name=name, **self.framework_options)
             self.frameworks.append(fx)
-        for fx in self.frameworks:
-            iom.add_device(fx, self.stack)
+        for index, fx in enumerate(self.frameworks):
+            # the hardware is the function device's (the first of the stack)
+            iom.add_device(fx, self.stack, hardware=self.hardware if index == 0 else None)
         self.iom = iom
         self._wall0, self._ticks0 = time.monotonic(), iom.dispatcher.now
 
