@@ -2,6 +2,10 @@
 program's buffers above 4 GiB are out of the device's reach: the framework's adapter bounces
 them through map registers in low pool memory, the device only ever sees addresses below 4 GiB,
 and the guest reads back what it wrote. One boot.
+
+The map registers are the driver's nonpaged pool, which a 32-bit device must reach: the
+q35-3g-highmem config keeps its pool window above 4 GiB (IoGetDmaAdapter would fail there), so
+this boot moves the window into low RAM (the rest of the config unchanged).
 """
 
 from __future__ import annotations
@@ -10,17 +14,20 @@ import pytest
 
 from orchestrator.agent_client import GuestBuffer, IoResult, Step, Verification
 from orchestrator.driver_session import DriverSession
+from orchestrator.guest_config import PoolWindow, load_guest_config
 from samples.dma_busmaster import DmaBusMasterDriver
 
 pytestmark = pytest.mark.e2e
 
 FOUR_GIB = 1 << 32
+LOW_POOL = PoolWindow(0x1000_0000, 128 << 20)    # 256 MiB: below 4 GiB, clear of the initramfs
 
 
 @pytest.fixture(scope="module")
 def session(guest_image):
     driver = DmaBusMasterDriver()
-    with DriverSession("q35-3g-highmem", guest_image, driver=driver, busmaster={"address_bits": 32}) as s:
+    config = load_guest_config("q35-3g-highmem").with_changes(pool=LOW_POOL)
+    with DriverSession(config, guest_image, driver=driver, busmaster={"address_bits": 32}) as s:
         s.driver = driver
         yield s
         assert s.device.errors == [] and s.busmaster.errors == []
