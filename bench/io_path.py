@@ -12,15 +12,22 @@ Two paths, in the same run, on the same device and the same guest buffers:
 - through the framework: the guest I/O runtime (``orchestrator/guest_io_runtime.py``)
   running the echo sample (``samples/echo.py``, direct I/O) in an IoManager over the
   guest's RAM: runtime thread hop, IRP, WDFREQUEST with an MDL over the caller's
-  frames, system-PTE mapping, the driver's callback, completion.
+  frames, system-PTE mapping, the driver's callback, completion;
+- through a DMA driver: the same runtime running the DMA sample
+  (``samples/dma_busmaster.py``) over the real bus-master device (a host-only
+  device core on the guest's RAM, ``orchestrator/busmaster_runtime.py``): on top
+  of the framework path, a DMA transaction, a descriptor in the common-buffer
+  ring, the device thread's DMA into the caller's pages, its interrupt posted
+  back to the runtime thread, ISR and DPC.
 
 The two paths alternate ``--rounds`` times per figure (the host is shared:
 noise hits both). For 4 KiB and 64 KiB reads and writes: requests per second
 (one thread, back to back: 1 / mean latency) and p50/p99 latency, each with
 its ratio to the bare path, and the runtime thread's CPU time per request
-(where the framework's share of the latency goes). The last line is ``framework overhead ratio: X``,
-X the 4 KiB read p50 through the framework over the bare p50 (target X <= 2.0,
-printed, not asserted unless ``--check``).
+(where the framework's share of the latency goes). Then ``dma driver ratio: Y``, Y the 4 KiB
+read p50 through the DMA driver over the bare p50 (no target). The last line is ``framework
+overhead ratio: X``, X the 4 KiB read p50 through the framework over the bare p50 (target
+X <= 2.0, printed, not asserted unless ``--check``).
 
 Run: ``python3 bench/io_path.py``.
 """
@@ -66,14 +73,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 if the target is missed")
     args = parser.parse_args(argv)
 
+    from device_model.busmaster import BusMasterDevice
     from device_model.request_echo import EchoIoHandler
     from device_model.request_ring import RequestEndpoint
     from guest_images import build_image
+    from orchestrator.busmaster_runtime import BusMasterHardware
     from orchestrator.dma_session import DmaSession
     from orchestrator.guest_io_runtime import GuestIoRuntime
+    from samples.dma_busmaster import DmaBusMasterDriver
     from samples.echo import EchoDriver
 
-    with DmaSession(GUEST_CONFIG, build_image()) as session:
+    with DmaSession(GUEST_CONFIG, build_image()) as session, BusMasterDevice() as busmaster:
+        busmaster.attach_guest_ram(session.ram)
         echo = EchoIoHandler()
         endpoint = RequestEndpoint(session.device, echo.on_request, on_cancel=echo.on_cancel)
         samples: dict[tuple[str, str, int], list[float]] = {}
@@ -92,7 +103,20 @@ def main(argv: list[str] | None = None) -> int:
                     finally:
                         reports.append(runtime.close())
                     cpu.setdefault((op, size), []).append(runtime.cpu_seconds / max(1, runtime.served))
+                    hardware = BusMasterHardware(busmaster)
+                    runtime = GuestIoRuntime(endpoint, session.ram, session.config.pool.window,
+                                             [DmaBusMasterDriver()], hardware=hardware.hardware)
+                    hardware.connect(runtime.post)
+                    runtime.start()
+                    try:
+                        samples.setdefault(("dma", op, size), []).extend(
+                            measure(session.agent, op, size, args.count))
+                    finally:
+                        reports.append(runtime.close())
+                        hardware.disconnect()
+        busmaster.detach_guest_ram()
         assert session.device.errors == [], session.device.errors
+        assert busmaster.errors == [], busmaster.errors
 
     print(f"== Guest I/O, measured in the guest ({GUEST_CONFIG}, one thread, "
           f"{args.count * args.rounds} calls per figure)")
@@ -109,10 +133,17 @@ def main(argv: list[str] | None = None) -> int:
                       f"{ref:9.1f} us")
             print(f"   {label + ' host CPU':<22} {statistics.median(cpu[(op, size)]) * 1e6:9.1f} us    "
                   "per request in the runtime thread (IoManager + driver)")
+            dma = samples[("dma", op, size)]
+            for p in (50, 99):
+                value, ref = percentile(dma, p), percentile(bare, p)
+                print(f"   {label + f' DMA p{p}':<22} {value:9.1f} us    ratio {value / ref:5.2f} vs bare device "
+                      f"{ref:9.1f} us ({value / percentile(fw, p):4.2f} vs the echo sample)")
     unclean = [str(r) for r in reports if not r.clean]
     if unclean:
         print("runtime reports: " + "; ".join(unclean))
     ratio = percentile(samples[("framework", "read", 4096)], 50) / percentile(samples[("bare", "read", 4096)], 50)
+    dma_ratio = percentile(samples[("dma", "read", 4096)], 50) / percentile(samples[("bare", "read", 4096)], 50)
+    print(f"dma driver ratio: {dma_ratio:.2f}")
     print(f"   target: 4 KiB read p50 ratio <= {OVERHEAD_TARGET:.1f}: "
           f"{'met' if ratio <= OVERHEAD_TARGET else 'not met'}")
     print(f"framework overhead ratio: {ratio:.2f}")
