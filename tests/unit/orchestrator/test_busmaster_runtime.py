@@ -41,14 +41,15 @@ def memory() -> InProcessMemory:
 
 
 @contextlib.contextmanager
-def busmaster_run(tmp_path, memory, driver, *, address_bits: int = 64, remapping: bool = False):
+def busmaster_run(tmp_path, memory, driver, *, address_bits: int = 64, remapping: bool = False,
+                  segment_align: int = 1):
     """(ring driver, runtime, bus-master device, hardware): the echo device carries the request
     ring, the bus-master device (host-only, same RAM) is the driver's hardware."""
     with io_device(tmp_path, memory) as (_device, endpoint, _echo, ring):
         endpoint.set_handler(no_driver)
         bm_dir = tmp_path / "bm"
         bm_dir.mkdir(mode=0o700)
-        with BusMasterDevice(bm_dir, address_bits=address_bits) as bm:
+        with BusMasterDevice(bm_dir, address_bits=address_bits, segment_align=segment_align) as bm:
             bm.attach_guest_ram(memory)
             hw = BusMasterHardware(bm, remapping=remapping)
             runtime = GuestIoRuntime(endpoint, memory, POOL, [driver], hardware=hw.hardware)
@@ -141,4 +142,19 @@ def test_a_transfer_past_the_device_memory_is_refused_by_the_driver(tmp_path, me
                                     file_offset=driver.data_size - 50))
         assert c.status == NTSTATUS["STATUS_INVALID_PARAMETER"]
         ring.request(RequestEntry(3, FILE, IoMajor.CLOSE))
+    assert runtime.report.clean, runtime.report
+
+
+def test_a_descriptor_the_device_refuses_fails_the_request_and_the_next_one_goes_through(tmp_path, memory):
+    """A device that needs 4 KiB-aligned segments refuses an unaligned buffer (an ERROR
+    completion record): the driver ends the transaction and fails the request with
+    STATUS_DEVICE_DATA_ERROR; an aligned request after it is served."""
+    driver = DmaBusMasterDriver()
+    with busmaster_run(tmp_path, memory, driver, segment_align=4096) as (ring, runtime, bm, hw):
+        ring.request(RequestEntry(1, FILE, IoMajor.CREATE))
+        c = ring.request(page_entry(memory, 2, FILE, IoMajor.WRITE, 0x10_0001, 100, input_length=100))
+        assert (c.status, c.information) == (sample.STATUS_DEVICE_DATA_ERROR, 0)
+        assert driver.errors and driver.errors[0][0] == sample.COMPLETION_ERROR
+        write_then_read(ring, memory, 3, 0x10_0000, 0x20_0000, pattern(8192, 4))
+        ring.request(RequestEntry(5, FILE, IoMajor.CLOSE))
     assert runtime.report.clean, runtime.report
