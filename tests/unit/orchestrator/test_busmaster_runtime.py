@@ -158,3 +158,17 @@ def test_a_descriptor_the_device_refuses_fails_the_request_and_the_next_one_goes
         write_then_read(ring, memory, 3, 0x10_0000, 0x20_0000, pattern(8192, 4))
         ring.request(RequestEntry(5, FILE, IoMajor.CLOSE))
     assert runtime.report.clean, runtime.report
+
+
+def test_post_runs_on_the_runtime_thread_and_reports_a_failure(tmp_path, memory):
+    import threading
+
+    with busmaster_run(tmp_path, memory, DmaBusMasterDriver()) as (ring, runtime, bm, hw):
+        seen = []
+        runtime.post(lambda: seen.append(threading.current_thread().name))
+        runtime.post(lambda: 1 // 0)
+        runtime.call(lambda: None)                    # after both posted calls
+        assert seen == [f"wdfhil-guest-io-{runtime.stack}"]
+        assert any("ZeroDivisionError" in e for e in runtime.errors)
+        runtime.errors.clear()
+    assert runtime.report.clean, runtime.report
