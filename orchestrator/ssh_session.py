@@ -368,9 +368,13 @@ class SshSession:
             return self._result(command, int(status_line.split()[-1]), stdout, stderr,
                                 end_out, end_err)
         ended = channel.eof_received or channel.closed
+        # The command ended the shell (exit, syntax error): its status is the answer. The
+        # server sends it after the EOF, so wait for it *before* closing our end (closing
+        # sets the status event with no status: under load that raced and lost once).
+        if ended:
+            channel.status_event.wait(max(2.0, deadline - time.monotonic()))
         self._drop_shell()
-        if ended and channel.status_event.wait(2.0) and channel.exit_status >= 0:
-            # the command ended the shell (exit, syntax error): its status is the answer
+        if ended and channel.exit_status >= 0:
             return self._result(command, channel.exit_status, stdout, stderr)
         self.health.check(command, grace=2.0)
         if ended:
