@@ -50,7 +50,7 @@ from typing import Callable, Iterator, Protocol
 
 import paramiko
 
-from wdfhil.errors import GuestError
+from wdfhil.errors import GuestDied, GuestError
 
 log = logging.getLogger(__name__)
 DEFAULT_COMMAND_TIMEOUT = 120.0
@@ -281,13 +281,38 @@ class SshSession:
             self._transport = self._reconnect(remaining)
         except GuestError:
             self.health.check(command, grace=1.0)
+            if time.monotonic() >= deadline - 0.1:   # the login used up the caller's time
+                raise self._timeout(command, "could not log in again in time") from None
             raise
         return self._transport
 
     def _open_channel(self, deadline: float, command: str | None,
                       request: Callable[[paramiko.Channel], None], what: str) -> paramiko.Channel:
         """A new session channel on which ``request`` (exec, subsystem) was accepted,
-        all within ``deadline``; GuestCommandTimeout / GuestDied / GuestError otherwise."""
+        all within ``deadline``; GuestCommandTimeout / GuestDied / GuestError otherwise.
+
+        A channel open or request that timed out stays pending on the server: once a
+        stopped guest runs again it answers it, and the connection's next open was seen
+        to fail with "Channel closed". So after a timeout the connection is dropped (the
+        next call logs in again), and a refused open is tried once more on a fresh login
+        while time remains."""
+        try:
+            return self._open_channel_once(deadline, command, request, what)
+        except GuestCommandTimeout:
+            self._close_quietly()
+            raise
+        except GuestDied:
+            raise
+        except GuestError:
+            self._close_quietly()
+            if self._reconnect is None or time.monotonic() >= deadline:
+                raise
+            log.info("SSH: %s was refused; logging in again and retrying once", what)
+            return self._open_channel_once(deadline, command, request, what)
+
+    def _open_channel_once(self, deadline: float, command: str | None,
+                           request: Callable[[paramiko.Channel], None],
+                           what: str) -> paramiko.Channel:
         transport = self._live_transport(deadline, command)
         channel = None
         try:
