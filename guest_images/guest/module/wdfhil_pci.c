@@ -841,43 +841,40 @@ static int wio_release(struct inode *inode, struct file *filp)
 	return 0;
 }
 
-static ssize_t wio_read(struct file *filp, char __user *buf, size_t count, loff_t *ppos)
+/* read and write: one request of at most what the ABI allows (a short transfer is
+ * allowed), *ppos moved by what the host reports done. *len is a's in_len or out_len. */
+static ssize_t wio_transfer(struct file *filp, struct wio_args *a, u32 *len, size_t count,
+			    loff_t *ppos)
 {
 	struct wio_file *wf = filp->private_data;
-	struct wio_args a = { .major = WH_IO_READ, .out = buf, .offset = *ppos,
-			      .nonblock = filp->f_flags & O_NONBLOCK };
 	u64 information;
 	u32 status;
 	int ret;
 
-	/* Short reads are allowed: one request carries at most what the ABI allows. */
-	a.out_len = min_t(size_t, count, wio_max_length(wf->wdev));
-	ret = wio_issue(wf, &a, &status, &information);
+	*len = min_t(size_t, count, wio_max_length(wf->wdev));
+	ret = wio_issue(wf, a, &status, &information);
 	if (ret)
 		return ret;
-	ret = wio_result(status, information, a.out_len);
+	ret = wio_result(status, information, *len);
 	if (ret > 0)
 		*ppos += ret;
 	return ret;
 }
 
+static ssize_t wio_read(struct file *filp, char __user *buf, size_t count, loff_t *ppos)
+{
+	struct wio_args a = { .major = WH_IO_READ, .out = buf, .offset = *ppos,
+			      .nonblock = filp->f_flags & O_NONBLOCK };
+
+	return wio_transfer(filp, &a, &a.out_len, count, ppos);
+}
+
 static ssize_t wio_write(struct file *filp, const char __user *buf, size_t count, loff_t *ppos)
 {
-	struct wio_file *wf = filp->private_data;
 	struct wio_args a = { .major = WH_IO_WRITE, .in = (void __user *)buf, .offset = *ppos,
 			      .nonblock = filp->f_flags & O_NONBLOCK };
-	u64 information;
-	u32 status;
-	int ret;
 
-	a.in_len = min_t(size_t, count, wio_max_length(wf->wdev));
-	ret = wio_issue(wf, &a, &status, &information);
-	if (ret)
-		return ret;
-	ret = wio_result(status, information, a.in_len);
-	if (ret > 0)
-		*ppos += ret;
-	return ret;
+	return wio_transfer(filp, &a, &a.in_len, count, ppos);
 }
 
 static long wio_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
