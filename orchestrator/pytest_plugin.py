@@ -35,7 +35,8 @@ import pytest
 
 if TYPE_CHECKING:
     from orchestrator.scenario import Scenario
-    from orchestrator.scenario_runner import GuestSessions, ScenarioResult
+    from orchestrator.guest_sessions import GuestSessions
+    from orchestrator.scenario_result import ScenarioResult
 
 SUFFIX = ".scenario.yaml"         # orchestrator.scenario.SUFFIX, kept here to import nothing
 DEFAULT_GUEST = "pc-256m"
@@ -80,7 +81,7 @@ class VerdictTable:
     def pytest_terminal_summary(self, terminalreporter) -> None:
         if not self.rows:
             return
-        from orchestrator.scenario_runner import ScenarioResult, format_table
+        from orchestrator.scenario_result import ScenarioResult, format_table
 
         results = []
         for row in self.rows:
@@ -100,7 +101,7 @@ def _guest_names(config: pytest.Config) -> list[str]:
 
 def _sessions(config: pytest.Config) -> "GuestSessions":
     if _sessions_key not in config.stash:
-        from orchestrator.scenario_runner import GuestSessions
+        from orchestrator.guest_sessions import GuestSessions
 
         config.stash[_sessions_key] = GuestSessions(
             boot_timeout=config.getoption("wdfhil_boot_timeout"),
@@ -180,7 +181,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     slots = [i for i, item in enumerate(items) if isinstance(item, ScenarioItem)]
     if len(slots) < 2:
         return
-    from orchestrator.scenario_runner import device_settings, fault_plan
+    from orchestrator.guest_sessions import device_settings, fault_plan
 
     scenario_items = [items[i] for i in slots]
     first_seen: dict[str, int] = {}

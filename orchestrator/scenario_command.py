@@ -87,7 +87,9 @@ def run_pairs(pairs, *, boot_timeout: float = 300.0, guests_dirs: tuple[str, ...
     """Run (scenario, guest) pairs with progress, print the verdict table (under
     ``header``), write ``json_path``; the exit status (0 all passed, else 1)."""
     from orchestrator.scenario_progress import RunProgress
-    from orchestrator.scenario_runner import GuestSessions, format_table, run_scenarios
+    from orchestrator.guest_sessions import GuestSessions
+    from orchestrator.scenario_result import format_table
+    from orchestrator.scenario_runner import run_scenarios
 
     progress = RunProgress(len(pairs))
     results = []
@@ -161,7 +163,7 @@ def _matrix_parallel(matrix, limit: int, args: argparse.Namespace) -> int:
     """One child ``wdfhil matrix --only guest=G`` a guest config, ``limit`` at once;
     their results merged into one table. Children are stopped (SIGTERM: they close
     their guests) if this process is interrupted."""
-    from orchestrator.scenario_runner import ScenarioResult, StepResult, format_table
+    from orchestrator.scenario_result import ScenarioResult, StepResult, format_table
 
     waiting = list(matrix.guests)
     running: dict[str, tuple[subprocess.Popen, Path, object]] = {}

@@ -12,7 +12,7 @@ import time
 from typing import TextIO
 
 from guest_images.progress import StatusLine
-from orchestrator.scenario_runner import ScenarioResult
+from orchestrator.scenario_result import ScenarioResult
 
 
 class RunProgress:

@@ -1,17 +1,8 @@
-"""Running scenarios on real guests: :class:`GuestSessions` (booted guests,
-shared by consecutive scenarios) and :func:`run_scenario` (one scenario on one
-session, a :class:`ScenarioResult` with its verdict).
-
-A guest booted for one scenario serves the next ones on the same guest config
-and device (DMA width, segment alignment). Between two scenarios on one guest
-the hooks in ``GuestSessions.between`` run (today: the next scenario's fault
-plan goes into the device); a warm reset or a snapshot restore slots in there
-later without touching the runner.
-
-Verdicts: PASS when every step saw what it expects and the findings,
-refusals and injected faults are exactly the expected ones; FAIL otherwise
-(with each problem named, the step's file:line first); ERROR when the
-platform itself broke (the guest did not boot, an agent command failed).
+"""Running one scenario on a booted guest: :func:`run_scenario` gives a
+:class:`~orchestrator.scenario_result.ScenarioResult` with its verdict, each
+problem named with the step's file:line first; :func:`run_scenarios` runs many
+in the order that boots least (guests come from
+:class:`~orchestrator.guest_sessions.GuestSessions`).
 """
 
 from __future__ import annotations
@@ -19,220 +10,24 @@ from __future__ import annotations
 import collections
 import shlex
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from device_model.abi import CompletionStatus, Opcode, Segment
-from device_model.descriptors import FULL_DMA_MASK
-from device_model.faults import FaultPlan
 from framework_emu import BugCheck
 from orchestrator.agent_client import (AgentSession, CompletionRecord, GuestBuffer, Step,
                                        Verification, pattern_bytes)
-from orchestrator.guest_config import load_guest_config
-from orchestrator.scenario import Scenario, StepSpec, plain
-from wdfhil.errors import ConfigError, WdfhilError
+from orchestrator.guest_sessions import GuestSessions, device_settings, fault_plan
+from orchestrator.scenario import Scenario, StepSpec
+from orchestrator.scenario_result import ERROR, FAIL, PASS, ScenarioResult, StepResult
+from wdfhil.errors import WdfhilError
 
 if TYPE_CHECKING:
     from framework_emu import Framework
-    from guest_images import GuestImage
     from orchestrator.dma_session import DmaSession
-
-
-PASS, FAIL, ERROR = "PASS", "FAIL", "ERROR"
 
 
 class StepFailed(AssertionError):
     """A step saw something other than what the scenario expects."""
-
-
-@dataclass
-class StepResult:
-    index: int
-    kind: str
-    line: int
-    ok: bool
-    detail: str
-    seconds: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {"index": self.index, "kind": self.kind, "line": self.line, "ok": self.ok,
-                "detail": self.detail, "seconds": round(self.seconds, 6)}
-
-
-@dataclass
-class ScenarioResult:
-    scenario: str
-    path: str
-    guest: str
-    verdict: str
-    problems: list[str] = field(default_factory=list)
-    steps: list[StepResult] = field(default_factory=list)
-    findings: list[str] = field(default_factory=list)
-    refusals: dict[str, int] = field(default_factory=dict)
-    faults: dict[str, int] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)      # timing bounds, leak report...
-    seconds: float = 0.0
-    boot_seconds: float | None = None                   # None: ran on a guest already up
-    brief: str = ""                                     # summary() when only that is known
-
-    @property
-    def passed(self) -> bool:
-        return self.verdict == PASS
-
-    def summary(self) -> str:
-        """One line for the verdict table: why it failed, or what it did."""
-        if self.brief:
-            return self.brief
-        if self.problems:
-            return self.problems[0]
-        return f"{len(self.steps)} steps" + (f", {len(self.findings)} finding(s) as expected"
-                                             if self.findings else "")
-
-    def explain(self) -> str:
-        """Everything a reader needs when it failed."""
-        lines = [f"{self.verdict} {self.scenario} on {self.guest} ({self.path})"]
-        lines += [f"  problem: {p}" for p in self.problems]
-        for step in self.steps:
-            lines.append(f"  {'ok  ' if step.ok else 'FAIL'} step {step.index} {step.kind} "
-                         f"(line {step.line}, {step.seconds:.3f} s): {step.detail}")
-        lines += [f"  finding: {f}" for f in self.findings]
-        lines += [f"  note: {n}" for n in self.notes]
-        return "\n".join(lines)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"scenario": self.scenario, "path": self.path, "guest": self.guest,
-                "verdict": self.verdict, "problems": self.problems,
-                "steps": [s.to_json() for s in self.steps], "findings": self.findings,
-                "refusals": self.refusals, "faults": self.faults, "notes": self.notes,
-                "seconds": round(self.seconds, 3), "boot_seconds": self.boot_seconds}
-
-
-# -- booted guests, shared ---------------------------------------------------------
-def device_settings(scenario: Scenario) -> tuple[int, int]:
-    """(dma_mask, segment_align) of the device a scenario asks for."""
-    bits = scenario.device["dma_bits"]
-    return (FULL_DMA_MASK if bits == 64 else (1 << bits) - 1), scenario.device["segment_align"]
-
-
-def fault_plan(scenario: Scenario) -> FaultPlan:
-    faults = scenario.device.get("faults") or {}
-    return FaultPlan.from_config([plain(rule) for rule in faults.get("rules", [])],
-                                 seed=faults.get("seed", 0))
-
-
-@dataclass
-class SharedSession:
-    """A booted guest with the device, and what it was booted for."""
-
-    guest: str
-    settings: tuple[int, int]
-    session: "DmaSession"
-    faults_capable: bool      # booted with an active fault plan (see GuestSessions.acquire)
-    scenarios_run: int = 0
-    pinned: int = 0           # fixtures holding it: never closed under them
-
-
-BetweenHook = Callable[[SharedSession, FaultPlan], None]
-
-
-def install_fault_plan(shared: SharedSession, plan: FaultPlan) -> None:
-    """The next scenario's faults, counted from zero, with its own seed."""
-    shared.session.device.fault_plan = plan
-
-
-class GuestSessions:
-    """Booted guests keyed by (guest config, device settings), reused by the next
-    scenario that fits. ``image_for(recipe)`` builds or finds an image (cached);
-    ``progress(text)`` hears about boots."""
-
-    def __init__(self, *, image_for: Callable[[str | None], "GuestImage"] | None = None,
-                 boot_timeout: float = 300.0, progress: Callable[[str], None] | None = None,
-                 guests_dirs: tuple[str, ...] = ()) -> None:
-        self._image_for = image_for or _build_image
-        self._images: dict[str | None, "GuestImage"] = {}
-        self.boot_timeout = boot_timeout
-        self.progress = progress or (lambda text: None)
-        self.guests_dirs = guests_dirs
-        self.sessions: dict[tuple[str, tuple[int, int]], SharedSession] = {}
-        # Run before a reused guest takes the next scenario (warm reset / restore go here).
-        self.between: list[BetweenHook] = [install_fault_plan]
-
-    def image(self, recipe: str | None) -> "GuestImage":
-        if recipe not in self._images:
-            self._images[recipe] = self._image_for(recipe)
-        return self._images[recipe]
-
-    def acquire(self, scenario: Scenario, guest: str) -> tuple[SharedSession, float | None]:
-        """A session for ``scenario`` on ``guest``; see :meth:`acquire_device`."""
-        return self.acquire_device(guest, device_settings(scenario), fault_plan(scenario))
-
-    def acquire_device(self, guest: str, settings: tuple[int, int] = (FULL_DMA_MASK, 1),
-                       plan: FaultPlan | None = None) -> tuple[SharedSession, float | None]:
-        """A booted ``guest`` whose device has ``settings`` (dma_mask, segment_align)
-        and ``plan``: a fitting booted one (after the between-scenario hooks) or a
-        new boot. Also returns the boot's seconds (None when reused). A device
-        booted without faults cannot take a fault plan later (its DMA validator
-        took the fast path without views), so then the guest boots again."""
-        plan = plan or FaultPlan()
-        key = (guest, settings)
-        shared = self.sessions.get(key)
-        if shared is not None and plan.active and not shared.faults_capable:
-            if shared.pinned:
-                raise ConfigError(f"{guest} is held (by a fixture) with a device booted "
-                                  f"without faults; a fault plan cannot be added to it")
-            self.release(key)
-            shared = None
-        if shared is not None:
-            for hook in self.between:
-                hook(shared, plan)
-            return shared, None
-        from orchestrator.dma_session import DmaSession
-
-        config = load_guest_config(guest, self.guests_dirs)
-        image = self.image(config.image)
-        dma_mask, segment_align = settings
-        self.progress(f"booting {guest}")
-        started = time.monotonic()
-        session = DmaSession(config, image, dma_mask=dma_mask, segment_align=segment_align,
-                             fault_plan=plan, boot_timeout=self.boot_timeout)
-        session.start()
-        seconds = time.monotonic() - started
-        self.progress(f"booted {guest} ({session.vm.accelerator}) in {seconds:.1f} s")
-        shared = SharedSession(guest, settings, session, faults_capable=plan.active)
-        self.sessions[key] = shared
-        return shared, seconds
-
-    def release(self, key: tuple[str, tuple[int, int]]) -> None:
-        shared = self.sessions.pop(key, None)
-        if shared is not None:
-            shared.session.close()
-
-    def release_except(self, guest: str | None) -> None:
-        """Close every unpinned guest but those of config ``guest`` (bounds memory)."""
-        for key, shared in list(self.sessions.items()):
-            if key[0] != guest and not shared.pinned:
-                self.release(key)
-
-    def close(self) -> None:
-        errors = []
-        for key in list(self.sessions):
-            try:
-                self.release(key)
-            except Exception as exc:   # close the others all the same
-                errors.append(exc)
-        if errors:
-            raise errors[0]
-
-    def __enter__(self) -> "GuestSessions":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _build_image(recipe: str | None) -> "GuestImage":
-    from guest_images import DEFAULT_RECIPE, build_image
-    return build_image(recipe or DEFAULT_RECIPE)
 
 
 # -- one scenario ------------------------------------------------------------------------
@@ -751,19 +546,3 @@ def run_scenarios(pairs: list[tuple[Scenario, str]], sessions: GuestSessions,
             if key[0] not in later:
                 sessions.release(key)
     return results
-
-
-def format_table(results: list[ScenarioResult], header: str = "") -> str:
-    """The verdict table: one line a scenario and guest, then the totals
-    (``header``: e.g. the image's provenance, under the title)."""
-    if not results:
-        return "no scenario ran"
-    name_w = max(len(r.scenario) for r in results)
-    guest_w = max(len(r.guest) for r in results)
-    lines = ["", "wdfhil verdicts", "=" * 15, *([header] if header else [])]
-    for r in results:
-        lines.append(f"{r.verdict:<5} {r.scenario:<{name_w}}  {r.guest:<{guest_w}}  "
-                     f"{r.seconds:6.2f} s  {r.summary()}")
-    counts = collections.Counter(r.verdict for r in results)
-    lines.append(f"{counts[PASS]} passed, {counts[FAIL] + counts[ERROR]} failed")
-    return "\n".join(lines)

@@ -11,7 +11,8 @@ from types import SimpleNamespace
 
 from device_model.faults import FaultPlan
 from orchestrator.scenario import load_scenario
-from orchestrator.scenario_runner import FAIL, PASS, ScenarioResult, ScenarioRun
+from orchestrator.scenario_result import FAIL, PASS, ScenarioResult
+from orchestrator.scenario_runner import ScenarioRun
 from wdfhil.physical_memory import InProcessMemory
 
 POOL = (16 << 20, 16 << 20)

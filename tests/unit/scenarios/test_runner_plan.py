@@ -8,8 +8,8 @@ import json
 
 from orchestrator.scenario import load_scenario
 from orchestrator.scenario_command import _child_only
-from orchestrator.scenario_runner import (FAIL, PASS, ScenarioResult, StepResult, _timing_notes,
-                                          format_table, plan_runs)
+from orchestrator.scenario_result import FAIL, PASS, ScenarioResult, StepResult, format_table
+from orchestrator.scenario_runner import _timing_notes, plan_runs
 
 BODY = "description: {name}\nguests: {guests}\n{device}steps:\n  - device_info: {{}}\n{expect}"
 FAULTS = "device:\n  faults:\n    rules:\n      - {kind: drop_interrupt}\n"
