@@ -29,6 +29,7 @@ pages (see :class:`~orchestrator.driver_session.DriverSession`'s ``busmaster``).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Sequence
 
 from device_model.busmaster import BusMasterDevice, TranslationFault
@@ -104,3 +105,20 @@ class BusMasterHardware:
         self.device.set_interrupt_handler(None)
         if self.remapping:
             self.device.set_translation(None)
+
+
+def start_busmaster(ram: Any, stack: contextlib.ExitStack, *, remapping: bool = False,
+                    map_registers: int = DEFAULT_BOUNCE_MAP_REGISTERS,
+                    **device_options: Any) -> BusMasterHardware:
+    """A started bus-master device on guest RAM ``ram`` and its framework view; its
+    release steps go on ``stack`` (hooks off, detach from RAM, close), so whoever owns the
+    stack closes it after the runtime using it. ``device_options``: BusMasterDevice's
+    (``address_bits``, ``segment_align``, ``fault_plan``, ``trace_path``)."""
+    device = BusMasterDevice(**device_options)
+    stack.callback(device.close)
+    device.start()
+    device.attach_guest_ram(ram)
+    stack.callback(device.detach_guest_ram)
+    hardware = BusMasterHardware(device, remapping=remapping, map_registers=map_registers)
+    stack.callback(hardware.disconnect)
+    return hardware

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from device_model.busmaster import BusMasterDevice
 from device_model.request_ring import RequestEndpoint
 from framework_emu import Finding
-from orchestrator.busmaster_runtime import BusMasterHardware
+from orchestrator.busmaster_runtime import BusMasterHardware, start_busmaster
 from orchestrator.dma_session import DmaSession
 from orchestrator.guest_config import GuestConfig
 from orchestrator.guest_io_runtime import DEFAULT_STACK, GuestIoReport, GuestIoRuntime, no_driver
@@ -82,16 +82,8 @@ class DriverSession(DmaSession):
         after the runtime's close and before guest RAM goes); its DeviceHardware, or None."""
         if self._busmaster_options is None:
             return None
-        options = dict(self._busmaster_options)
-        platform = {k: options.pop(k) for k in ("remapping", "map_registers") if k in options}
-        device = BusMasterDevice(**options)
-        self._stack.callback(device.close)
-        device.start()
-        self.busmaster = device
-        device.attach_guest_ram(self.ram)
-        self._stack.callback(device.detach_guest_ram)
-        self.busmaster_hardware = BusMasterHardware(device, **platform)
-        self._stack.callback(self.busmaster_hardware.disconnect)
+        self.busmaster_hardware = start_busmaster(self.ram, self._stack, **self._busmaster_options)
+        self.busmaster = self.busmaster_hardware.device
         return self.busmaster_hardware.hardware
 
     @property

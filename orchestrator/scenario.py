@@ -7,10 +7,10 @@ and :func:`json_schema` turns the same definition into the published JSON
 Schema (``orchestrator/scenarios/scenario.schema.json``). docs/scenarios.md
 describes every key.
 
-What is not here on purpose: the driver under test (``module:Class`` and its
-options) and guest programs doing read/write/ioctl on a framework driver need
-the guest-I/O path, which does not exist yet; a key for them would be a
-promise the runner cannot keep, so such a file is refused as an unknown key.
+The driver under test (``driver:``, ``module:Class`` and its options) is
+imported and its options bound to the class when the file is loaded, so a
+typo in either is a file:line error before any guest boots; the guest-I/O
+steps (``io_read``, ``io_write``, ``io_ioctl``, ``io_stress``) need it.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from device_model.abi import ErrorReason, Opcode
 from device_model.faults import FaultKind
 from framework_emu import NTSTATUS, PoolType
 from orchestrator.guest_config import DEFAULT_GUEST
-from orchestrator.scenario_schema import (Bool, Checked, Field, Int, List, Map, Number, Obj,
-                                          OneKey, Place, Size, Str)
+from orchestrator.scenario_schema import (Bool, Checked, Either, Field, Int, List, Map, Number,
+                                          Obj, OneKey, Place, Size, Str, Value)
 from wdfhil.errors import ConfigError
 from wdfhil.yamlfile import load_yaml_mapping
 
@@ -79,6 +79,23 @@ _TRANSFER = dict(
     refused=_opt(Str(choices=_REASONS, description="The device must refuse it for this "
                      "reason (default: it must complete OK with every byte moved).")),
     short=_opt(Bool(description="A fault shortens it: it must complete SHORT."), False),
+)
+
+_ERRNO = Str(pattern=r"^E[A-Z0-9]+$", pattern_hint="an errno name (ENODEV, EINVAL, ...)",
+             description="The call must fail with this errno (default: it must succeed).")
+_IO_RW = dict(
+    buffer=_req(_NAME),
+    offset=_opt(Size(description="The file offset (the driver's ByteOffset)."), 0),
+    start=_opt(Size(description="First byte of the buffer to use (default 0).")),
+    length=_opt(Size(description="Bytes to move (default: the buffer from start on).")),
+    count=_opt(Int(minimum=1, maximum=MAX_COUNT, description="Repeat the call."), 1),
+    result=_opt(Size(description="The call must return this many bytes (default: length).")),
+    errno=_opt(_ERRNO),
+    wait=_opt(Bool(description="false: the driver may hold the request; it is issued from a "
+                   "second agent process with a buffer of the same size and placement, the "
+                   "step waits until the driver has it, and its outcome is noted at the end "
+                   "(a request never completed ends ENODEV when the driver is unloaded)."),
+              True),
 )
 
 _SEGMENT = Obj({
@@ -137,14 +154,51 @@ AGENT_STEPS: dict[str, Obj] = {
         refused=_opt(_REASON)),
     "device_info": _step("The device header as the guest sees it.",
                          status=_opt(Str(choices=("READY", "RESET", "FAILED")), "READY")),
-    "program": _step(
+    "guest_program": _step(
         "Your own guest program: copied into the guest and run there (static binary or "
-        "busybox sh script).",
+        "busybox sh script); with a driver, it can use /dev/wdfio0 itself.",
         path=_req(Str(description="Relative to the scenario file.")),
         args=_opt(List(Str()), []),
         timeout_s=_opt(Number(minimum=0.1, maximum=3600), 120.0),
         exit_code=_opt(Int(minimum=0, maximum=255), 0),
-        stdout_contains=_opt(Str())),
+        stdout_contains=_opt(Str()),
+        stderr_contains=_opt(Str())),
+    "io_write": _step("pwrite(2) of a buffer on the driver's node (/dev/wdfio0).", **_IO_RW),
+    "io_read": _step("pread(2) into a buffer from the driver's node (/dev/wdfio0).", **_IO_RW),
+    "io_ioctl": _step(
+        "An IOCTL on the driver's node with agent buffers as input and output; the exact "
+        "NTSTATUS and information the driver completed it with are checked.",
+        code=_req(Either(Int(minimum=0, maximum=0xFFFFFFFF), Str(
+            pattern=r"^([A-Za-z0-9_.]+:)?[A-Za-z_][A-Za-z0-9_]*$",
+            pattern_hint="a name in the driver's module (IOCTL_ECHO_REVERSE) or module:NAME"),
+            description="The IOCTL code (its low two bits are the transfer method: 0 "
+                        "BUFFERED, 1 IN_DIRECT, 2 OUT_DIRECT, 3 NEITHER), or its name.")),
+        major=_opt(Str(choices=("ioctl", "internal"), description="DEVICE_CONTROL or "
+                       "INTERNAL_DEVICE_CONTROL."), "ioctl"),
+        input=_opt(_NAME), output=_opt(_NAME),
+        in_start=_opt(Size()), in_length=_opt(Size()),
+        out_start=_opt(Size()), out_length=_opt(Size()),
+        count=_opt(Int(minimum=1, maximum=MAX_COUNT, description="Repeat the call."), 1),
+        status=_opt(_STATUS, "STATUS_SUCCESS"),
+        information=_opt(Size(description="The information (bytes returned) it must "
+                              "complete with (default: not checked)."))),
+    "io_stress": _step(
+        "Concurrency: threads in one guest process, each count rounds of its own pattern "
+        "through the driver (rw: pwrite then pread at the thread's own file offset; ioctl: "
+        "one echo IOCTL), verified in the guest; threads requests in flight at once.",
+        threads=_req(Int(minimum=1, maximum=64)),
+        count=_req(Int(minimum=1, maximum=MAX_COUNT)),
+        size=_req(Size(minimum=1, maximum=16 << 20)),
+        page_offset=_opt(Int(minimum=0, maximum=4095, description="Offset of each buffer's "
+                             "first byte in its first page."), 0),
+        mode=_opt(Str(choices=("rw", "ioctl")), "rw"),
+        code=_opt(Either(Int(minimum=0, maximum=0xFFFFFFFF), Str(
+            pattern=r"^([A-Za-z0-9_.]+:)?[A-Za-z_][A-Za-z0-9_]*$",
+            pattern_hint="a name in the driver's module or module:NAME"),
+            description="mode ioctl: an IOCTL that echoes its input to its output.")),
+        file_offset=_opt(Size(description="mode rw: the first thread's file offset "
+                              "(each thread its own range above it).")),
+        timeout_s=_opt(Number(minimum=1, maximum=3600), 600.0)),
 }
 
 FRAMEWORK_STEPS: dict[str, Obj] = {
@@ -204,23 +258,61 @@ _FAULT_RULE = Obj({
 }, description="One fault rule (device_model.faults.FaultRule).")
 
 _DEVICE = Obj({
-    "personality": _opt(Str(choices=("echo",), description="The device personality."), "echo"),
+    "personality": _opt(Str(choices=("echo", "busmaster"), description="echo: the guest's "
+                            "PCI function moves descriptors the guest builds; busmaster: the "
+                            "driver gets the bus-master device as its hardware (it programs "
+                            "the DMA itself; needs driver:). dma_bits, segment_align and "
+                            "faults apply to the personality's device."), "echo"),
     "dma_bits": _opt(Int(minimum=32, maximum=64, description="DMA address width: the device "
                          "refuses segments ending above 2**dma_bits."), 64),
+    "remapping": _opt(Bool(description="busmaster: DMA remapping (an IOMMU): the framework's "
+                           "adapters hand out IOVAs, the device translates them."), False),
     "segment_align": _opt(Int(choices=tuple(1 << n for n in range(21)), description="Required "
                               "alignment of every segment (a power of two up to 1 MiB)."), 1),
     "faults": _opt(Obj({
         "seed": _opt(Int(minimum=0), 0),
         "rules": _opt(List(_FAULT_RULE), []),
     }, description="Seeded fault injection.")),
-}, description="The device the guest gets at boot.")
+}, description="The device the guest gets at boot.",
+    rules=((lambda d: not d["remapping"] or d["personality"] == "busmaster",
+            "remapping is for the busmaster personality", "remapping"),),
+    schema_extra={"if": {"properties": {"remapping": {"const": True}}, "required": ["remapping"]},
+                  "then": {"properties": {"personality": {"const": "busmaster"}},
+                           "required": ["personality"]}})
+
+_DRIVER_CLASS = Str(pattern=r"^[A-Za-z0-9_./-]+:[A-Za-z_][A-Za-z0-9_]*$",
+                    pattern_hint="module:Class (samples.echo:EchoDriver) or FILE.py:Class",
+                    description="The driver class: module:Class, or FILE.py:Class with FILE "
+                                "relative to the scenario file.")
+_DRIVER_OPTIONS = Map(key=Str(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                              pattern_hint="a keyword argument name"), value=Value(),
+                      description="Keyword arguments of the class.")
+_FILTER = Obj({"class": _req(_DRIVER_CLASS), "options": _opt(_DRIVER_OPTIONS, {})},
+              description="A filter driver above the function driver.")
+_DRIVER = Obj({
+    "class": _req(_DRIVER_CLASS),
+    "options": _opt(_DRIVER_OPTIONS, {}),
+    "filters": _opt(List(_FILTER, description="Filters above it, lowest first."), []),
+    "verifier": _opt(Str(choices=("record", "bugcheck"), description="record: a fatal "
+                         "finding is recorded and the driver goes on; bugcheck: it stops the "
+                         "emulated machine (later requests end ENODEV)."), "record"),
+}, description="The driver under test: it serves the guest's /dev/wdfio0 (the guest-I/O "
+   "steps) in the emulated framework, over the guest's own memory.")
 
 _FINDING = Obj({
-    "rule": _req(Str(description="The verifier rule (BufAfterReqCompletedWriteA, ...).")),
+    "rule": _req(Str(description="The verifier rule (BufAfterReqCompletedWriteA, ...); "
+                     "BugCheck for a bug check that stopped the driver's machine.")),
     "object": _opt(_NAME),
+    "object_kind": _opt(Str(pattern=r"^WDF[A-Z]+$", pattern_hint="a handle kind (WDFMEMORY, "
+                            "WDFREQUEST, ...)", description="The object's kind (a driver's "
+                            "objects have no scenario name).")),
+    "at": _opt(Str(description="Part of the finding's call site (file:line in function), "
+                   "e.g. buggy_drivers.py or EvtIoRead.")),
+    "code": _opt(Int(minimum=0, maximum=0xFFFFFFFF, description="BugCheck: the bug check "
+                     "code (0x10D, 0x50, ...).")),
     "severity": _opt(Str(choices=("error", "warning"))),
-}, description="One verifier finding: its rule and, optionally, the object (by the name "
-   "the scenario gave it) and severity.")
+}, description="One finding: its rule and, optionally, the object (by the name the "
+   "scenario gave it, or its kind), where, and severity.")
 
 _EXPECT = Obj({
     "findings": _opt(List(_FINDING), []),
@@ -239,6 +331,7 @@ SCENARIO_SCHEMA = Obj({
                    [DEFAULT_GUEST]),
     "tags": _opt(List(_TAG, description="Words for selection (pytest -k, wdfhil run --tag).")),
     "device": _opt(_DEVICE),
+    "driver": _opt(_DRIVER),
     "steps": _req(List(OneKey(STEPS), min_items=1)),
     "expect": _opt(_EXPECT),
 }, description="A wdfhil scenario (docs/scenarios.md).")
@@ -281,6 +374,7 @@ class Scenario:
     guests: tuple[str, ...]
     tags: tuple[str, ...]
     device: Checked
+    driver: Checked | None          # None: no driver under test (raw DMA and framework steps)
     steps: tuple[StepSpec, ...]
     expect: Checked
     data: Checked = field(repr=False)
@@ -288,6 +382,10 @@ class Scenario:
     @property
     def uses_framework(self) -> bool:
         return any(step.framework for step in self.steps)
+
+    @property
+    def busmaster(self) -> bool:
+        return self.device["personality"] == "busmaster"
 
 
 def plain(value: Any) -> Any:
@@ -318,27 +416,68 @@ def load_scenario(path: str | Path) -> Scenario:
                   for index, (kind, args) in enumerate(checked["steps"]))
     scenario = Scenario(name=scenario_name(path), path=path, description=checked["description"],
                         guests=tuple(checked["guests"]), tags=tuple(checked.get("tags", ())),
-                        device=device, steps=steps, expect=expect, data=checked)
+                        device=device, driver=checked.get("driver"), steps=steps,
+                        expect=expect, data=checked)
     _check_names(scenario)
+    _check_driver(scenario)
     return scenario
+
+
+IO_STEPS = ("io_read", "io_write", "io_ioctl", "io_stress")
+
+
+def _check_driver(scenario: Scenario) -> None:
+    """The driver's classes import and take their options; the steps that need a driver
+    have one; IOCTL names resolve (to the number the step then uses)."""
+    from orchestrator.scenario_driver import check_driver, resolve_code
+
+    driver = scenario.driver
+    if driver is None:
+        if scenario.busmaster:
+            raise scenario.device.error("personality", "the busmaster personality is the "
+                                        "hardware of a driver: add driver:", "busmaster")
+        for step in scenario.steps:
+            if step.kind in IO_STEPS:
+                raise step.args.source.error(None, f"{step.kind} needs the driver under test "
+                                             f"(driver: module:Class)")
+        return
+    framework = next((step for step in scenario.steps if step.framework), None)
+    if framework is not None:
+        raise framework.args.source.error(None, f"{framework.kind}: direct framework steps and "
+                                          f"a driver would share the guest's pool window; use "
+                                          f"one or the other in a scenario")
+    modules = check_driver(driver, scenario.path.parent)
+    for step in scenario.steps:
+        if step.kind in ("io_ioctl", "io_stress") and isinstance(step.args.get("code"), str):
+            step.args["code"] = resolve_code(step.args, "code", modules)
+        if step.kind == "io_stress" and step.args["mode"] == "ioctl" and "code" not in step.args:
+            raise step.args.error(None, "mode ioctl needs code (an IOCTL that echoes its input)")
 
 
 def _check_names(scenario: Scenario) -> None:
     """Every buffer, memory, object and request is made before a step uses it."""
     buffers: set[str] = set()
+    allocated: set[str] = set()
     objects: dict[str, str] = {}      # name -> "memory" | "request"
     makes = {"alloc": ("buffer", buffers), "pool_buffer": ("buffer", buffers)}
     for step in scenario.steps:
         args = step.args
-        if step.framework and "status" in args and args["status"] not in NTSTATUS.__members__:
+        checks_status = step.framework or step.kind == "io_ioctl"
+        if checks_status and "status" in args and args["status"] not in NTSTATUS.__members__:
             raise args.error("status", f"{args['status']} is not an NTSTATUS the framework "
                              f"knows", args["status"])
         if step.kind in makes:
             buffers.add(args["buffer"])
+            if step.kind == "alloc":
+                allocated.add(args["buffer"])
             continue
-        if "buffer" in args and args["buffer"] not in buffers:
-            raise args.error("buffer", f"no buffer named {args['buffer']!r} was made before "
-                             f"(by alloc or pool_buffer)", args["buffer"])
+        for key in ("buffer", "input", "output"):
+            if key in args and args[key] not in buffers:
+                raise args.error(key, f"no buffer named {args[key]!r} was made before "
+                                 f"(by alloc or pool_buffer)", args[key])
+        if not args.get("wait", True) and args["buffer"] not in allocated:
+            raise args.error("wait", f"wait: false needs a buffer made by alloc (a second "
+                             f"process makes its own like it), not {args['buffer']!r}", False)
         if step.kind == "WdfMemoryCreate":
             objects[args["memory"]] = "memory"
         elif step.kind == "request":
@@ -358,9 +497,9 @@ def _check_names(scenario: Scenario) -> None:
         name = finding.get("object")
         if name is not None and name not in objects and name not in buffers:
             raise finding.error("object", f"no object named {name!r} in the steps", name)
-    if scenario.path.suffix and any(step.kind == "program" for step in scenario.steps):
+    if scenario.path.suffix:
         for step in scenario.steps:
-            if step.kind == "program":
+            if step.kind == "guest_program":
                 program = scenario.path.parent / step.args["path"]
                 if not program.is_file():
                     raise step.args.error("path", f"no such file: {program}", step.args["path"])

@@ -8,22 +8,29 @@ in the order that boots least (guests come from
 from __future__ import annotations
 
 import collections
+import contextlib
+import json
 import shlex
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from device_model.abi import CompletionStatus, Opcode, Segment
 from framework_emu import BugCheck
-from orchestrator.agent_client import (AgentSession, CompletionRecord, GuestBuffer, Step,
-                                       Verification, pattern_bytes)
+from orchestrator.agent_client import (AgentSession, CompletionRecord, GuestBuffer, IoResult,
+                                       Step, Verification, pattern_bytes)
 from orchestrator.guest_sessions import GuestSessions, device_settings, fault_plan
 from orchestrator.scenario import Scenario, StepSpec
+from orchestrator.scenario_driver import ScenarioDriver
 from orchestrator.scenario_result import ERROR, FAIL, PASS, ScenarioResult, StepResult
 from wdfhil.errors import WdfhilError
 
 if TYPE_CHECKING:
     from framework_emu import Framework
     from orchestrator.dma_session import DmaSession
+
+
+DRAIN_S = 60.0          # for the guest's CLOSE of the agent's file to reach the driver
+HELD_S = 120.0          # for a request issued with wait: false to reach the driver
 
 
 class StepFailed(AssertionError):
@@ -53,6 +60,25 @@ def run_scenario(scenario: Scenario, guest: str, sessions: GuestSessions) -> Sce
             sessions.release((shared.guest, shared.settings))
     _timing_notes(scenario, result)
     return result
+
+
+def _site_text(finding: Any) -> str:
+    """Where a finding was made (file:line in function); a bug check without a finding
+    names its place in its own message."""
+    from framework_emu import format_site
+
+    if finding.site is not None:
+        return format_site(finding.site)
+    return finding.message if getattr(finding, "code", None) is not None else format_site(None)
+
+
+def _status_name(status: int | None) -> str:
+    from framework_emu import NTSTATUS
+
+    try:
+        return NTSTATUS((status or 0) & 0xFFFFFFFF).name
+    except ValueError:
+        return f"{status:#x}"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -91,29 +117,28 @@ class ScenarioRun:
         self.refusals: collections.Counter[str] = collections.Counter()
         self._temp = 0
         self._sites: dict[int, Callable[..., Any]] = {}
+        self.driver: ScenarioDriver | None = None
+        self._named: set[int] = set()
+        self.allocs: dict[str, dict[str, Any]] = {}        # buffer -> its alloc step's args
+        self.background: list[tuple[StepSpec, int, str]] = []   # (step, pid, answer file)
 
     # -- the run -------------------------------------------------------------------
     def run(self) -> None:
         result = self.result
         failed = False
         try:
-            with self.session.agent.serve() as agent:
-                self.agent = agent
-                for step in self.scenario.steps:
-                    begin = time.monotonic()
-                    try:
-                        detail = getattr(self, f"_step_{step.kind}")(step, step.args)
-                        result.steps.append(StepResult(step.index, step.kind, step.line, True,
-                                                       detail or "", time.monotonic() - begin))
-                    except (StepFailed, BugCheck) as exc:
-                        if isinstance(exc, BugCheck):
-                            exc = StepFailed(f"bug check: {_first_line(exc)}")
-                        result.steps.append(StepResult(step.index, step.kind, step.line, False,
-                                                       str(exc), time.monotonic() - begin))
-                        result.problems.append(f"{self._where(step)}: {step.kind}: {exc}")
-                        failed = True
-                        break
-            self.agent = None
+            with contextlib.ExitStack() as stack:
+                if self.scenario.driver is not None:
+                    self.driver = self._start_driver(stack)
+                    if self.driver is None:
+                        result.verdict = FAIL
+                        return
+                with self.session.agent.serve() as agent:
+                    self.agent = agent
+                    failed = self._run_steps()
+                self.agent = None
+                if self.driver is not None:
+                    self._finish_driver()
             self._finish_framework()
             self._compare_outcomes()
         except WdfhilError as exc:
@@ -126,7 +151,68 @@ class ScenarioRun:
             return
         finally:
             self.fx = None
+            self.agent = None
         result.verdict = FAIL if (failed or result.problems) else PASS
+
+    def _run_steps(self) -> bool:
+        """Every step in order, each timed; stops at the first that fails (True then)."""
+        result = self.result
+        for step in self.scenario.steps:
+            begin = time.monotonic()
+            try:
+                detail = getattr(self, f"_step_{step.kind}")(step, step.args)
+                result.steps.append(StepResult(step.index, step.kind, step.line, True,
+                                               detail or "", time.monotonic() - begin))
+            except (StepFailed, BugCheck) as exc:
+                if isinstance(exc, BugCheck):
+                    exc = StepFailed(f"bug check: {_first_line(exc)}")
+                result.steps.append(StepResult(step.index, step.kind, step.line, False,
+                                               str(exc), time.monotonic() - begin))
+                result.problems.append(f"{self._where(step)}: {step.kind}: {exc}")
+                return True
+        return False
+
+    # -- the driver under test -----------------------------------------------------------
+    def _start_driver(self, stack: contextlib.ExitStack) -> ScenarioDriver | None:
+        """The driver stack on /dev/wdfio0, closed by ``stack`` whatever happens; None
+        (and the problem noted) when the driver itself does not start."""
+        from orchestrator.guest_io_runtime import GuestIoRuntimeError
+
+        driver = ScenarioDriver(self.scenario, self.session)
+        try:
+            driver.start()
+        except GuestIoRuntimeError as exc:
+            where = f"{self.scenario.path}:{self.scenario.driver.source.line}"
+            self.result.problems.append(f"{where}: driver: it did not start: {_first_line(exc)}")
+            self.result.notes.append(str(exc))
+            return None
+        stack.callback(driver.close)
+        stack.callback(self._end_background)
+        return driver
+
+    def _finish_driver(self) -> None:
+        """After the agent is gone: let the guest's CLOSE reach the driver, unload it (held
+        requests end ENODEV), collect the background calls, note the report."""
+        endpoint = self.driver.runtime.endpoint
+        try:
+            endpoint.wait_for(lambda: len(endpoint.open_files) <= len(self.background),
+                              DRAIN_S, "the agent's file closed")
+        except WdfhilError as exc:        # the report says which files were left open
+            self.result.notes.append(f"closing the driver: {_first_line(exc)}")
+        report = self.driver.close()
+        self._end_background(kill=False)
+        if report is None:
+            return
+        for error in report.errors:
+            self.result.problems.append(f"the guest I/O runtime failed: {error.splitlines()[-1]}")
+            self.result.notes.append(error)
+        for never in report.never_completed:
+            self.result.notes.append(f"driver: {never}")
+        for leak in report.leaks:
+            self.result.notes.append(f"driver: {leak}")
+        if report.files_left_open:
+            self.result.notes.append(f"driver: {report.files_left_open} guest file(s) were "
+                                     f"still open when it was unloaded")
 
     def _where(self, step: StepSpec) -> str:
         return f"{self.scenario.path}:{step.line}"
@@ -169,6 +255,9 @@ class ScenarioRun:
     def _compare_outcomes(self) -> None:
         expect, result = self.scenario.expect, self.result
         findings = list(self.fx.findings) if self.fx is not None else []
+        self._named = {id(f) for f in findings}     # the driver's handles have no names
+        if self.driver is not None:
+            findings += self.driver.findings()
         result.findings = [self._finding_text(f) for f in findings]
         wanted = list(expect.get("findings", []))
         unmatched_actual = []
@@ -181,7 +270,10 @@ class ScenarioRun:
         for finding in unmatched_actual:
             result.problems.append(f"unexpected finding: {self._finding_text(finding)}")
         for want in wanted:
-            what = want["rule"] + (f" on {want['object']}" if "object" in want else "")
+            what = want["rule"] + (f" on {want['object']}" if "object" in want else "") + (
+                f" on {want['object_kind']}" if "object_kind" in want else "") + (
+                f" code {want['code']:#x}" if "code" in want else "") + (
+                f" at {want['at']}" if "at" in want else "")
             result.problems.append(f"{self.scenario.path}:{want.source.line}: expected finding "
                                    f"not reported: {what}")
         result.refusals = dict(sorted(self.refusals.items()))
@@ -190,8 +282,9 @@ class ScenarioRun:
             if wanted_refusals != result.refusals:
                 result.problems.append(f"refusals {result.refusals or 'none'}, expected "
                                        f"{wanted_refusals or 'none'}")
-        device = self.session.device
-        injected = collections.Counter(f.kind.value for f in device.fault_plan.injected)
+        faults = (self.driver.injected_faults() if self.scenario.busmaster and self.driver
+                  else self.session.device.fault_plan.injected)
+        injected = collections.Counter(f.kind.value for f in faults)
         result.faults = dict(sorted(injected.items()))
         if expect.get("faults"):
             wanted_faults = {k: v for k, v in expect["faults"].items() if v}
@@ -204,18 +297,24 @@ class ScenarioRun:
             return False
         if "severity" in want and want["severity"] != finding.severity:
             return False
-        if "object" in want:
-            return self.names.get(finding.handle) == want["object"]
+        if "object" in want and self._name_of(finding) != want["object"]:
+            return False
+        if "object_kind" in want and finding.object_kind != want["object_kind"]:
+            return False
+        if "code" in want and getattr(finding, "code", None) != want["code"]:
+            return False
+        if "at" in want:
+            return want["at"] in _site_text(finding)
         return True
 
-    def _finding_text(self, finding: Any) -> str:
-        from framework_emu import format_site
+    def _name_of(self, finding: Any) -> str | None:
+        return self.names.get(finding.handle) if id(finding) in self._named else None
 
-        name = self.names.get(finding.handle)
+    def _finding_text(self, finding: Any) -> str:
+        name = self._name_of(finding)
         what = f" on {name}" if name else (f" on {finding.object_kind}" if finding.object_kind
                                           else "")
-        return (f"[{finding.severity}] {finding.rule}{what} at {format_site(finding.site)}: "
-                f"{finding.message}")
+        return f"[{finding.severity}] {finding.rule}{what} at {_site_text(finding)}: {finding.message}"
 
     # -- helpers -------------------------------------------------------------------------
     def _command(self, line: str, timeout: float | None = None) -> dict[str, Any]:
@@ -251,6 +350,7 @@ class ScenarioRun:
         buf = GuestBuffer.from_result(self._command(Step.alloc(
             a["buffer"], a["size"], offset=a["offset"], where=a["where"], merge=a["merge"])))
         self.buffers[a["buffer"]] = buf
+        self.allocs[a["buffer"]] = a
         if "segments" in a and len(buf.segments) != a["segments"]:
             raise StepFailed(f"{len(buf.segments)} segments, expected {a['segments']}")
         place = "above 4 GiB" if buf.above_4g and not buf.below_4g else (
@@ -353,32 +453,154 @@ class ScenarioRun:
             raise StepFailed(f"device status {header['status_name']}, expected {a['status']}")
         return f"device ABI {header['abi_version']}, status {header['status_name']}"
 
-    def _step_program(self, step: StepSpec, a: dict[str, Any]) -> str:
+    def _step_guest_program(self, step: StepSpec, a: dict[str, Any]) -> str:
         local = self.scenario.path.parent / a["path"]
         remote = f"/tmp/wdfhil-program-{step.index}-{local.name}"
         vm = self.session.vm
         vm.put(str(local), remote)
         command = " ".join(shlex.quote(w) for w in [remote, *a["args"]])
-        ran = vm.run(f"chmod 0755 {shlex.quote(remote)} && {command}", timeout=a["timeout_s"])
-        vm.run(f"rm -f {shlex.quote(remote)}", timeout=30)
+        try:
+            ran = vm.run(f"chmod 0755 {shlex.quote(remote)} && {command}", timeout=a["timeout_s"])
+        finally:
+            vm.run(f"rm -f {shlex.quote(remote)}", timeout=30)
+        said = f"stdout {ran.stdout[-300:]!r} stderr {ran.stderr[-300:]!r}"
         if ran.exit_code != a["exit_code"]:
             raise StepFailed(f"{local.name} exited {ran.exit_code}, expected {a['exit_code']}; "
-                             f"stdout {ran.stdout[-300:]!r} stderr {ran.stderr[-300:]!r}")
-        if "stdout_contains" in a and a["stdout_contains"] not in ran.stdout:
-            raise StepFailed(f"{local.name}'s output lacks {a['stdout_contains']!r}: "
-                             f"{ran.stdout[-300:]!r}")
+                             f"{said}")
+        for stream in ("stdout", "stderr"):
+            wanted = a.get(f"{stream}_contains")
+            if wanted is not None and wanted not in getattr(ran, stream):
+                raise StepFailed(f"{local.name}'s {stream} lacks {wanted!r}: {said}")
         return f"{local.name} exited {ran.exit_code}"
+
+    # -- guest I/O on the driver's node ------------------------------------------------------
+    def _io_rw(self, step: StepSpec, a: dict[str, Any], build: Callable[..., str]) -> str:
+        what = step.kind.replace("io_", "")
+        if not a["wait"]:
+            return self._issue_held(step, a, build)
+        buf = self.buffers[a["buffer"]]
+        start = a.get("start", 0)
+        length = a.get("length", buf.size - start)
+        want = a.get("result", length)
+        for _ in range(a["count"]):
+            done = IoResult.from_result(self._command(build(
+                a["buffer"], offset=a["offset"], start=a.get("start"), length=a.get("length"))))
+            self._expect_io(done, a.get("errno"), f"{what} of {length} bytes", want)
+        shown = f"{a['errno']}" if "errno" in a else f"{want} bytes"
+        return (f"{what} at file offset {a['offset']}: {shown}"
+                + (f" (x{a['count']})" if a["count"] > 1 else ""))
+
+    @staticmethod
+    def _expect_io(done: IoResult, errno: str | None, what: str, want: int) -> None:
+        if errno is not None:
+            if done.errno_name != errno:
+                raise StepFailed(f"{what}: returned {done.result} "
+                                 f"{done.errno_name or 'no error'}, expected {errno}")
+        elif done.errno or done.result != want:
+            raise StepFailed(f"{what}: returned {done.result}"
+                             f"{' ' + done.errno_name if done.errno else ''}, expected {want}")
+
+    def _step_io_write(self, step: StepSpec, a: dict[str, Any]) -> str:
+        return self._io_rw(step, a, Step.io_write)
+
+    def _step_io_read(self, step: StepSpec, a: dict[str, Any]) -> str:
+        return self._io_rw(step, a, Step.io_read)
+
+    def _step_io_ioctl(self, step: StepSpec, a: dict[str, Any]) -> str:
+        from framework_emu import NTSTATUS
+
+        code = a["code"]
+        line = Step.io_call(a["major"], code, input=a.get("input"), output=a.get("output"),
+                            in_start=a.get("in_start"), in_length=a.get("in_length"),
+                            out_start=a.get("out_start"), out_length=a.get("out_length"))
+        want = NTSTATUS[a["status"]]
+        for _ in range(a["count"]):
+            done = IoResult.from_result(self._command(line))
+            if done.result != 0:
+                raise StepFailed(f"IOCTL {code:#x}: the call failed ({done.errno_name})")
+            if (done.status or 0) & 0xFFFFFFFF != want:
+                raise StepFailed(f"IOCTL {code:#x} completed {_status_name(done.status)}, "
+                                 f"expected {a['status']}")
+            if "information" in a and done.information != a["information"]:
+                raise StepFailed(f"IOCTL {code:#x} returned {done.information} bytes, "
+                                 f"expected {a['information']}")
+        return (f"IOCTL {code:#x} (method {code & 3}): {a['status']}, information "
+                f"{done.information}" + (f" (x{a['count']})" if a["count"] > 1 else ""))
+
+    def _step_io_stress(self, step: StepSpec, a: dict[str, Any]) -> str:
+        answer = self._command(Step.io_stress(a["threads"], a["count"], a["size"],
+                                              page_offset=a["page_offset"], mode=a["mode"],
+                                              code=a.get("code"), offset=a.get("file_offset")),
+                               timeout=a["timeout_s"])
+        rounds = a["threads"] * a["count"]
+        if (answer["done"], answer["failed"], answer["mismatches"]) != (rounds, 0, 0):
+            raise StepFailed(f"{answer['done']} of {rounds} rounds done, {answer['failed']} "
+                             f"failed, {answer['mismatches']} mismatched: "
+                             f"{json.dumps(answer)[:300]}")
+        return (f"{a['threads']} threads x {a['count']} rounds of {a['size']} bytes "
+                f"({a['mode']}), all verified in the guest")
+
+    # -- requests the driver may hold (wait: false) --------------------------------------------
+    def _issue_held(self, step: StepSpec, a: dict[str, Any], build: Callable[..., str]) -> str:
+        """The call from a second agent process in the background (its own buffer, made
+        like the named one); the step ends when the driver holds one request more."""
+        runtime = self.driver.runtime
+        alloc = self.allocs[a["buffer"]]
+        name = a["buffer"]
+        commands = [Step.alloc(name, alloc["size"], offset=alloc["offset"], where=alloc["where"],
+                               merge=alloc["merge"]), Step.fill(name, 0)]
+        commands += [build(name, offset=a["offset"], start=a.get("start"), length=a.get("length"))
+                     ] * a["count"]
+        output = f"/tmp/wdfhil-held-{step.index}.json"
+        before = runtime.in_flight()
+        argv = self.session.agent._argv()
+        started = self.session.vm.run(
+            f"rm -f {output}; setsid {argv} run {shlex.quote('; '.join(commands))} "
+            f">{output} 2>&1 </dev/null & echo $!", timeout=60)
+        pid = int(started.stdout.strip().splitlines()[-1])
+        self.background.append((step, pid, output))
+        deadline = time.monotonic() + HELD_S
+        while runtime.in_flight() <= before:     # the marker: the framework holds it
+            if time.monotonic() > deadline:
+                raise StepFailed(f"the request did not reach the driver within {HELD_S:.0f} s")
+            time.sleep(0.05)
+        return f"{step.kind.replace('io_', '')} issued; the driver holds it"
+
+    def _end_background(self, kill: bool = True) -> None:
+        """Each background call's outcome as a note (after the driver is unloaded they
+        have all ended); ``kill``: end them first (the run is being torn down)."""
+        background, self.background = self.background, []
+        vm = self.session.vm
+        for step, pid, output in background:
+            if kill:
+                vm.run(f"kill -9 {pid} 2>/dev/null; rm -f {output}", timeout=30)
+                continue
+            answer = None
+            deadline = time.monotonic() + HELD_S
+            while answer is None and time.monotonic() < deadline:
+                text = vm.run(f"cat {output} 2>/dev/null", timeout=30).stdout.strip()
+                try:
+                    answer = json.loads(text.splitlines()[-1]) if text else None
+                except ValueError:
+                    answer = None
+                if answer is None:
+                    time.sleep(0.2)
+            vm.run(f"kill -9 {pid} 2>/dev/null; rm -f {output}", timeout=30)
+            if answer is None:
+                self.result.notes.append(f"{self._where(step)}: {step.kind} (wait: false) "
+                                         f"did not end after the driver was unloaded")
+                continue
+            ends = [r for r in answer.get("results", []) if "errno_name" in r]
+            outcome = ", ".join(r["errno_name"] or f"{r['result']} bytes" for r in ends)
+            self.result.notes.append(f"{self._where(step)}: {step.kind} (wait: false) "
+                                     f"ended: {outcome or answer.get('error', 'no answer')}")
 
     # -- framework steps -------------------------------------------------------------------
     def _status(self, got: int, want: str, call: str) -> None:
         from framework_emu import NTSTATUS
 
         if got != NTSTATUS[want]:
-            try:
-                name = NTSTATUS(got).name
-            except ValueError:
-                name = f"{got:#x}"
-            raise StepFailed(f"{call} returned {name}, expected {want}")
+            raise StepFailed(f"{call} returned {_status_name(got)}, expected {want}")
 
     def _step_WdfMemoryCreate(self, step: StepSpec, a: dict[str, Any]) -> str:
         from framework_emu import PoolType

@@ -349,3 +349,46 @@ def _as_yaml_map(value: Mapping[str, Any], place: Place) -> YamlMap:
     data.key_lines = {}
     data.path = place.field if place.container is not None else ""
     return data
+
+
+@dataclass
+class Value(Node):
+    """Any YAML value (a driver's keyword arguments: numbers, strings, lists, mappings),
+    handed on as plain Python values; the receiver checks it."""
+
+    description: str = ""
+
+    def check(self, value: Any, place: Place) -> Any:
+        return _plain(value)
+
+    def json_schema(self) -> dict[str, Any]:
+        return self._doc({})
+
+
+@dataclass
+class Either(Node):
+    """An integer or a string (an IOCTL code given as a number or by its name): the
+    value's type picks the node, so each error is that node's own."""
+
+    number: Int
+    name: Str
+    description: str = ""
+
+    def check(self, value: Any, place: Place) -> Any:
+        if isinstance(value, str):
+            return self.name.check(value, place)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return self.number.check(value, place)
+        raise place.error(f"expected an integer or a name, got {_type_name(value)} "
+                          f"{brief(value)}", value)
+
+    def json_schema(self) -> dict[str, Any]:
+        return self._doc({"anyOf": [self.number.json_schema(), self.name.json_schema()]})
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value

@@ -1,6 +1,8 @@
 """Sample drivers written against framework_emu, runnable on in-process memory or a guest.
 
 - :mod:`samples.echo`: a correct echo driver (buffered or direct I/O).
+- :mod:`samples.method_echo`: the echo driver plus one echo IOCTL per transfer method
+  (``IOCTL_ECHO_BUFFERED``, ``_IN_DIRECT``, ``_OUT_DIRECT``, ``_NEITHER``).
 - :mod:`samples.filter`: an upper filter over the echo driver, with synchronous and
   asynchronous I/O-target sends.
 - :mod:`samples.internal_ioctl`: the "Using Memory Buffers" case: an internal IOCTL's

@@ -37,8 +37,43 @@ expect:
 BAD = [
     ("unknown-top-key", "description: x\nsteps:\n  - device_info: {}\nguset: [pc-256m]\n",
      4, "guset", "unknown field", True),
-    ("driver-not-yet", "description: x\ndriver: mydrv:Echo\nsteps:\n  - device_info: {}\n",
-     2, "driver", "unknown field", True),
+    ("driver-not-a-mapping", "description: x\ndriver: mydrv:Echo\nsteps:\n  - device_info: {}\n",
+     2, "driver", "expected a mapping", True),
+    ("driver-class-shape",
+     "description: x\ndriver:\n  class: samples.echo.EchoDriver\nsteps:\n  - device_info: {}\n",
+     3, "driver.class", "module:Class", True),
+    ("driver-unknown-key",
+     "description: x\ndriver:\n  class: samples.echo:EchoDriver\n  option: {}\nsteps:\n"
+     "  - device_info: {}\n", 4, "driver.option", "unknown field", True),
+    ("driver-option-name",
+     "description: x\ndriver:\n  class: samples.echo:EchoDriver\n  options: {direct-io: 1}\n"
+     "steps:\n  - device_info: {}\n", 4, "driver.options.direct-io", "keyword argument", True),
+    ("driver-bad-verifier",
+     "description: x\ndriver:\n  class: samples.echo:EchoDriver\n  verifier: loud\nsteps:\n"
+     "  - device_info: {}\n", 4, "driver.verifier", "not one of", True),
+    ("remapping-on-echo",
+     "description: x\ndevice:\n  remapping: true\nsteps:\n  - device_info: {}\n",
+     3, "device.remapping", "busmaster personality", True),
+    ("io-bad-errno",
+     "description: x\ndriver: {class: samples.echo:EchoDriver}\nsteps:\n  - alloc: {buffer: a, size: 1}\n"
+     "  - io_read: {buffer: a, errno: enodev}\n", 5, "steps[1].io_read.errno", "errno name", True),
+    ("io-stress-threads",
+     "description: x\ndriver: {class: samples.echo:EchoDriver}\nsteps:\n"
+     "  - io_stress: {threads: 65, count: 1, size: 10}\n", 4, "steps[0].io_stress.threads",
+     "at most 64", True),
+    ("io-ioctl-code-type",
+     "description: x\ndriver: {class: samples.echo:EchoDriver}\nsteps:\n"
+     "  - io_ioctl: {code: 1.5}\n", 4, "steps[0].io_ioctl.code", "integer or a name", True),
+    ("io-ioctl-unknown-field",
+     "description: x\ndriver: {class: samples.echo:EchoDriver}\nsteps:\n"
+     "  - io_ioctl: {code: 4, method: BUFFERED}\n", 4, "steps[0].io_ioctl.method", "unknown field",
+     True),
+    ("finding-code-negative",
+     "description: x\nsteps:\n  - device_info: {}\nexpect:\n  findings:\n    - {rule: BugCheck, code: -1}\n",
+     6, "expect.findings[0].code", "at least 0", True),
+    ("finding-object-kind-shape",
+     "description: x\nsteps:\n  - device_info: {}\nexpect:\n  findings:\n"
+     "    - {rule: X, object_kind: memory}\n", 6, "expect.findings[0].object_kind", "handle kind", True),
     ("missing-description", "steps:\n  - device_info: {}\n", 1, "description", "required field", True),
     ("missing-steps", "description: x\n", 1, "steps", "required field", True),
     ("empty-steps", "description: x\nsteps: []\n", 2, "steps", "at least 1", True),
@@ -121,6 +156,58 @@ BAD = [
      "description: x\nsteps:\n  - WdfMemoryCreate: {memory: m, size: 1, status: STATUS_FINE}\n",
      3, "steps[0].WdfMemoryCreate.status", "not an NTSTATUS the framework knows", False),
     ("program-missing",
-     "description: x\nsteps:\n  - program: {path: no-such-program.sh}\n",
-     3, "steps[0].program.path", "no such file", False),
+     "description: x\nsteps:\n  - guest_program: {path: no-such-program.sh}\n",
+     3, "steps[0].guest_program.path", "no such file", False),
+    # beyond a JSON Schema: the driver's module, class and options, what needs a driver
+    ("driver-no-such-module",
+     "description: x\nsteps:\n  - device_info: {}\ndriver:\n  class: no_such_module_x:Drv\n",
+     5, "driver.class", "cannot import no_such_module_x", False),
+    ("driver-no-such-file",
+     "description: x\nsteps:\n  - device_info: {}\ndriver:\n  class: mine.py:Drv\n",
+     5, "driver.class", "no such file", False),
+    ("driver-no-such-class",
+     "description: x\nsteps:\n  - device_info: {}\ndriver:\n  class: samples.echo:EchoDrvier\n",
+     5, "driver.class", "has no class EchoDrvier", False),
+    ("driver-not-a-driver",
+     "description: x\nsteps:\n  - device_info: {}\ndriver:\n  class: pathlib:Path\n",
+     5, "driver.class", "not a driver class", False),
+    ("driver-bad-option",
+     "description: x\nsteps:\n  - device_info: {}\ndriver:\n  class: samples.echo:EchoDriver\n"
+     "  options: {direct: true}\n", 6, "driver.options", "does not take these options", False),
+    ("filter-bad-class",
+     "description: x\nsteps:\n  - device_info: {}\ndriver:\n  class: samples.echo:EchoDriver\n"
+     "  filters:\n    - class: samples.filter:NoFilter\n", 7, "driver.filters[0].class",
+     "has no class NoFilter", False),
+    ("io-without-driver",
+     "description: x\nsteps:\n  - alloc: {buffer: a, size: 1}\n  - io_read: {buffer: a}\n",
+     4, "steps[1].io_read", "needs the driver under test", False),
+    ("busmaster-without-driver",
+     "description: x\ndevice:\n  personality: busmaster\nsteps:\n  - device_info: {}\n",
+     3, "device.personality", "add driver:", False),
+    ("io-buffer-not-made",
+     "description: x\ndriver: {class: samples.echo:EchoDriver}\nsteps:\n  - io_write: {buffer: a}\n",
+     4, "steps[0].io_write.buffer", "no buffer named", False),
+    ("io-ioctl-output-not-made",
+     "description: x\ndriver: {class: samples.echo:EchoDriver}\nsteps:\n"
+     "  - io_ioctl: {code: 4, output: o}\n", 4, "steps[0].io_ioctl.output", "no buffer named", False),
+    ("io-ioctl-unknown-name",
+     "description: x\ndriver: {class: samples.echo:EchoDriver}\nsteps:\n"
+     "  - io_ioctl: {code: IOCTL_ECHO_FORWARD}\n", 4, "steps[0].io_ioctl.code",
+     "no integer IOCTL_ECHO_FORWARD in samples.echo", False),
+    ("io-ioctl-bad-status",
+     "description: x\ndriver: {class: samples.echo:EchoDriver}\nsteps:\n"
+     "  - io_ioctl: {code: 4, status: STATUS_FINE}\n", 4, "steps[0].io_ioctl.status",
+     "not an NTSTATUS", False),
+    ("io-stress-ioctl-without-code",
+     "description: x\ndriver: {class: samples.echo:EchoDriver}\nsteps:\n"
+     "  - io_stress: {threads: 2, count: 1, size: 10, mode: ioctl}\n", 4, "steps[0].io_stress",
+     "needs code", False),
+    ("driver-and-framework-steps",
+     "description: x\ndriver: {class: samples.echo:EchoDriver}\nsteps:\n"
+     "  - WdfMemoryCreate: {memory: m, size: 8}\n", 4, "steps[0].WdfMemoryCreate",
+     "share the guest's pool window", False),
+    ("wait-false-on-pool-buffer",
+     "description: x\ndriver: {class: samples.echo:EchoDriver}\nsteps:\n"
+     "  - pool_buffer: {buffer: p, pool_offset: 0, size: 8}\n  - io_read: {buffer: p, wait: false}\n",
+     5, "steps[1].io_read.wait", "needs a buffer made by alloc", False),
 ]

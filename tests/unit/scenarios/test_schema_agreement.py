@@ -55,9 +55,9 @@ def test_both_refuse_each_bad_file(tmp_path, case_id, text, line, field, words, 
 
 def test_every_step_kind_and_top_level_key_is_in_the_schema():
     schema = json_schema()
-    assert set(schema["properties"]) == {"description", "guests", "tags", "device", "steps",
+    assert set(schema["properties"]) == {"description", "guests", "tags", "device", "driver", "steps",
                                          "expect"}
     assert schema["additionalProperties"] is False
     kinds = {option["title"] for option in schema["properties"]["steps"]["items"]["oneOf"]}
-    assert {"alloc", "write", "read", "verify", "watch", "submit", "program",
+    assert {"alloc", "write", "read", "verify", "watch", "submit", "guest_program", "io_read", "io_write", "io_ioctl", "io_stress",
             "WdfMemoryCreate", "mdl_dma", "WdfRequestComplete"} <= kinds
