@@ -25,7 +25,10 @@ if TYPE_CHECKING:
 
 
 def device_settings(scenario: Scenario) -> tuple[int, int]:
-    """(dma_mask, segment_align) of the device a scenario asks for."""
+    """(dma_mask, segment_align) of the guest's device a scenario asks for (with the
+    busmaster personality those are the bus-master device's: the guest's stays plain)."""
+    if scenario.busmaster:
+        return FULL_DMA_MASK, 1
     bits = scenario.device["dma_bits"]
     return (FULL_DMA_MASK if bits == 64 else (1 << bits) - 1), scenario.device["segment_align"]
 
@@ -80,7 +83,8 @@ class GuestSessions:
 
     def acquire(self, scenario: Scenario, guest: str) -> tuple[SharedSession, float | None]:
         """A session for ``scenario`` on ``guest``; see :meth:`acquire_device`."""
-        return self.acquire_device(guest, device_settings(scenario), fault_plan(scenario))
+        plan = FaultPlan() if scenario.busmaster else fault_plan(scenario)   # busmaster: its own
+        return self.acquire_device(guest, device_settings(scenario), plan)
 
     def acquire_device(self, guest: str, settings: tuple[int, int] = (FULL_DMA_MASK, 1),
                        plan: FaultPlan | None = None) -> tuple[SharedSession, float | None]:
