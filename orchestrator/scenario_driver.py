@@ -29,7 +29,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.scenario_schema import Checked
-from wdfhil.errors import ConfigError
+from wdfhil.errors import WdfhilError
 
 if TYPE_CHECKING:
     from device_model.request_ring import RequestEndpoint
@@ -119,6 +119,11 @@ def resolve_code(args: Checked, key: str, modules: list[ModuleType]) -> int:
 
 
 # -- running ------------------------------------------------------------------------------
+class DriverStartError(WdfhilError):
+    """The driver under test did not start (its DriverEntry or EvtDriverDeviceAdd failed, or
+    its device did not start): the scenario fails there; the platform is fine."""
+
+
 def request_endpoint(session: "DmaSession") -> "RequestEndpoint":
     """The device's request endpoint (``/dev/wdfio0``'s ring), made on first use and kept
     on the session: a device takes one endpoint for its life."""
@@ -197,7 +202,10 @@ class ScenarioDriver:
             self._stack.callback(self._close_runtime)
             if self.busmaster is not None:
                 self.busmaster.connect(self.runtime.post)
-            self.runtime.start()
+            try:
+                self.runtime.start()
+            except WdfhilError as exc:       # DriverEntry or EvtDriverDeviceAdd failed
+                raise DriverStartError(str(exc)) from exc
         except BaseException:
             self._stack.close()
             raise

@@ -20,7 +20,7 @@ from orchestrator.agent_client import (AgentSession, CompletionRecord, GuestBuff
                                        Step, Verification, pattern_bytes)
 from orchestrator.guest_sessions import GuestSessions, device_settings, fault_plan
 from orchestrator.scenario import Scenario, StepSpec
-from orchestrator.scenario_driver import ScenarioDriver
+from orchestrator.scenario_driver import DriverStartError, ScenarioDriver
 from orchestrator.scenario_result import ERROR, FAIL, PASS, ScenarioResult, StepResult
 from wdfhil.errors import WdfhilError
 
@@ -176,12 +176,10 @@ class ScenarioRun:
     def _start_driver(self, stack: contextlib.ExitStack) -> ScenarioDriver | None:
         """The driver stack on /dev/wdfio0, closed by ``stack`` whatever happens; None
         (and the problem noted) when the driver itself does not start."""
-        from orchestrator.guest_io_runtime import GuestIoRuntimeError
-
         driver = ScenarioDriver(self.scenario, self.session)
         try:
             driver.start()
-        except GuestIoRuntimeError as exc:
+        except DriverStartError as exc:
             where = f"{self.scenario.path}:{self.scenario.driver.source.line}"
             self.result.problems.append(f"{where}: driver: it did not start: {_first_line(exc)}")
             self.result.notes.append(str(exc))

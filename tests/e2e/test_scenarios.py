@@ -119,3 +119,60 @@ def test_a_guest_program_is_copied_in_and_run(pc, wdfhil_run_scenario):
     assert result.verdict == "PASS", result.explain()
     assert [s.detail for s in result.steps] == ["guest-program.sh exited 0",
                                                 "guest-program.sh exited 3"]
+
+
+# ---- the driver under test and the guest-I/O steps --------------------------------------------
+def _no_request_left(session) -> None:
+    """After a driver scenario nothing is in flight or open on the guest's request ring."""
+    endpoint = session.endpoint
+    assert endpoint.in_flight == [] and endpoint.open_files == set()
+
+
+def test_a_bug_reproduction_passes_with_the_drivers_exact_finding(pc, wdfhil_run_scenario):
+    result = wdfhil_run_scenario(BUILTIN_SCENARIOS_DIR / "bug-buffer-touched-after-completion.scenario.yaml")
+    assert result.verdict == "PASS", result.explain()
+    (finding,) = result.findings
+    assert finding.startswith("[error] BufAfterReqCompletedReadA on WDFREQUEST at ")
+    assert "buggy_drivers.py:24" in finding                    # the driver's own line
+    _no_request_left(pc)
+
+
+def test_a_drivers_unexpected_finding_fails_and_the_expected_one_is_named(pc, wdfhil_run_scenario):
+    path = HERE / "driver-wrong-finding.yaml"
+    result = wdfhil_run_scenario(path)
+    assert result.verdict == "FAIL"
+    assert all(s.ok for s in result.steps)
+    assert result.problems[0].startswith("unexpected finding: [error] BufAfterReqCompletedReadA "
+                                         "on WDFREQUEST at ")
+    assert result.problems[1] == (f"{path}:9: expected finding not reported: "
+                                  f"BufAfterReqCompletedWriteA on WDFREQUEST")
+    _no_request_left(pc)
+
+
+def test_a_short_read_fails_at_its_step(pc, wdfhil_run_scenario):
+    path = HERE / "driver-short-read.yaml"
+    result = wdfhil_run_scenario(path)
+    assert result.verdict == "FAIL"
+    assert [s.ok for s in result.steps] == [True, True, True, False]
+    assert result.problems == [f"{path}:8: io_read: read of 3000 bytes: returned 2999, expected 3000"]
+    _no_request_left(pc)
+
+
+def test_a_driver_that_does_not_start_fails_the_scenario_at_the_driver(pc, wdfhil_run_scenario):
+    path = HERE / "driver-does-not-start.yaml"
+    result = wdfhil_run_scenario(path)
+    assert result.verdict == "FAIL"
+    assert result.steps == []
+    assert result.problems[0].startswith(f"{path}:3: driver: it did not start: ")
+    _no_request_left(pc)
+
+
+def test_a_request_never_completed_is_found_and_the_guests_call_ends_enodev(pc, wdfhil_run_scenario):
+    path = BUILTIN_SCENARIOS_DIR / "bug-request-never-completed.scenario.yaml"
+    result = wdfhil_run_scenario(path)
+    assert result.verdict == "PASS", result.explain()
+    assert result.steps[1].detail == "read issued; the driver holds it"
+    assert f"{path}:8: io_read (wait: false) ended: ENODEV" in result.notes
+    assert any(n.startswith("driver: READ request ") and "was never completed" in n
+               and "buggy_drivers.py" in n for n in result.notes)
+    _no_request_left(pc)
