@@ -78,7 +78,9 @@ def test_the_default_set_holds_the_demo_checks_on_the_default_guest():
     assert {"device-ready", "framework-memory-guest-view", "device-dma-into-framework-memory",
             "echo-roundtrip", "stale-dma", "hostile-descriptor",
             "verifier-buffer-after-completion", "baseline-pc-256m", "driver-echo",
-            "bug-buffer-touched-after-completion", "bug-request-never-completed"} == names
+            "driver-filter-over-echo", "driver-dma-busmaster", "driver-guest-program",
+            "bug-buffer-touched-after-completion", "bug-request-never-completed",
+            "bug-memory-used-after-delete", "bug-overrun"} == names
     assert all(load_scenario(p).guests == ("pc-256m",) for p in default_scenarios())
 
 
