@@ -25,9 +25,13 @@ from device_model.faults import FaultKind
 from framework_emu import NTSTATUS, PoolType
 from orchestrator.guest_config import DEFAULT_GUEST
 from orchestrator.scenario_schema import (Bool, Checked, Either, Field, Int, List, Map, Number,
-                                          Obj, OneKey, Place, Size, Str, Value)
+                                          Obj, OneKey, Place, Size, Str, Value, plain)
 from wdfhil.errors import ConfigError
 from wdfhil.yamlfile import load_yaml_mapping
+
+__all__ = ["Scenario", "StepSpec", "load_scenario", "plain", "json_schema", "json_schema_text",
+           "builtin_scenarios", "default_scenarios", "resolve_scenarios", "scenario_name",
+           "is_scenario_file", "tag_ok", "SUFFIX", "BUILTIN_SCENARIOS_DIR", "SCHEMA_FILE"]
 
 BUILTIN_SCENARIOS_DIR = Path(__file__).resolve().parent / "scenarios"   # package data
 SCHEMA_FILE = BUILTIN_SCENARIOS_DIR / "scenario.schema.json"
@@ -386,15 +390,6 @@ class Scenario:
     @property
     def busmaster(self) -> bool:
         return self.device["personality"] == "busmaster"
-
-
-def plain(value: Any) -> Any:
-    """A checked value as plain dicts and lists (for FaultPlan.from_config, JSON)."""
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    return value
 
 
 def scenario_name(path: Path) -> str:

@@ -359,7 +359,7 @@ class Value(Node):
     description: str = ""
 
     def check(self, value: Any, place: Place) -> Any:
-        return _plain(value)
+        return plain(value)
 
     def json_schema(self) -> dict[str, Any]:
         return self._doc({})
@@ -386,9 +386,11 @@ class Either(Node):
         return self._doc({"anyOf": [self.number.json_schema(), self.name.json_schema()]})
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """A checked value as plain dicts and lists (for FaultPlan.from_config, JSON, a
+    driver's options)."""
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value
