@@ -558,8 +558,14 @@ class ScenarioRun:
         pid = int(started.stdout.strip().splitlines()[-1])
         self.background.append((step, pid, output))
         deadline = time.monotonic() + HELD_S
+        next_look = time.monotonic() + 1.0
         while runtime.in_flight() <= before:     # the marker: the framework holds it
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > next_look:                  # or the call already ended (not held)
+                next_look = now + 1.0
+                if self.session.vm.run(f"test -s {output}", timeout=30).exit_code == 0:
+                    return f"{step.kind.replace('io_', '')} issued; it ended without being held"
+            if now > deadline:
                 raise StepFailed(f"the request did not reach the driver within {HELD_S:.0f} s")
             time.sleep(0.05)
         return f"{step.kind.replace('io_', '')} issued; the driver holds it"

@@ -176,3 +176,15 @@ def test_a_request_never_completed_is_found_and_the_guests_call_ends_enodev(pc, 
     assert any(n.startswith("driver: READ request ") and "was never completed" in n
                and "buggy_drivers.py" in n for n in result.notes)
     _no_request_left(pc)
+
+
+def test_wait_false_on_a_call_the_driver_completes_at_once_ends_the_step(pc, wdfhil_run_scenario,
+                                                                         tmp_path):
+    path = tmp_path / "held.yaml"
+    path.write_text("description: not held after all\ndriver: {class: samples.echo:EchoDriver}\n"
+                    "steps:\n  - alloc: {buffer: b, size: 100}\n  - io_read: {buffer: b, wait: false}\n")
+    result = wdfhil_run_scenario(path)
+    assert result.verdict == "PASS", result.explain()
+    assert result.steps[1].detail == "read issued; it ended without being held"
+    assert f"{path}:5: io_read (wait: false) ended: 0 bytes" in result.notes   # nothing written yet
+    _no_request_left(pc)
