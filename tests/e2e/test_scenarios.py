@@ -188,3 +188,21 @@ def test_wait_false_on_a_call_the_driver_completes_at_once_ends_the_step(pc, wdf
     assert result.steps[1].detail == "read issued; it ended without being held"
     assert f"{path}:5: io_read (wait: false) ended: 0 bytes" in result.notes   # nothing written yet
     _no_request_left(pc)
+
+
+def test_in_bugcheck_mode_the_fatal_finding_stops_the_drivers_machine(pc, wdfhil_run_scenario,
+                                                                      tmp_path):
+    """The finding, then the bug check it caused; the read it happened in ends ENODEV too
+    (its completion never left the stopped machine), and so does every later call."""
+    drivers = BUILTIN_SCENARIOS_DIR / "buggy_drivers.py"
+    path = tmp_path / "bugcheck.yaml"
+    path.write_text(f"description: bug-check mode\ndriver:\n  class: {drivers}:TouchAfterCompleteDriver\n"
+                    "  verifier: bugcheck\nsteps:\n  - alloc: {buffer: b, size: 300}\n"
+                    "  - io_read: {buffer: b, errno: ENODEV}\n  - io_read: {buffer: b, errno: ENODEV}\n"
+                    "expect:\n  findings:\n"
+                    "    - {rule: BufAfterReqCompletedReadA, object_kind: WDFREQUEST, at: buggy_drivers.py}\n"
+                    "    - {rule: BugCheck, code: 0x10D, at: BufAfterReqCompletedReadA}\n")
+    result = wdfhil_run_scenario(path)
+    assert result.verdict == "PASS", result.explain()
+    assert len(result.findings) == 2
+    _no_request_left(pc)
