@@ -310,8 +310,8 @@ _FINDING = Obj({
     "object_kind": _opt(Str(pattern=r"^WDF[A-Z]+$", pattern_hint="a handle kind (WDFMEMORY, "
                             "WDFREQUEST, ...)", description="The object's kind (a driver's "
                             "objects have no scenario name).")),
-    "at": _opt(Str(description="Part of the finding's call site (file:line in function), "
-                   "e.g. buggy_drivers.py or EvtIoRead.")),
+    "at": _opt(Str(description="Part of the finding's call site (file:line) or of its "
+                   "message (a leak names where it was allocated), e.g. my_driver.py:42.")),
     "code": _opt(Int(minimum=0, maximum=0xFFFFFFFF, description="BugCheck: the bug check "
                      "code (0x10D, 0x50, ...).")),
     "severity": _opt(Str(choices=("error", "warning"))),

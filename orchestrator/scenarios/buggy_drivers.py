@@ -63,3 +63,12 @@ class ForgetfulDriver(EchoDriver):
 
     def EvtIoRead(self, Queue, Request, Length):
         self.kept.append(Request)               # the bug: nothing ever completes it
+
+
+class LeakyDriver(EchoDriver):
+    """Allocates pool for every write and never frees it: PoolLeakOnUnload when it is
+    unloaded, naming where each allocation was made."""
+
+    def EvtIoWrite(self, Queue, Request, Length):
+        self.fx.ExAllocatePool2(0x40, 64, b"Leak")     # POOL_FLAG_NON_PAGED; the bug: never freed
+        super().EvtIoWrite(Queue, Request, Length)
