@@ -24,6 +24,7 @@ from device_model.abi import ErrorReason, Opcode
 from device_model.faults import FaultKind
 from framework_emu import NTSTATUS, PoolType
 from orchestrator.guest_config import DEFAULT_GUEST
+from orchestrator.scenario_driver import check_driver, resolve_code
 from orchestrator.scenario_schema import (Bool, Checked, Either, Field, Int, List, Map, Number,
                                           Obj, OneKey, Place, Size, Str, Value, plain)
 from wdfhil.errors import ConfigError
@@ -424,8 +425,6 @@ IO_STEPS = ("io_read", "io_write", "io_ioctl", "io_stress")
 def _check_driver(scenario: Scenario) -> None:
     """The driver's classes import and take their options; the steps that need a driver
     have one; IOCTL names resolve (to the number the step then uses)."""
-    from orchestrator.scenario_driver import check_driver, resolve_code
-
     driver = scenario.driver
     if driver is None:
         if scenario.busmaster:

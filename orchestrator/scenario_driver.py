@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from framework_emu import Finding
     from orchestrator.dma_session import DmaSession
     from orchestrator.guest_io_runtime import GuestIoReport, GuestIoRuntime
+    from orchestrator.scenario import Scenario
 
 
 # -- loading ------------------------------------------------------------------------------
@@ -173,7 +174,7 @@ class ScenarioDriver:
     """The scenario's driver stack on ``session``'s ``/dev/wdfio0`` (use as a context
     manager, or :meth:`start` then :meth:`close`, which gives the runtime's report)."""
 
-    def __init__(self, scenario: Any, session: "DmaSession") -> None:
+    def __init__(self, scenario: "Scenario", session: "DmaSession | None") -> None:
         self.scenario = scenario
         self.session = session
         self.runtime: "GuestIoRuntime | None" = None
