@@ -103,6 +103,22 @@ _IO_RW = dict(
               True),
 )
 
+
+
+def _io_rw_step(description: str) -> Obj:
+    """io_read / io_write: result and errno exclude each other, and a call issued with
+    wait: false has its outcome noted, not checked (both views refuse the mix)."""
+    return Obj(_IO_RW, description=description, rules=(
+        (lambda d: not ("result" in d and "errno" in d), "give result or errno, not both",
+         "errno"),
+        (lambda d: d["wait"] or not ("result" in d or "errno" in d), "wait: false: the call's "
+         "outcome is noted at the end, not checked; drop result/errno", "wait")),
+        schema_extra={"allOf": [
+            {"not": {"required": ["result", "errno"]}},
+            {"if": {"properties": {"wait": {"const": False}}, "required": ["wait"]},
+             "then": {"not": {"anyOf": [{"required": ["result"]}, {"required": ["errno"]}]}}}]})
+
+
 _SEGMENT = Obj({
     "gpa": _opt(Size(description="Guest-physical address.")),
     "after_ram_end": _opt(Size(description="Offset past the end of guest RAM (a segment the "
@@ -168,8 +184,8 @@ AGENT_STEPS: dict[str, Obj] = {
         exit_code=_opt(Int(minimum=0, maximum=255), 0),
         stdout_contains=_opt(Str()),
         stderr_contains=_opt(Str())),
-    "io_write": _step("pwrite(2) of a buffer on the driver's node (/dev/wdfio0).", **_IO_RW),
-    "io_read": _step("pread(2) into a buffer from the driver's node (/dev/wdfio0).", **_IO_RW),
+    "io_write": _io_rw_step("pwrite(2) of a buffer on the driver's node (/dev/wdfio0)."),
+    "io_read": _io_rw_step("pread(2) into a buffer from the driver's node (/dev/wdfio0)."),
     "io_ioctl": _step(
         "An IOCTL on the driver's node with agent buffers as input and output; the exact "
         "NTSTATUS and information the driver completed it with are checked.",

@@ -57,6 +57,14 @@ BAD = [
     ("io-bad-errno",
      "description: x\ndriver: {class: samples.echo:EchoDriver}\nsteps:\n  - alloc: {buffer: a, size: 1}\n"
      "  - io_read: {buffer: a, errno: enodev}\n", 5, "steps[1].io_read.errno", "errno name", True),
+    ("io-result-and-errno",
+     "description: x\ndriver: {class: samples.echo:EchoDriver}\nsteps:\n  - alloc: {buffer: a, size: 1}\n"
+     "  - io_read:\n      buffer: a\n      result: 1\n      errno: EIO\n", 8, "steps[1].io_read.errno",
+     "not both", True),
+    ("io-no-wait-with-errno",
+     "description: x\ndriver: {class: samples.echo:EchoDriver}\nsteps:\n  - alloc: {buffer: a, size: 1}\n"
+     "  - io_read: {buffer: a, wait: false, errno: ENODEV}\n", 5, "steps[1].io_read.wait",
+     "noted at the end", True),
     ("io-stress-threads",
      "description: x\ndriver: {class: samples.echo:EchoDriver}\nsteps:\n"
      "  - io_stress: {threads: 65, count: 1, size: 10}\n", 4, "steps[0].io_stress.threads",
