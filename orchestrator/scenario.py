@@ -88,6 +88,12 @@ _TRANSFER = dict(
 
 _ERRNO = Str(pattern=r"^E[A-Z0-9]+$", pattern_hint="an errno name (ENODEV, EINVAL, ...)",
              description="The call must fail with this errno (default: it must succeed).")
+_IOCTL_CODE = Either(
+    Int(minimum=0, maximum=0xFFFFFFFF),
+    Str(pattern=r"^([A-Za-z0-9_.]+:)?[A-Za-z_][A-Za-z0-9_]*$",
+        pattern_hint="a name in the driver's modules (IOCTL_ECHO_REVERSE) or module:NAME"),
+    description="The IOCTL code (its low two bits are the transfer method: 0 BUFFERED, "
+                "1 IN_DIRECT, 2 OUT_DIRECT, 3 NEITHER), or its name in the driver's modules.")
 _IO_RW = dict(
     buffer=_req(_NAME),
     offset=_opt(Size(description="The file offset (the driver's ByteOffset)."), 0),
@@ -102,7 +108,6 @@ _IO_RW = dict(
                    "(a request never completed ends ENODEV when the driver is unloaded)."),
               True),
 )
-
 
 
 def _io_rw_step(description: str) -> Obj:
@@ -189,11 +194,7 @@ AGENT_STEPS: dict[str, Obj] = {
     "io_ioctl": _step(
         "An IOCTL on the driver's node with agent buffers as input and output; the exact "
         "NTSTATUS and information the driver completed it with are checked.",
-        code=_req(Either(Int(minimum=0, maximum=0xFFFFFFFF), Str(
-            pattern=r"^([A-Za-z0-9_.]+:)?[A-Za-z_][A-Za-z0-9_]*$",
-            pattern_hint="a name in the driver's module (IOCTL_ECHO_REVERSE) or module:NAME"),
-            description="The IOCTL code (its low two bits are the transfer method: 0 "
-                        "BUFFERED, 1 IN_DIRECT, 2 OUT_DIRECT, 3 NEITHER), or its name.")),
+        code=_req(_IOCTL_CODE),
         major=_opt(Str(choices=("ioctl", "internal"), description="DEVICE_CONTROL or "
                        "INTERNAL_DEVICE_CONTROL."), "ioctl"),
         input=_opt(_NAME), output=_opt(_NAME),
@@ -213,10 +214,7 @@ AGENT_STEPS: dict[str, Obj] = {
         page_offset=_opt(Int(minimum=0, maximum=4095, description="Offset of each buffer's "
                              "first byte in its first page."), 0),
         mode=_opt(Str(choices=("rw", "ioctl")), "rw"),
-        code=_opt(Either(Int(minimum=0, maximum=0xFFFFFFFF), Str(
-            pattern=r"^([A-Za-z0-9_.]+:)?[A-Za-z_][A-Za-z0-9_]*$",
-            pattern_hint="a name in the driver's module or module:NAME"),
-            description="mode ioctl: an IOCTL that echoes its input to its output.")),
+        code=_opt(_IOCTL_CODE),   # mode ioctl: an IOCTL that echoes its input to its output
         file_offset=_opt(Size(description="mode rw: the first thread's file offset "
                               "(each thread its own range above it).")),
         timeout_s=_opt(Number(minimum=1, maximum=3600), 600.0)),
