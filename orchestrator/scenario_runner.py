@@ -22,7 +22,7 @@ from orchestrator.guest_sessions import GuestSessions, device_settings, fault_pl
 from orchestrator.scenario import Scenario, StepSpec
 from orchestrator.scenario_driver import DriverStartError, ScenarioDriver
 from orchestrator.scenario_result import ERROR, FAIL, PASS, ScenarioResult, StepResult
-from wdfhil.errors import WdfhilError
+from wdfhil.errors import GuestError, WdfhilError
 
 if TYPE_CHECKING:
     from framework_emu import Framework
@@ -555,7 +555,12 @@ class ScenarioRun:
         started = self.session.vm.run(
             f"rm -f {output}; setsid {argv} run {shlex.quote('; '.join(commands))} "
             f">{output} 2>&1 </dev/null & echo $!", timeout=60)
-        pid = int(started.stdout.strip().splitlines()[-1])
+        try:
+            pid = int(started.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise GuestError("could not start a second guest agent process",
+                             command=started.command, exit_code=started.exit_code,
+                             stdout=started.stdout, stderr=started.stderr) from None
         self.background.append((step, pid, output))
         deadline = time.monotonic() + HELD_S
         next_look = time.monotonic() + 1.0
