@@ -50,8 +50,8 @@ def test_a_name_is_looked_up_in_the_driver_modules_only(tmp_path):
             "steps:\n  - io_ioctl: {code: IOCTL_FILTER_STATS}\n")
     with pytest.raises(ConfigError, match="no integer IOCTL_FILTER_STATS in wdfhil_scenario_my_driver_"):
         load_scenario(write(tmp_path, text))
-    filtered = text.replace("{class: my_driver.py:MyDriver}",
-                            "{class: my_driver.py:MyDriver, filters: [{class: samples.filter:EchoFilterDriver}]}")
+    filtered = text.replace("{class: my_driver.py:MyDriver}", "{class: my_driver.py:MyDriver, "
+                            "filters: [{class: samples.filter:EchoFilterDriver}]}")
     from samples.filter import IOCTL_FILTER_STATS
 
     assert load_scenario(write(tmp_path, filtered)).steps[0].args["code"] == IOCTL_FILTER_STATS

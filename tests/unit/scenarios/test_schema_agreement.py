@@ -59,5 +59,6 @@ def test_every_step_kind_and_top_level_key_is_in_the_schema():
                                          "expect"}
     assert schema["additionalProperties"] is False
     kinds = {option["title"] for option in schema["properties"]["steps"]["items"]["oneOf"]}
-    assert {"alloc", "write", "read", "verify", "watch", "submit", "guest_program", "io_read", "io_write", "io_ioctl", "io_stress",
-            "WdfMemoryCreate", "mdl_dma", "WdfRequestComplete"} <= kinds
+    assert {"alloc", "write", "read", "verify", "watch", "submit", "guest_program", "io_read",
+            "io_write", "io_ioctl", "io_stress", "WdfMemoryCreate", "mdl_dma",
+            "WdfRequestComplete"} <= kinds
