@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
 from wdfhil.physical_memory import PAGE_SHIFT, PAGE_SIZE
 
 from .callsite import CallSite
 from .dma_adapter import DmaAdapter, DmaCapabilities, DmaMappingError, HalDmaAdapter, RemappingDmaAdapter
+from .low_dma import LowDmaRegion
 from .objects import FX_TYPE_OBJECT, FxObject
 from .pool import PoolType
 
@@ -138,16 +140,18 @@ class DmaDescription:
     adapter: DmaAdapter
     number_of_map_registers: int
     maximum_fragment_length: int
-    bounce_blocks: list[int]
+    releases: list[Callable[[], None]]    # what PutDmaAdapter gives back (the map registers' pages)
 
 
 def platform_dma_adapter(fx: Any, description: DeviceDescription,
-                         map_registers: int = DEFAULT_BOUNCE_MAP_REGISTERS) -> tuple[DmaAdapter, list[int]] | None:
+                         map_registers: int = DEFAULT_BOUNCE_MAP_REGISTERS, low_dma: LowDmaRegion | None = None
+                         ) -> tuple[DmaAdapter, list[Callable[[], None]]] | None:
     """IoGetDmaAdapter on the emulated platform: a :class:`RemappingDmaAdapter` for a device in
-    DMA-remapping mode; else a :class:`HalDmaAdapter` that reserves ``map_registers`` bounce pages
-    in the driver's nonpaged pool (which must lie below the device's DMA mask) when RAM extends
-    beyond what the device can address. Returns (adapter, pool blocks to free with it), None when
-    the bounce pages cannot be had."""
+    DMA-remapping mode; else a :class:`HalDmaAdapter`, which gets ``map_registers`` bounce pages
+    (one contiguous run) when RAM extends beyond what the device can address: from the platform's
+    ``low_dma`` region when there is one (the HAL's own low memory), else from the driver's
+    nonpaged pool (which must then lie below the device's DMA mask). Returns (adapter, what to call
+    to give the pages back), None when the bounce pages cannot be had (IoGetDmaAdapter fails)."""
     mask = (1 << description.address_width) - 1
     capabilities = DmaCapabilities(dma_mask=mask, max_transfer=description.maximum_length)
     if description.remapping:
@@ -155,18 +159,26 @@ def platform_dma_adapter(fx: Any, description: DeviceDescription,
     top = max(end for _start, end in fx.memory.ram_ranges())
     if top - 1 <= mask:
         return HalDmaAdapter(fx.memory, capabilities), []
-    size = map_registers * PAGE_SIZE   # one allocation: the map registers' pages are contiguous
-    va = fx._pool.allocate(PoolType.NonPagedPool, size, BOUNCE_TAG, None)
-    if not va:
-        return None
-    base = va - fx.kva_base
+    release: Callable[[], None]
+    if low_dma is not None:
+        base = low_dma.allocate(map_registers)
+        if base is None:
+            return None
+        release = partial(low_dma.free, base)
+    else:
+        size = map_registers * PAGE_SIZE   # one allocation: the map registers' pages are contiguous
+        va = fx._pool.allocate(PoolType.NonPagedPool, size, BOUNCE_TAG, None)
+        if not va:
+            return None
+        base = va - fx.kva_base
+        release = partial(fx._pool.free, va)
     try:
         adapter = HalDmaAdapter(fx.memory, capabilities,
                                 bounce_pages=[base + i * PAGE_SIZE for i in range(map_registers)])
-    except DmaMappingError:   # the pool lies beyond what the device can reach
-        fx._pool.free(va)
+    except DmaMappingError:   # the pages lie beyond what the device can reach
+        release()
         return None
-    return adapter, [va]
+    return adapter, [release]
 
 
 class DmaEnabler(FxObject):
@@ -228,20 +240,20 @@ class DmaEnabler(FxObject):
                     and hasattr(hardware, "get_dma_adapter") else platform_dma_adapter(self.fx, description))
             if made is None:
                 return NTSTATUS.STATUS_UNSUCCESSFUL   # IoGetDmaAdapter returned NULL
-            adapter, blocks = made
+            adapter, releases = made
             registers = adapter.number_of_map_registers
             fragment = min(self.maximum_length, (registers - 1) << PAGE_SHIFT)
-            self.descriptions[direction] = DmaDescription(adapter, registers, fragment, blocks)
+            self.descriptions[direction] = DmaDescription(adapter, registers, fragment, releases)
         alignment = max(self.descriptions[0].adapter.capabilities.alignment - 1, 0)
         self.common_buffer_alignment = max(self.device.alignment_requirement, alignment)
         return NTSTATUS.STATUS_SUCCESS
 
     def release_adapters(self) -> None:
-        """PutDmaAdapter for each adapter: the bounce pages go back to the pool."""
+        """PutDmaAdapter for each adapter: the bounce pages go back where they came from."""
         for description in self.descriptions.values():
-            for block in description.bounce_blocks:
-                self.fx._pool.free(block)
-            description.bounce_blocks = []
+            for release in description.releases:
+                release()
+            description.releases = []
         self.descriptions = {}
 
     def dispose(self) -> None:

@@ -35,6 +35,7 @@ from wdfhil.physical_memory import PAGE_SIZE
 from .callsite import CallSite
 from .dma_adapter import DmaAdapter, DmaTranslationFault, IOVA_BASE, RemappingDmaAdapter, _translate_identity
 from .dma_enabler import DEFAULT_BOUNCE_MAP_REGISTERS, DeviceDescription, platform_dma_adapter
+from .low_dma import LowDmaRegion
 from .objects import FX_TYPE_OBJECT, FxObject
 
 FX_TYPE_CM_RES_LIST = 0x1036
@@ -126,7 +127,9 @@ class DeviceHardware:
     ``dma_address_bits``: what the device itself can drive on the bus (a 32-bit device given a
     64-bit address reaches the wrong memory: :meth:`translate` faults). ``dma_remapping``: the
     driver is DMA-remapping compatible, the adapters hand out IOVAs. ``map_registers``: the bounce
-    pages (map registers) an adapter gets when the device cannot reach all of RAM."""
+    pages (map registers) an adapter gets when the device cannot reach all of RAM. ``low_dma``: the
+    platform's low memory those pages (and common buffers the pool cannot give the device) come
+    from; None: from the driver's nonpaged pool (:mod:`framework_emu.low_dma` says why a region)."""
 
     bars: list[MemoryBar] = field(default_factory=list)
     interrupt: InterruptResource | None = None
@@ -135,9 +138,11 @@ class DeviceHardware:
     dma_address_bits: int = 64
     dma_remapping: bool = False
     map_registers: int = DEFAULT_BOUNCE_MAP_REGISTERS
+    low_dma: LowDmaRegion | None = None
     adapters: list[DmaAdapter] = field(default_factory=list)
 
-    def get_dma_adapter(self, fx: Any, description: DeviceDescription) -> tuple[DmaAdapter, list[int]] | None:
+    def get_dma_adapter(self, fx: Any, description: DeviceDescription
+                        ) -> tuple[DmaAdapter, list[Callable[[], None]]] | None:
         """IoGetDmaAdapter for this device (called by WdfDmaEnablerCreate)."""
         if self.dma_remapping:
             from .dma_adapter import DmaCapabilities
@@ -148,7 +153,7 @@ class DeviceHardware:
                 capabilities, iova_base=IOVA_BASE + len(self.adapters) * IOVA_DOMAIN_STRIDE)
             self.adapters.append(adapter)
             return adapter, []
-        made = platform_dma_adapter(fx, description, self.map_registers)
+        made = platform_dma_adapter(fx, description, self.map_registers, self.low_dma)
         if made is not None:
             self.adapters.append(made[0])
         return made
