@@ -16,7 +16,8 @@ an interrupt line, the DMA platform). This module builds one over a
   where the ISR reads and acknowledges the registers and the DPC runs.
 - The DMA capabilities are the device's own: ``dma_address_bits`` comes from
   its ``caps`` register (a 32-bit device: the framework's HalDmaAdapter hands
-  out bounce buffers in low pool memory for pages above 4 GiB). With
+  out bounce buffers for pages above 4 GiB, from the platform's low DMA region,
+  ``low_dma``: the guest config's reserved window below 4 GiB). With
   ``remapping`` the adapters hand out IOVAs and the device's ``translate`` hook
   is :meth:`DeviceHardware.translate` (the adapters' IOVA tables; a missing
   translation is the device's TRANSLATION_FAULT refusal).
@@ -37,6 +38,7 @@ from device_model.busmaster_abi import BM_CAPS_ADDRESS_BITS, register_offset
 from framework_emu.dma_adapter import DmaTranslationFault
 from framework_emu.dma_enabler import DEFAULT_BOUNCE_MAP_REGISTERS
 from framework_emu.hw_resources import DeviceHardware, InterruptResource, MemoryBar, RegisterHandler
+from framework_emu.low_dma import LowDmaRegion
 
 BAR0 = MemoryBar(0xFEB0_0000, 0x1000)   # where the platform put the register block (one page)
 
@@ -67,10 +69,13 @@ class BusMasterHardware:
 
     ``hardware`` goes to ``IoManager.add_device`` (or ``GuestIoRuntime(hardware=...)``);
     :meth:`connect` sends the device's interrupts to a runtime's thread; :meth:`disconnect`
-    (before the runtime or the device close) takes the hooks off the device again."""
+    (before the runtime or the device close) takes the hooks off the device again. ``low_dma``:
+    the platform's low memory for map registers (``LowDmaRegion`` over the guest config's
+    ``low_dma_window``); None: they come from the driver's pool."""
 
     def __init__(self, device: BusMasterDevice, *, remapping: bool = False,
-                 map_registers: int = DEFAULT_BOUNCE_MAP_REGISTERS, bar0: MemoryBar = BAR0) -> None:
+                 map_registers: int = DEFAULT_BOUNCE_MAP_REGISTERS, low_dma: LowDmaRegion | None = None,
+                 bar0: MemoryBar = BAR0) -> None:
         self.device = device
         caps = device.register_read(register_offset("caps"), 4)
         self.address_bits = caps & BM_CAPS_ADDRESS_BITS
@@ -78,7 +83,7 @@ class BusMasterHardware:
         self.hardware = DeviceHardware(bars=[bar0], interrupt=InterruptResource(),
                                        registers=BusMasterRegisters(device),
                                        dma_address_bits=self.address_bits, dma_remapping=remapping,
-                                       map_registers=map_registers)
+                                       map_registers=map_registers, low_dma=low_dma)
         self.remapping = remapping
         self.interrupts = 0          # device interrupts posted to the runtime
         if remapping:
@@ -108,17 +113,18 @@ class BusMasterHardware:
 
 
 def start_busmaster(ram: Any, stack: contextlib.ExitStack, *, remapping: bool = False,
-                    map_registers: int = DEFAULT_BOUNCE_MAP_REGISTERS,
+                    map_registers: int = DEFAULT_BOUNCE_MAP_REGISTERS, low_dma: LowDmaRegion | None = None,
                     **device_options: Any) -> BusMasterHardware:
     """A started bus-master device on guest RAM ``ram`` and its framework view; its
     release steps go on ``stack`` (hooks off, detach from RAM, close), so whoever owns the
     stack closes it after the runtime using it. ``device_options``: BusMasterDevice's
-    (``address_bits``, ``segment_align``, ``fault_plan``, ``trace_path``)."""
+    (``address_bits``, ``segment_align``, ``fault_plan``, ``trace_path``); ``low_dma``: the
+    platform's low memory for map registers (the guest config's ``low_dma_window``)."""
     device = BusMasterDevice(**device_options)
     stack.callback(device.close)
     device.start()
     device.attach_guest_ram(ram)
     stack.callback(device.detach_guest_ram)
-    hardware = BusMasterHardware(device, remapping=remapping, map_registers=map_registers)
+    hardware = BusMasterHardware(device, remapping=remapping, map_registers=map_registers, low_dma=low_dma)
     stack.callback(hardware.disconnect)
     return hardware

@@ -17,7 +17,8 @@ ends the runtime first (its report in ``report``), then the session.
 With ``busmaster=True`` (or a dict of :class:`~device_model.busmaster.BusMasterDevice`
 options: ``address_bits``, ``segment_align``, ``fault_plan``, ``trace_path``, and
 ``remapping``/``map_registers`` for the platform) the function driver gets a bus-master
-device as its hardware (:class:`~orchestrator.busmaster_runtime.BusMasterHardware`): a
+device as its hardware (:class:`~orchestrator.busmaster_runtime.BusMasterHardware`, its map
+registers in the config's low DMA window): a
 second, host-only device core attached to the same guest RAM, so a DMA driver such as
 ``samples.dma_busmaster`` moves the guest program's bytes with the device's own DMA. The
 guest's PCI function stays the echo device, whose request ring carries ``/dev/wdfio0``.
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from device_model.busmaster import BusMasterDevice
 from device_model.request_ring import RequestEndpoint
 from framework_emu import Finding
+from framework_emu.low_dma import LowDmaRegion
 from orchestrator.busmaster_runtime import BusMasterHardware, start_busmaster
 from orchestrator.dma_session import DmaSession
 from orchestrator.guest_config import GuestConfig
@@ -82,7 +84,9 @@ class DriverSession(DmaSession):
         after the runtime's close and before guest RAM goes); its DeviceHardware, or None."""
         if self._busmaster_options is None:
             return None
-        self.busmaster_hardware = start_busmaster(self.ram, self._stack, **self._busmaster_options)
+        low = self.config.low_dma_window
+        self.busmaster_hardware = start_busmaster(self.ram, self._stack, low_dma=LowDmaRegion(low.base, low.size),
+                                                  **self._busmaster_options)
         self.busmaster = self.busmaster_hardware.device
         return self.busmaster_hardware.hardware
 

@@ -3,7 +3,12 @@
 A guest config names the QEMU machine (``pc`` or ``q35``), its RAM and CPUs,
 the accelerator, the IOMMU, extra kernel arguments, the image recipe, and
 the *pool window*: a range of guest RAM the guest kernel is told never to
-use (``memmap=SIZE$BASE``), where the emulated framework keeps its pools.
+use (``memmap=SIZE$BASE``), where the emulated framework keeps its pools, and
+the *low DMA window* (``low_dma``), reserved the same way below 4 GiB: the
+platform's map registers (bounce pages) and the common buffers of devices that
+cannot reach the pool window (``framework_emu/low_dma.py``). Without a
+``low_dma`` field a 1 MiB window is placed at 64 MiB (or just above the pool
+window when that is where the pool lies).
 The built-in files ship with the package (``orchestrator/guests/NAME.yaml``);
 a user adds their own directories (``--guests-dir DIR`` or ``WDFHIL_GUESTS_PATH``,
 searched first, so a same-named file there shadows a built-in one). Every
@@ -55,13 +60,15 @@ MIN_POOL_BASE = 16 << 20
 UNRANDOMIZED_KERNEL = (16 << 20, 64 << 20)
 
 _FIELDS = ("description", "machine", "memory", "cpus", "accelerator", "iommu",
-           "kernel_args", "pool", "image")
+           "kernel_args", "pool", "low_dma", "image")
 _POOL_FIELDS = ("base", "size")
+FOUR_GIB = 1 << 32
+DEFAULT_LOW_DMA_SIZE = 1 << 20   # 256 map registers' pages: 16 adapters of 16 [I]
 
 
 @dataclass(frozen=True)
 class PoolWindow:
-    """The reserved guest-physical range ``[base, base+size)``."""
+    """A reserved guest-physical range ``[base, base+size)`` (the pool window, the low DMA window)."""
 
     base: int
     size: int
@@ -105,6 +112,7 @@ class GuestConfig:
     iommu: str = "none"
     kernel_args: tuple[str, ...] = ()
     image: str | None = None  # image recipe name or path; None = the builder's default
+    low_dma: PoolWindow | None = None   # None: the default window (see low_dma_window)
     description: str = ""
     source: str | None = field(default=None, compare=False, repr=False)
     field_lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
@@ -128,9 +136,21 @@ class GuestConfig:
         """Where QEMU will put this guest's RAM (below 4 GiB / from 4 GiB up)."""
         return RamSplit.for_machine(self.machine, self.memory)
 
+    @property
+    def low_dma_window(self) -> PoolWindow:
+        """The low DMA window: ``low_dma``, or the default (:func:`default_low_dma_window`)."""
+        if self.low_dma is not None:
+            return self.low_dma
+        window = default_low_dma_window(self.ram_split, self.pool)
+        if window is None:
+            raise self.error("low_dma", f"no room for a {format_size(DEFAULT_LOW_DMA_SIZE)} low DMA "
+                             f"window below 4 GiB beside the pool window {self.pool.describe()}; set "
+                             "low_dma.base and low_dma.size")
+        return window
+
     def kernel_arguments(self) -> list[str]:
         """Kernel arguments the config adds to the image's base command line."""
-        args = [self.pool.kernel_arg()]
+        args = [self.pool.kernel_arg(), self.low_dma_window.kernel_arg()]
         if self.iommu == "intel":
             args.append("intel_iommu=on")
         args.extend(self.kernel_args)
@@ -148,12 +168,13 @@ class GuestConfig:
         so the VM calls this before it launches QEMU.
         """
         start, end = self.ram_split.initrd_region(initrd_size, initrd_addr_max)
-        if self.pool.overlaps(start, end):
-            raise self.error(
-                "pool.base",
-                f"pool window {self.pool.describe()} overlaps {start:#x}-{end:#x}, where QEMU "
-                f"loads the {format_size(initrd_size)} initramfs and the firmware keeps its "
-                f"tables; move the window lower", self.pool.base)
+        for name, window in (("pool", self.pool), ("low_dma", self.low_dma_window)):
+            if window.overlaps(start, end):
+                raise self.error(
+                    f"{name}.base",
+                    f"{_LABELS[name]} {window.describe()} overlaps {start:#x}-{end:#x}, where QEMU "
+                    f"loads the {format_size(initrd_size)} initramfs and the firmware keeps its "
+                    f"tables; move the window lower", window.base)
 
     # -- validation ---------------------------------------------------------
     def _validate(self) -> None:
@@ -180,27 +201,52 @@ class GuestConfig:
                 raise self.error(where, "each kernel argument must be one non-empty word "
                                  f"without spaces (got {brief(arg)})", arg)
             if arg.startswith("memmap="):
-                raise self.error(where, "memmap= comes from the pool window; set "
-                                 "pool.base and pool.size instead", arg)
-        self._validate_pool()
+                raise self.error(where, "memmap= comes from the pool window and the low DMA window; set "
+                                 "pool.base and pool.size (low_dma.base, low_dma.size) instead", arg)
+        self._validate_window("pool", self.pool)
+        low = self.low_dma_window
+        if self.low_dma is not None:
+            self._validate_window("low_dma", low)
+        if low.end > FOUR_GIB:
+            raise self.error("low_dma.base", f"the low DMA window {low.describe()} must end at or "
+                             "below 4 GiB (a 32-bit device reaches nothing above)", low.base)
+        if low.overlaps(self.pool.base, self.pool.end):
+            raise self.error("low_dma.base", f"the low DMA window {low.describe()} overlaps the "
+                             f"pool window {self.pool.describe()}", low.base)
 
-    def _validate_pool(self) -> None:
-        pool = self.pool
-        if pool.size <= 0 or pool.size % PAGE_SIZE:
-            raise self.error("pool.size", f"the pool size must be a positive multiple of "
-                             f"the {PAGE_SIZE}-byte page (got {pool.size:#x})", pool.size)
-        if pool.base % PAGE_SIZE:
-            raise self.error("pool.base", f"the pool base must be page aligned "
-                             f"(got {pool.base:#x})", pool.base)
-        if pool.base < MIN_POOL_BASE:
-            raise self.error("pool.base", f"the pool base must be at least "
+    def _validate_window(self, name: str, window: PoolWindow) -> None:
+        label = _LABELS[name]
+        if window.size <= 0 or window.size % PAGE_SIZE:
+            raise self.error(f"{name}.size", f"the {label} size must be a positive multiple of "
+                             f"the {PAGE_SIZE}-byte page (got {window.size:#x})", window.size)
+        if window.base % PAGE_SIZE:
+            raise self.error(f"{name}.base", f"the {label} base must be page aligned "
+                             f"(got {window.base:#x})", window.base)
+        if window.base < MIN_POOL_BASE:
+            raise self.error(f"{name}.base", f"the {label} base must be at least "
                              f"{MIN_POOL_BASE:#x} (16M): QEMU loads the kernel below that "
-                             f"(got {pool.base:#x})", pool.base)
+                             f"(got {window.base:#x})", window.base)
         split = self.ram_split
-        if not split.holds(pool.base, pool.size):
-            raise self.error("pool.base", f"pool window {pool.describe()} is not inside one "
+        if not split.holds(window.base, window.size):
+            raise self.error(f"{name}.base", f"{label} {window.describe()} is not inside one "
                              f"RAM range of this {self.machine} guest with "
-                             f"{format_size(self.memory)}: {split.describe()}", pool.base)
+                             f"{format_size(self.memory)}: {split.describe()}", window.base)
+
+
+_LABELS = {"pool": "pool window", "low_dma": "low DMA window"}
+
+
+def default_low_dma_window(split: RamSplit, pool: PoolWindow,
+                           size: int = DEFAULT_LOW_DMA_SIZE) -> PoolWindow | None:
+    """Where a config without ``low_dma`` gets it: at 64 MiB (above where the kernel runs
+    without KASLR), else right above the pool window, else right below it; the first of
+    these inside low RAM and clear of the pool. None when none fits."""
+    for base in (UNRANDOMIZED_KERNEL[1], pool.end, pool.base - size):
+        window = PoolWindow(base, size)
+        if (base >= MIN_POOL_BASE and window.end <= FOUR_GIB and split.holds(base, size)
+                and not pool.overlaps(base, window.end)):
+            return window
+    return None
 
 
 # -- the window against the running guest ------------------------------------
@@ -244,15 +290,25 @@ def check_pool_window_in_iomem(config: GuestConfig, iomem_text: str) -> None:
     (the kernel was placed there before it read ``memmap=``: without KASLR
     it runs from 16 MiB up). A ConfigError naming ``pool.base`` otherwise.
     """
+    _check_window_in_iomem(config, "pool", config.pool, iomem_text)
+
+
+def check_reserved_windows_in_iomem(config: GuestConfig, iomem_text: str) -> None:
+    """:func:`check_pool_window_in_iomem` for the pool window and the low DMA window."""
+    _check_window_in_iomem(config, "pool", config.pool, iomem_text)
+    _check_window_in_iomem(config, "low_dma", config.low_dma_window, iomem_text)
+
+
+def _check_window_in_iomem(config: GuestConfig, name: str, pool: PoolWindow, iomem_text: str) -> None:
+    label, field_name = _LABELS[name], f"{name}.base"
     ranges = parse_iomem(iomem_text)
     if not ranges or all(r.start == 0 and r.end == 1 for r in ranges):
-        raise GuestError("cannot check the pool window: the guest's /proc/iomem shows no "
+        raise GuestError(f"cannot check the {label}: the guest's /proc/iomem shows no "
                          "addresses (read it as root)", stdout=iomem_text[:2000])
-    pool = config.pool
     for entry in ranges:
         if entry.name.startswith("Kernel ") and entry.overlaps(pool.base, pool.end):
             raise config.error(
-                "pool.base", f"the guest kernel runs inside the pool window "
+                field_name, f"the guest kernel runs inside the {label} "
                 f"{pool.describe()}: {entry.describe()} (its placement depends on KASLR; "
                 f"without it the kernel runs from 0x1000000 up); framework writes there "
                 f"would corrupt the kernel. Move the window to "
@@ -266,12 +322,12 @@ def check_pool_window_in_iomem(config: GuestConfig, iomem_text: str) -> None:
             what = (f"{entry.describe()} is in it" if entry.start <= covered
                     else f"{covered:#x}-{entry.start - 1:#x} is not reserved")
             raise config.error(
-                "pool.base", f"the guest did not reserve the pool window {pool.describe()}: "
+                field_name, f"the guest did not reserve the {label} {pool.describe()}: "
                 f"{what}; the guest kernel may use that memory", pool.base)
         covered = entry.end
         if covered >= pool.end:
             return
-    raise config.error("pool.base", f"the guest did not reserve the pool window "
+    raise config.error(field_name, f"the guest did not reserve the {label} "
                        f"{pool.describe()}: {covered:#x}-{pool.end - 1:#x} is not reserved",
                        pool.base)
 
@@ -341,13 +397,19 @@ def load_guest_config(name_or_path: str | Path = DEFAULT_GUEST,
         kwargs = {} if default is None else {"default": default}
         return take(mapping, key, (int, str), convert=parse_size, **kwargs)
 
-    pool_map = take(data, "pool", object)
-    if not isinstance(pool_map, YamlMap):
-        raise data.error("pool", "expected a mapping with 'base' and 'size'", pool_map)
-    reject_unknown_keys(pool_map, _POOL_FIELDS)
-    for key in pool_map:
-        lines[f"pool.{key}"] = pool_map.line_of(key)
-    pool = PoolWindow(base=size_field(pool_map, "base"), size=size_field(pool_map, "size"))
+    def window_field(name: str) -> PoolWindow | None:
+        if name not in data and name == "low_dma":
+            return None
+        mapping = take(data, name, object)
+        if not isinstance(mapping, YamlMap):
+            raise data.error(name, "expected a mapping with 'base' and 'size'", mapping)
+        reject_unknown_keys(mapping, _POOL_FIELDS)
+        for key in mapping:
+            lines[f"{name}.{key}"] = mapping.line_of(key)
+        return PoolWindow(base=size_field(mapping, "base"), size=size_field(mapping, "size"))
+
+    pool = window_field("pool")
+    assert pool is not None
 
     args = take(data, "kernel_args", object, default=[])
     if not isinstance(args, list):
@@ -364,6 +426,7 @@ def load_guest_config(name_or_path: str | Path = DEFAULT_GUEST,
         machine=take(data, "machine", str, choices=MACHINES),
         memory=size_field(data, "memory"),
         pool=pool,
+        low_dma=window_field("low_dma"),
         cpus=take(data, "cpus", int, default=1),
         accelerator=take(data, "accelerator", str, default="auto", choices=ACCELERATORS),
         iommu=take(data, "iommu", str, default="none", choices=IOMMUS),

@@ -216,11 +216,14 @@ class ScenarioDriver:
         from orchestrator.busmaster_runtime import start_busmaster
         from orchestrator.guest_sessions import fault_plan
 
+        from framework_emu.low_dma import LowDmaRegion
+
         device = self.scenario.device
+        low = self.session.config.low_dma_window        # the platform's map registers
         self.busmaster = start_busmaster(
             self.session.ram, self._stack, address_bits=device["dma_bits"],
             segment_align=device["segment_align"], fault_plan=fault_plan(self.scenario),
-            remapping=device["remapping"])
+            remapping=device["remapping"], low_dma=LowDmaRegion(low.base, low.size))
         return self.busmaster.hardware
 
     def _close_runtime(self) -> None:

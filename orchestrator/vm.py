@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from orchestrator.cleanup import (folder_parent, install_sigterm_handler, signals_deferred,
                                   sweep_stale_folders, track)
-from orchestrator.guest_config import GuestConfig, check_pool_window_in_iomem
+from orchestrator.guest_config import GuestConfig, check_reserved_windows_in_iomem
 from orchestrator.guest_watch import GuestWatch
 from orchestrator.kvm_probe import choose_accelerator, mark_kvm_unusable, requested_accelerator
 from orchestrator.machine import GuestMachine
@@ -373,8 +373,8 @@ class VM(GuestMachine):
             SSH_HOST, self.ssh_port, user=self.image.ssh_user, client_key=self.image.client_key,
             host_key=self.image.host_key, timeout=max(5.0, deadline - time.monotonic()),
             health=watch)
-        # the guest really reserved the window, and its kernel does not run in it
-        check_pool_window_in_iomem(self.config, host.ssh.run_checked("cat /proc/iomem"))
+        # the guest really reserved the windows, and its kernel does not run in them
+        check_reserved_windows_in_iomem(self.config, host.ssh.run_checked("cat /proc/iomem"))
         if snapshot is not None:
             self._set_guest_clock()
 

@@ -1,11 +1,9 @@
 """End to end on q35 with RAM above 4 GiB: the DMA sample over a 32-bit bus-master device. The
 program's buffers above 4 GiB are out of the device's reach: the framework's adapter bounces
-them through map registers in low pool memory, the device only ever sees addresses below 4 GiB,
-and the guest reads back what it wrote. One boot.
-
-The map registers are the driver's nonpaged pool, which a 32-bit device must reach: the
-q35-3g-highmem config keeps its pool window above 4 GiB (IoGetDmaAdapter would fail there), so
-this boot moves the window into low RAM (the rest of the config unchanged).
+them through map registers in the platform's low DMA window (reserved below 4 GiB by the guest
+config), the device only ever sees addresses below 4 GiB, and the guest reads back what it
+wrote. The pool window stays where q35-3g-highmem puts it, above 4 GiB: the descriptor ring (a
+common buffer the 32-bit device cannot reach in the pool) comes from the low window too. One boot.
 """
 
 from __future__ import annotations
@@ -14,19 +12,19 @@ import pytest
 
 from orchestrator.agent_client import GuestBuffer, IoResult, Step, Verification
 from orchestrator.driver_session import DriverSession
-from orchestrator.guest_config import PoolWindow, load_guest_config
+from orchestrator.guest_config import load_guest_config
 from samples.dma_busmaster import DmaBusMasterDriver
 
 pytestmark = pytest.mark.e2e
 
 FOUR_GIB = 1 << 32
-LOW_POOL = PoolWindow(0x1000_0000, 128 << 20)    # 256 MiB: below 4 GiB, clear of the initramfs
 
 
 @pytest.fixture(scope="module")
 def session(guest_image):
     driver = DmaBusMasterDriver()
-    config = load_guest_config("q35-3g-highmem").with_changes(pool=LOW_POOL)
+    config = load_guest_config("q35-3g-highmem")
+    assert config.pool.base >= FOUR_GIB and config.low_dma_window.end <= FOUR_GIB
     with DriverSession(config, guest_image, driver=driver, busmaster={"address_bits": 32}) as s:
         s.driver = driver
         yield s
@@ -49,4 +47,9 @@ def test_a_32_bit_device_reaches_buffers_above_4g_through_bounce_buffers(session
     assert session.runtime.call(lambda: session.driver.address_bits) == 32
     programmed = session.runtime.call(lambda: list(session.driver.program_calls))
     assert programmed and all(a + n <= FOUR_GIB for call in programmed for a, n in call)
+    low = session.config.low_dma_window
+    bounced = [(a, n) for call in programmed for a, n in call if low.base <= a < low.end]
+    assert bounced and all(a + n <= low.end for a, n in bounced)      # through the map registers
+    ring = session.runtime.call(lambda: session.driver.ring_logical)
+    assert low.base <= ring < low.end                                  # the common buffer too
     assert session.findings == []

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.guest_config import (DEFAULT_GUEST, GuestConfig, IomemRange, PoolWindow,
-                                       check_pool_window_in_iomem, list_guest_configs,
+                                       check_pool_window_in_iomem, check_reserved_windows_in_iomem,
+                                       list_guest_configs,
                                        load_guest_config, parse_iomem, pool_window_warnings)
 from wdfhil.errors import ConfigError, GuestError
 from wdfhil.units import parse_size
@@ -70,7 +71,8 @@ def test_good_file_reads_every_field(tmp_path):
     assert config.machine == "q35" and config.memory == 3 << 30 and config.cpus == 2
     assert config.kernel_args == ("quiet", "loglevel=3")
     assert config.pool == PoolWindow(0x110000000, 256 << 20)
-    assert config.kernel_arguments() == ["memmap=256M$0x110000000", "quiet", "loglevel=3"]
+    assert config.low_dma is None and config.low_dma_window == PoolWindow(64 << 20, 1 << 20)   # the default
+    assert config.kernel_arguments() == ["memmap=256M$0x110000000", "memmap=1M$0x4000000", "quiet", "loglevel=3"]
     assert config.image == "debian12-cloud" and config.name == "guest"
 
 
@@ -323,3 +325,62 @@ def test_a_config_folder_that_does_not_exist_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setenv(GUESTS_PATH_ENV, str(tmp_path / "nope"))
     with pytest.raises(ConfigError, match="WDFHIL_GUESTS_PATH names .*nope.*not a folder"):
         load_guest_config("pc-256m")
+
+
+# -- the low DMA window -----------------------------------------------------------------------
+
+LOW_DMA = GOOD.replace("image: debian12-cloud\n", "low_dma:\n  base: 0x7000000\n  size: 2M\nimage: debian12-cloud\n")
+
+
+def test_low_dma_window_is_read_with_its_lines_and_reserved_on_the_command_line(tmp_path):
+    config = load_guest_config(write(tmp_path, LOW_DMA))
+    assert config.low_dma == config.low_dma_window == PoolWindow(0x7000000, 2 << 20)
+    assert "memmap=2M$0x7000000" in config.kernel_arguments()
+    assert (config.field_lines["low_dma.base"], config.field_lines["low_dma.size"]) == (14, 15)
+
+
+@pytest.mark.parametrize("old,new,line,field,words", [
+    ("  base: 0x7000000", "  base: 0x7000010", 14, "low_dma.base", "page aligned"),
+    ("  base: 0x7000000", "  base: 0x130000000", 14, "low_dma.base", "below 4 GiB"),
+    ("  base: 0x7000000", "  base: 4M", 14, "low_dma.base", "at least"),
+    ("  base: 0x7000000", "  base: 0x7ff00000", 14, "low_dma.base", "not inside"),
+    ("  size: 2M", "  size: 0", 15, "low_dma.size", "positive multiple"),
+    ("  size: 2M", "  sise: 2M", 15, "low_dma.sise", "unknown field"),
+], ids=["unaligned", "above-4g", "under-16M", "past-low-ram", "empty", "typo"])
+def test_a_bad_low_dma_window_names_file_line_and_field(tmp_path, old, new, line, field, words):
+    path = write(tmp_path, replace_line(LOW_DMA, old, new))
+    with pytest.raises(ConfigError) as info:
+        load_guest_config(path)
+    error = info.value
+    assert (error.file, error.line, error.field) == (str(path), line, field), str(error)
+    assert words in str(error)
+
+
+def test_the_default_low_dma_window_keeps_clear_of_the_pool_and_below_4g():
+    assert load_guest_config("pc-256m").low_dma_window == PoolWindow(128 << 20, 1 << 20)   # pool at 64M
+    assert load_guest_config("q35-3g-highmem").low_dma_window.end <= 1 << 32
+    small = GuestConfig(name="t", machine="pc", memory=64 << 20, pool=PoolWindow(16 << 20, 32 << 20))
+    assert small.low_dma_window == PoolWindow(48 << 20, 1 << 20)        # no RAM at 64M: above the pool
+    with pytest.raises(ConfigError) as info:
+        GuestConfig(name="t", machine="pc", memory=64 << 20, pool=PoolWindow(16 << 20, 48 << 20))
+    assert info.value.field == "low_dma" and "set low_dma.base" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        load_guest_config("pc-256m").with_changes(low_dma=PoolWindow(120 << 20, 16 << 20))
+    assert info.value.field == "low_dma.base" and "overlaps the pool window" in str(info.value)
+
+
+def test_a_low_dma_window_over_the_initrd_is_refused():
+    config = load_guest_config("pc-256m").with_changes(low_dma=PoolWindow(240 << 20, 1 << 20))
+    with pytest.raises(ConfigError) as info:
+        config.check_pool_clear_of_initrd(40 << 20)
+    assert info.value.field == "low_dma.base" and "low DMA window" in str(info.value)
+
+
+def test_the_low_dma_window_must_be_reserved_in_the_running_guest():
+    config = pc_with()                        # pool 64M-128M, low DMA window 128M-129M
+    reserved = ("00100000-03ffffff : System RAM\n04000000-07ffffff : Reserved\n"
+                "08000000-080fffff : Reserved\n08100000-0ffdffff : System RAM\n")
+    check_reserved_windows_in_iomem(config, reserved)
+    with pytest.raises(ConfigError) as info:
+        check_reserved_windows_in_iomem(config, iomem("pc-256m"))   # a capture from before low_dma
+    assert info.value.field == "low_dma.base" and "did not reserve the low DMA window" in str(info.value)

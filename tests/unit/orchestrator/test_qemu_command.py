@@ -29,7 +29,7 @@ def test_pc_guest_has_shared_file_ram_console_qmp_and_forwarded_ssh(fake_image):
     assert value_after(argv, "-m") == ["256M"]
     assert value_after(argv, "-object") == [
         "memory-backend-file,id=ram0,size=268435456,mem-path=/dev/shm/run/ram,share=on"]
-    assert value_after(argv, "-append") == ["console=ttyS0 memmap=64M$0x4000000"]
+    assert value_after(argv, "-append") == ["console=ttyS0 memmap=64M$0x4000000 memmap=1M$0x8000000"]
     assert "socket,id=wdfhil-console,fd=7" in value_after(argv, "-chardev")
     assert "socket,id=wdfhil-qmp,fd=8" in value_after(argv, "-chardev")
     assert value_after(argv, "-mon") == ["chardev=wdfhil-qmp,mode=control"]
@@ -73,7 +73,7 @@ def test_unknown_accelerator_is_refused(fake_image):
 def test_kernel_command_line_is_image_then_config(fake_image):
     image = fake_image("")
     config = load_guest_config("q35-3g-highmem").with_changes(kernel_args=("quiet",))
-    assert kernel_command_line(config, image) == "console=ttyS0 memmap=256M$0x110000000 quiet"
+    assert kernel_command_line(config, image) == "console=ttyS0 memmap=256M$0x110000000 memmap=1M$0x4000000 quiet"
 
 
 USERNET = (
