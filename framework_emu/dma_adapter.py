@@ -236,17 +236,6 @@ class MapRegistersBusy(DmaMappingError):
         super().__init__(f"the transfer needs {needed} map registers; {free} of {total} are free")
 
 
-def _coalesce(elements: list[ScatterGatherElement]) -> list[ScatterGatherElement]:
-    """Merge elements whose logical ranges touch (the HAL builds one element per contiguous run)."""
-    out: list[ScatterGatherElement] = []
-    for e in elements:
-        if out and out[-1].address + out[-1].length == e.address:
-            out[-1] = ScatterGatherElement(out[-1].address, out[-1].length + e.length)
-        else:
-            out.append(e)
-    return out
-
-
 def _translate_identity(mask: int, logical: int, length: int) -> list[tuple[int, int]]:
     if length <= 0:
         raise DmaTranslationFault(logical, length, "zero-length access")
@@ -313,7 +302,8 @@ class HalDmaAdapter(DmaAdapter):
         return gpa + length - 1 <= self._capabilities.dma_mask
 
     def map_registers_needed(self, spans: Sequence[Span]) -> int:
-        return sum(1 for s in spans if not self.reachable(span_address(s), s[2]))
+        mask = self._capabilities.dma_mask
+        return sum(1 for pfn, offset, length in spans if (pfn << PAGE_SHIFT) + offset + length - 1 > mask)
 
     def _free_run(self, count: int) -> int | None:
         """The first index of ``count`` free map registers whose pages are consecutive."""
@@ -325,6 +315,8 @@ class HalDmaAdapter(DmaAdapter):
         return None
 
     def map(self, spans: Sequence[Span], *, to_device: bool) -> ScatterGatherList:
+        # One pass over the pages with plain ints (a 1 MiB transfer is 257 spans): runs that
+        # touch merge as they are built, an element object only per run.
         needed = self.map_registers_needed(spans)
         register = self._free_run(needed) if needed else 0
         if register is None:
@@ -332,21 +324,26 @@ class HalDmaAdapter(DmaAdapter):
                 raise DmaMappingError(f"{needed} pages lie beyond the device's DMA mask"
                                       f" 0x{self._capabilities.dma_mask:x} and the adapter has no map registers")
             raise MapRegistersBusy(needed, self.free_map_registers, len(self._bounce_all))
-        elements: list[ScatterGatherElement] = []
+        mask = self._capabilities.dma_mask
+        runs: list[list[int]] = []            # [logical address, length] of each contiguous run
         bounces: list[object] = []
-        for span in spans:
-            gpa, length = span_address(span), span[2]
-            if self.reachable(gpa, length):
-                elements.append(ScatterGatherElement(gpa, length))
-                continue
-            self._in_use[register] = True
-            bounce = self._bounce_all[register] + span[1]
-            if to_device:
-                self._memory.write(bounce, self._memory.read(gpa, length))
-            bounces.append(BounceBuffer(bounce, gpa, length, register))
-            elements.append(ScatterGatherElement(bounce, length))
-            register += 1
-        sg = ScatterGatherList(_coalesce(elements), to_device, sum(s[2] for s in spans),
+        total = 0
+        for pfn, offset, length in spans:
+            address = (pfn << PAGE_SHIFT) + offset
+            total += length
+            if address + length - 1 > mask:
+                self._in_use[register] = True
+                bounce = self._bounce_all[register] + offset
+                if to_device:
+                    self._memory.write(bounce, self._memory.read(address, length))
+                bounces.append(BounceBuffer(bounce, address, length, register))
+                address = bounce
+                register += 1
+            if runs and runs[-1][0] + runs[-1][1] == address:
+                runs[-1][1] += length
+            else:
+                runs.append([address, length])
+        sg = ScatterGatherList([ScatterGatherElement(a, n) for a, n in runs], to_device, total,
                                map_registers=needed, bounce_buffers=bounces)
         self.mapped.append(sg)
         return sg

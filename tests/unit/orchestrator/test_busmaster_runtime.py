@@ -93,7 +93,7 @@ def test_the_sample_speaks_the_device_abi():
 
 
 def test_writes_and_reads_are_dma_transactions_through_the_device(tmp_path, memory):
-    driver = DmaBusMasterDriver()
+    driver = DmaBusMasterDriver(maximum_length=64 << 10)
     with busmaster_run(tmp_path, memory, driver) as (ring, runtime, bm, hw):
         assert ring.request(RequestEntry(1, FILE, IoMajor.CREATE)).status == OK
         assert hw.address_bits == 64 and driver.address_bits == 64
@@ -171,4 +171,51 @@ def test_post_runs_on_the_runtime_thread_and_reports_a_failure(tmp_path, memory)
         assert seen == [f"wdfhil-guest-io-{runtime.stack}"]
         assert any("ZeroDivisionError" in e for e in runtime.errors)
         runtime.errors.clear()
+    assert runtime.report.clean, runtime.report
+
+
+def test_several_requests_are_in_the_ring_at_once_each_with_its_transaction(tmp_path, memory):
+    """Six writes reach the runtime together (its thread held until the endpoint has them all):
+    the parallel queue presents each, each gets its own transaction, and their first fragments
+    sit in the device's ring at the same time; every staged write lands, and reads it back."""
+    import threading
+
+    driver = DmaBusMasterDriver(maximum_length=64 << 10)
+    size, count = 200_000, 6
+    with busmaster_run(tmp_path, memory, driver) as (ring, runtime, bm, hw):
+        ring.request(RequestEntry(1, FILE, IoMajor.CREATE))
+        hold = threading.Event()
+        runtime.post(hold.wait)
+        for k in range(count):
+            src = 0x10_0000 + k * 0x40_000 + k
+            memory.write(src, pattern(size, k + 1))
+            ring.post_raw(page_entry(memory, 10 + k, FILE, IoMajor.WRITE, src, size, table_gpa=0x0F_0000 + k * 0x400,
+                                     input_length=size, file_offset=k * size).pack())
+        ring.ring()
+        runtime.endpoint.wait_for(lambda: len(runtime.endpoint.in_flight) == count)
+        hold.set()
+        completions = ring.wait(count)
+        assert sorted((c.request_id, c.status, c.information) for c in completions) == [
+            (10 + k, OK, size) for k in range(count)]
+        assert driver.most_in_flight == count                # one slot each, all at once
+        assert len(driver.program_calls) == count * 4        # each staged in 64 KiB fragments
+        for k in range(count):
+            assert bm.read_data(k * size, size) == pattern(size, k + 1)
+        ring.request(RequestEntry(99, FILE, IoMajor.CLOSE))
+    assert runtime.report.clean, runtime.report
+
+
+def test_interrupts_are_unmasked_in_evt_interrupt_enable_and_masked_in_disable(tmp_path, memory):
+    driver = DmaBusMasterDriver()
+    calls = []
+    enable, disable = driver.EvtInterruptEnable, driver.EvtInterruptDisable
+    driver.EvtInterruptEnable = lambda *a: calls.append(("enable", driver._read(sample.REG_INT_MASK))) or enable(*a)
+    driver.EvtInterruptDisable = lambda *a: calls.append(("disable", driver._read(sample.REG_INT_MASK))) or disable(*a)
+    with busmaster_run(tmp_path, memory, driver) as (ring, runtime, bm, hw):
+        assert bm.register_read(abi.register_offset("int_mask"), 4) == 0       # unmasked, running
+        ring.request(RequestEntry(1, FILE, IoMajor.CREATE))
+        write_then_read(ring, memory, 2, 0x10_0000, 0x20_0000, pattern(5000, 2))
+        ring.request(RequestEntry(4, FILE, IoMajor.CLOSE))
+    all_masked = int(abi.BmInterrupt.COMPLETION | abi.BmInterrupt.ERROR)
+    assert calls == [("enable", all_masked), ("disable", 0)]   # masked until enabled, unmasked until disabled
     assert runtime.report.clean, runtime.report
