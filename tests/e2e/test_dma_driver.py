@@ -2,23 +2,30 @@
 sample (samples/dma_busmaster.py) over the real bus-master device: DMA transactions initialized
 from the request, descriptors in a common-buffer ring, the device's DMA straight into the
 program's pages, its interrupt, ISR and DPC, the request completed. One boot (DriverSession with
-``busmaster=True``); the guest verifies what it reads back.
+``busmaster=True``), the enabler's maximum length 64 KiB so that longer requests are staged into
+several EvtProgramDma calls; the guest verifies what it reads back, also with several requests
+in flight from several guest threads.
 """
 
 from __future__ import annotations
 
 import pytest
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 from orchestrator.agent_client import IoResult, Step, Verification, pattern_bytes
 from orchestrator.driver_session import DriverSession
 from samples.dma_busmaster import DmaBusMasterDriver
 
 pytestmark = pytest.mark.e2e
+FRAGMENT = 64 << 10
+WAIT_S = 300.0
 
 
 @pytest.fixture(scope="module")
 def session(guest_image):
-    driver = DmaBusMasterDriver()
+    driver = DmaBusMasterDriver(maximum_length=FRAGMENT)
     with DriverSession("pc-256m", guest_image, driver=driver, busmaster=True) as s:
         s.driver = driver
         yield s
@@ -41,8 +48,35 @@ def test_write_then_read_by_dma(session, size, offset):
     assert Verification.from_result(results[6]).match
     assert session.busmaster.read_data(64, size) == pattern_bytes(seed, size)   # in the device's memory
     programmed = session.runtime.call(lambda: session.driver.program_calls[calls:])
-    fragments = -(-size // (64 << 10))
+    fragments = -(-size // FRAGMENT)
     assert len(programmed) == 2 * fragments                   # staged at the enabler's maximum length
+    assert session.findings == []
+
+
+def test_several_requests_in_flight_from_guest_threads_each_staged_and_verified(session):
+    """Eight guest threads, each writing then reading back 200000 bytes at its own file offset.
+    The file is opened first; then the runtime thread is held until the eight first writes have
+    reached the endpoint, so the
+    parallel queue presents seven at once (one per transaction) and their first fragments sit
+    in the device's ring together; the guest verifies every byte it reads back."""
+    driver, threads, rounds, size = session.driver, 8, 2, 200_000
+    calls = session.runtime.call(lambda: len(driver.program_calls))
+    hold = threading.Event()
+    with session.agent.serve() as agent, ThreadPoolExecutor(1) as pool:
+        agent.command(Step.io_open())                       # opened before the runtime is held
+        session.runtime.post(lambda: hold.wait(WAIT_S))
+        stress = pool.submit(agent.command, Step.io_stress(threads, rounds, size, page_offset=77),
+                             timeout=WAIT_S)
+        try:
+            session.endpoint.wait_for(lambda: len(session.endpoint.in_flight) == threads, WAIT_S,
+                                      f"{threads} writes at the endpoint")
+        finally:
+            hold.set()
+        answer = stress.result(WAIT_S)
+    assert (answer["done"], answer["failed"], answer["mismatches"]) == (threads * rounds, 0, 0), answer
+    assert session.runtime.call(lambda: driver.most_in_flight) == driver.in_flight_limit == 7
+    programmed = session.runtime.call(lambda: driver.program_calls[calls:])
+    assert len(programmed) == threads * rounds * 2 * -(-size // FRAGMENT)   # every request staged
     assert session.findings == []
 
 
