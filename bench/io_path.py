@@ -32,7 +32,10 @@ bytes / mean latency as the guest measured it, against the raw DMA engine's
 1 MiB throughput measured in the same run by ``bench/dma.py``'s
 ``engine_throughput`` (descriptor validation + copy, no guest: READ for reads,
 WRITE for writes; the contiguous and the 256-scattered-pages figures are both
-printed, the ratio is against the contiguous one). ``dma driver ratio: X``, X for
+printed, the ratio is against the contiguous one), and the bare request ring's
+throughput for the same sizes (the guest system call, page pinning and the ring
+crossings with no framework and no DMA: the most the guest can see here).
+``dma driver ratio: X``, X for
 1 MiB reads (target X >= 0.3: printed, never asserted). The last line is
 ``framework overhead ratio: X``, X the 4 KiB read p50 through the framework over the
 bare p50 (target X <= 2.0, printed, not asserted unless ``--check``).
@@ -141,7 +144,12 @@ def main(argv: list[str] | None = None) -> int:
                         hardware.disconnect()
         throughput: dict[tuple[str, int], list[float]] = {}     # DMA driver: guest-measured latencies
         engine: dict[str, float] = {}                             # raw engine GB/s by figure name
+        bare_throughput: dict[tuple[str, int], list[float]] = {}  # the bare ring, same sizes
         for _ in range(args.rounds):
+            for size in DMA_SIZES:
+                for op in ("read", "write"):
+                    bare_throughput.setdefault((op, size), []).extend(
+                        measure(session.agent, op, size, args.dma_count))
             runtime, hardware = dma_runtime()
             try:
                 for size in DMA_SIZES:
@@ -189,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             scattered = engine_gbps[f"{direction} 1 MiB as 256 scattered 4 KiB"]
             latencies = throughput[(op, size)]
             gbps = size / statistics.fmean(latencies) / 1e3      # bytes per us -> GB/s
+            bare_gbps = size / statistics.fmean(bare_throughput[(op, size)]) / 1e3
             ratio = gbps / contiguous
             if (op, size) == ("read", MIB):
                 dma_ratio_1m = ratio
@@ -196,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"   {label:<14} {gbps * 1e3:8.1f} MB/s (p50 {percentile(latencies, 50):8.1f} us)  ratio "
                   f"{ratio:6.3f} vs raw engine {direction} 1 MiB contiguous {contiguous:6.2f} GB/s "
                   f"({gbps / scattered:6.3f} vs 256 scattered pages {scattered:6.2f} GB/s)")
+            print(f"   {label + ' bare':<14} {bare_gbps * 1e3:8.1f} MB/s (p50 "
+                  f"{percentile(bare_throughput[(op, size)], 50):8.1f} us)  ratio {bare_gbps / contiguous:6.3f} "
+                  "the bare request ring (no framework, no DMA): the guest's own share")
     unclean = [str(r) for r in reports if not r.clean]
     if unclean:
         print("runtime reports: " + "; ".join(unclean))
