@@ -39,7 +39,7 @@ from device_model.busmaster_abi import (
 )
 from device_model.descriptors import Refusal, TransferPlan
 from device_model.device_core import SOCKET_NAME, DeviceCore
-from device_model.faults import FaultPlan
+from device_model.faults import FaultPlan, FaultTarget
 from device_model.personality import Personality, RegisterAccessError
 from device_model.trace import DEFAULT_MAX_BYTES
 from wdfhil.errors import ConfigError, DeviceProtocolError, WdfhilError
@@ -305,6 +305,8 @@ class BusMasterPersonality(Personality):
         raw = b"".join(bytes(v) for v in views)          # private copy: no TOCTOU
         request_id = _DESCRIPTOR.unpack_from(raw)[3]
         core = self._core()
+        raw = self._faulted(FaultTarget.DESCRIPTOR, request_id, raw[0] | raw[1] << 8, raw)
+        request_id, opcode = _DESCRIPTOR.unpack_from(raw)[3], raw[0] | raw[1] << 8   # as fetched
         try:
             plan = self._plan(raw)
         except Exception:
@@ -314,26 +316,28 @@ class BusMasterPersonality(Personality):
         if isinstance(plan, Refusal):
             core.record_refusal(plan)
             self._last_error = int(plan.reason)
-            self._write_back(slot, index, request_id, CompletionStatus.ERROR, plan.reason, 0, True)
+            self._write_back(slot, index, request_id, opcode, CompletionStatus.ERROR, plan.reason, 0, True)
             return
         outcome = core.perform(plan)
         generation = self._generation
 
         def post(interrupt: bool) -> None:
             if generation == self._generation:           # a reset since: the slot is gone
-                self._write_back(slot, index, request_id, outcome.status, ErrorReason.NONE,
+                self._write_back(slot, index, request_id, opcode, outcome.status, ErrorReason.NONE,
                                  outcome.transferred, interrupt)
         core.deliver_completion(outcome, plan, post)
 
-    def _write_back(self, slot: int, index: int, request_id: int, status: int, reason: int,
+    def _write_back(self, slot: int, index: int, request_id: int, opcode: int, status: int, reason: int,
                     transferred: int, interrupt: bool) -> None:
         """The completion record into the descriptor: status, reason, transferred, then
-        ``done`` last; counted, traced, and the COMPLETION cause signalled."""
+        ``done`` last (a fault plan's completion rules may flip a bit of it or write only part
+        of it); counted, traced, and the COMPLETION cause signalled."""
         where = slot + BM_COMPLETION_OFFSET
         views = self._guest(where, BM_COMPLETION_SIZE, f"ring[{index}].completion", request_id)
         if isinstance(views, Refusal):
             return self._halt(views)
         record = struct.pack("<IIII", BM_DONE, status, reason, transferred)
+        record = self._faulted(FaultTarget.COMPLETION, request_id, opcode, record)
         _store(views, 4, record[4:])
         _store(views, 0, record[:4])
         self._completed = (self._completed + 1) & _U32
@@ -344,6 +348,20 @@ class BusMasterPersonality(Personality):
                          "transferred": transferred, "slot": index, "gpa": where})
         if interrupt:
             self._signal(BmInterrupt.COMPLETION)
+
+    def _faulted(self, target: FaultTarget, request_id: int, opcode: int, data: bytes) -> bytes:
+        """``data`` as the core's fault plan lets a descriptor fetch or a completion write-back
+        move it (rules with that ``target``: a flipped bit, a short move), the faults traced.
+        A descriptor whose opcode is no opcode matches no rule."""
+        core = self._core()
+        plan = core.fault_plan
+        if not plan.active or opcode not in _OPCODES:
+            return data
+        data, injected = plan.corrupt(target, request_id, Opcode(opcode), data)
+        if core.trace is not None:
+            for fault in injected:
+                core.trace.write(fault.to_json())
+        return data
 
     def _halt(self, refusal: Refusal) -> None:
         """A ring-level error: the device stops (HALTED, ``error``) until RESET."""

@@ -35,12 +35,30 @@ class FaultKind(str, enum.Enum):
 DATA_FAULTS = frozenset({FaultKind.SHORT_TRANSFER, FaultKind.BIT_FLIP, FaultKind.STALE_DMA})
 
 
+class FaultTarget(str, enum.Enum):
+    """Which of a request's DMA accesses a rule hits. The echo device only moves data; the
+    bus-master device also fetches each descriptor from its ring and writes its completion
+    record back, both by DMA, and a rule may corrupt those instead."""
+
+    DATA = "data"                  # the transfer itself
+    DESCRIPTOR = "descriptor"      # the bus-master's fetch of the descriptor from its ring
+    COMPLETION = "completion"      # the bus-master's write-back of the completion record
+
+
+#: What a rule may do to a descriptor fetch or a completion write-back: corrupt one bit of
+#: what is moved, or move only ``fraction`` of it (the rest of a fetch reads as zeros, the
+#: rest of a record is not written).
+STRUCTURE_FAULTS = frozenset({FaultKind.SHORT_TRANSFER, FaultKind.BIT_FLIP})
+
+
 @dataclass(frozen=True)
 class FaultRule:
     """One kind of fault, for some requests, with some probability.
 
     ``request_ids`` None means any request; ``opcodes`` None means WRITE and
     READ (data faults never apply to NOP); ``max_count`` caps injections.
+    ``target``: which DMA access (:class:`FaultTarget`; not ``data``: BIT_FLIP and
+    SHORT_TRANSFER only).
     """
 
     kind: FaultKind
@@ -50,8 +68,17 @@ class FaultRule:
     max_count: int | None = None
     delay_us: int = 1000
     fraction: float = 0.5
+    target: FaultTarget = FaultTarget.DATA
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "target", FaultTarget(self.target))
+        except ValueError:
+            raise ConfigError(f"must be one of {[t.value for t in FaultTarget]}", field="target",
+                              value=self.target) from None
+        if self.target is not FaultTarget.DATA and self.kind not in STRUCTURE_FAULTS:
+            raise ConfigError(f"a {self.target.value} fault is one of "
+                              f"{sorted(k.value for k in STRUCTURE_FAULTS)}", field="kind", value=self.kind.value)
         if not 0.0 <= self.probability <= 1.0:
             raise ConfigError("must be between 0 and 1", field="probability", value=self.probability)
         if not 0.0 <= self.fraction < 1.0:
@@ -100,7 +127,8 @@ class FaultPlan:
         """Build from plain mappings (a scenario's YAML): kind, request_ids, probability,
         opcodes, max_count, delay_us, fraction. Bad entries raise ConfigError."""
         rules = []
-        allowed = {"kind", "request_ids", "probability", "opcodes", "max_count", "delay_us", "fraction"}
+        allowed = {"kind", "request_ids", "probability", "opcodes", "max_count", "delay_us", "fraction",
+                   "target"}
         for index, item in enumerate(items):
             where = f"faults[{index}]"
             unknown = set(item) - allowed
@@ -123,7 +151,8 @@ class FaultPlan:
                         Opcode[str(o).upper()] for o in opcodes),
                     max_count=None if item.get("max_count") is None else int(item["max_count"]),
                     delay_us=int(item.get("delay_us", 1000)),
-                    fraction=float(item.get("fraction", 0.5)))
+                    fraction=float(item.get("fraction", 0.5)),
+                    target=item.get("target", FaultTarget.DATA))
             except ConfigError as exc:
                 raise ConfigError(exc.reason, field=f"{where}.{exc.field}", value=exc.value) from None
             except (KeyError, TypeError, ValueError) as exc:
@@ -131,12 +160,13 @@ class FaultPlan:
             rules.append(rule)
         return cls(rules, seed=seed)
 
-    def decide(self, request_id: int, opcode: Opcode) -> dict[FaultKind, FaultRule]:
-        """The faults to inject into this request (at most one rule per kind)."""
+    def decide(self, request_id: int, opcode: Opcode,
+               target: FaultTarget = FaultTarget.DATA) -> dict[FaultKind, FaultRule]:
+        """The faults to inject into this access of this request (at most one rule per kind)."""
         chosen: dict[FaultKind, FaultRule] = {}
         with self._lock:
             for i, rule in enumerate(self.rules):
-                if rule.kind in chosen or not rule.matches(request_id, opcode):
+                if rule.kind in chosen or rule.target is not target or not rule.matches(request_id, opcode):
                     continue
                 if rule.max_count is not None and self._counts[i] >= rule.max_count:
                     continue
@@ -165,3 +195,28 @@ class FaultPlan:
     @property
     def active(self) -> bool:
         return bool(self.rules)
+
+    def corrupt(self, target: FaultTarget, request_id: int, opcode: Opcode,
+                data: bytes) -> tuple[bytes, list[InjectedFault]]:
+        """``data`` as a descriptor fetch or a completion write-back (``target``) moves it under
+        this plan: unchanged, one bit flipped, or cut to ``fraction`` (a fetch's missing rest
+        reads as zeros; a write-back's caller writes only ``len()`` of the result); and the
+        faults injected (recorded here; the caller traces them)."""
+        faults = self.decide(request_id, opcode, target) if self.rules else {}
+        if not faults:
+            return data, []
+        out = bytearray(data)
+        injected = []
+        if FaultKind.BIT_FLIP in faults:
+            bit = self.random_below(len(out) * 8)
+            out[bit >> 3] ^= 1 << (bit & 7)
+            injected.append(self.record(FaultKind.BIT_FLIP, request_id, opcode, target=target.value, bit=bit))
+        if FaultKind.SHORT_TRANSFER in faults:
+            moved = int(len(out) * faults[FaultKind.SHORT_TRANSFER].fraction)
+            injected.append(self.record(FaultKind.SHORT_TRANSFER, request_id, opcode, target=target.value,
+                                        asked=len(out), transferred=moved))
+            if target is FaultTarget.DESCRIPTOR:
+                out[moved:] = bytes(len(out) - moved)
+            else:
+                del out[moved:]
+        return bytes(out), injected

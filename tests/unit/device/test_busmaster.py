@@ -14,12 +14,13 @@ from device_model.abi import (
 )
 from device_model.busmaster import BusMasterDevice, TranslationFault
 from device_model.busmaster_abi import (
-    BM_CAPS_ADDRESS_BITS, BM_ID, BM_VERSION, BmCaps, BmControl, BmDescriptor, BmDescriptorFlag,
+    BM_CAPS_ADDRESS_BITS, BM_COMPLETION_OFFSET, BM_DESCRIPTOR_SIZE, BM_DONE, BM_ID, BM_VERSION, BmCaps,
+    BmCompletion, BmControl, BmDescriptor, BmDescriptorFlag,
     BmInterrupt, BmOpcode, BmStatus, BusMasterReason, register_offset,
 )
 from device_model.descriptors import DescriptorValidator, RamWindows
 from device_model.device import EchoDevice
-from device_model.faults import FaultKind, FaultPlan, FaultRule, STALE_DMA_POISON
+from device_model.faults import FaultKind, FaultPlan, FaultRule, FaultTarget, STALE_DMA_POISON
 from device_model.personality import RegisterAccessError
 from device_model.trace import read_trace
 from wdfhil.errors import ConfigError, DeviceProtocolError
@@ -470,6 +471,97 @@ def test_faults_apply_to_bus_master_transfers(tmp_path, memory):
     records = list(read_trace(tmp_path / "trace.jsonl"))
     assert {r["kind"] for r in records if r["type"] == "fault"} == {k.value for k in FaultKind}
     assert [r["length"] for r in records if r["type"] == "dma" and r["request_id"] == 1] == [1024]
+
+
+def flipped(data: bytes, bit: int) -> bytes:
+    out = bytearray(data)
+    out[bit >> 3] ^= 1 << (bit & 7)
+    return bytes(out)
+
+
+@pytest.mark.parametrize("seed", [2, 5, 7], ids=["flags", "reserved0", "length"])
+def test_a_bit_flipped_in_the_descriptor_fetch_acts_as_if_the_driver_had_written_it(tmp_path, memory, seed):
+    """A descriptor rule (target=descriptor) flips one bit of the device's fetched copy: the
+    device then does exactly what a fault-free device does with the flipped descriptor (the
+    seeds flip a bit of flags, reserved0 and length: none of them is served as written)."""
+    descriptor = to_device(7, BUF, 4096, 0x800)
+    plan = FaultPlan([FaultRule(FaultKind.BIT_FLIP, request_ids=frozenset({7}), target="descriptor")], seed=seed)
+    memory.write(BUF, bytes(range(256)) * 16)
+    outcomes = []
+    for name, faults, raw in (("faulted", plan, descriptor.pack()), ("clean", None, None)):
+        if raw is None:
+            (fault,) = plan.injected
+            raw = flipped(descriptor.pack()[:BM_COMPLETION_OFFSET], fault.detail["bit"])
+        folder = tmp_path / name
+        folder.mkdir()
+        device, _interrupts = make_device(folder, fault_plan=faults)
+        with device:
+            device.attach_guest_ram(memory)
+            drv = RingDriver(device, memory, RING).start()
+            memory.write(RING, bytes(BM_DESCRIPTOR_SIZE * 8))
+            (slot,) = drv.submit(raw)
+            outcomes.append((drv.wait_done(slot), device.read_data(0, 0x3000), drv.read("last_error")))
+            assert device.errors == []
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][0] != BmCompletion(BM_DONE, CompletionStatus.OK, 0, 4096)
+    (fault,) = plan.injected
+    assert (fault.kind, fault.request_id, fault.detail["target"]) == (FaultKind.BIT_FLIP, 7, "descriptor")
+    records = [r for r in read_trace(tmp_path / "faulted" / "trace.jsonl") if r["type"] == "fault"]
+    assert [(r["kind"], r["target"]) for r in records] == [("bit_flip", "descriptor")]
+
+
+def test_a_short_descriptor_fetch_reads_zeros_and_the_descriptor_is_refused(tmp_path, memory):
+    plan = FaultPlan([FaultRule(FaultKind.SHORT_TRANSFER, request_ids=frozenset({7}), fraction=0.25,
+                                target="descriptor")])
+    device, _ = make_device(tmp_path, fault_plan=plan)
+    with device:
+        device.attach_guest_ram(memory)
+        drv = RingDriver(device, memory, RING).start()
+        memory.write(BUF, b"\x33" * 64)
+        refused, served = drv.submit(to_device(7, BUF, 64), to_device(8, BUF, 64, 0x100))
+        record = drv.wait_done(refused)          # 12 bytes fetched: length, address, offset read 0
+        assert (record.status, record.transferred) == (CompletionStatus.ERROR, 0)
+        assert device.read_data(0, 64) == bytes(64)
+        assert drv.wait_done(served).status == CompletionStatus.OK     # the next one is clean
+        assert device.read_data(0x100, 64) == b"\x33" * 64
+        (fault,) = plan.injected
+        assert fault.detail == {"target": "descriptor", "asked": BM_COMPLETION_OFFSET, "transferred": 12}
+
+
+def test_completion_write_back_faults_flip_a_bit_of_the_record_or_cut_it_short(tmp_path, memory):
+    plan = FaultPlan([FaultRule(FaultKind.BIT_FLIP, request_ids=frozenset({1}), target="completion"),
+                      FaultRule(FaultKind.SHORT_TRANSFER, request_ids=frozenset({2}), fraction=0.5,
+                                target="completion")], seed=5)
+    device, interrupts = make_device(tmp_path, fault_plan=plan)
+    with device:
+        device.attach_guest_ram(memory)
+        drv = RingDriver(device, memory, RING).start()
+        memory.write(BUF, b"\x44" * 100)
+        flip, short, clean = drv.submit(to_device(1, BUF, 100), to_device(2, BUF, 100, 0x200),
+                                        to_device(3, BUF, 100, 0x400))
+        interrupts.wait(1)
+        assert drv.wait_done(clean) == BmCompletion(BM_DONE, CompletionStatus.OK, 0, 100)
+        bit = plan.injected[0].detail["bit"]
+        expected = flipped(BmCompletion(BM_DONE, CompletionStatus.OK, 0, 100).pack(), bit)
+        assert memory.read(drv.slot_gpa(flip) + BM_COMPLETION_OFFSET, 16) == expected
+        # half a record: done and status written, reason and transferred never were
+        assert drv.completion(short) == BmCompletion(BM_DONE, CompletionStatus.OK, 0, 0)
+        assert device.read_data(0x200, 100) == b"\x44" * 100      # the data itself moved
+        assert [(f.kind, f.request_id, f.detail["target"]) for f in plan.injected] == [
+            (FaultKind.BIT_FLIP, 1, "completion"), (FaultKind.SHORT_TRANSFER, 2, "completion")]
+
+
+def test_descriptor_and_completion_rules_are_checked():
+    with pytest.raises(ConfigError) as info:
+        FaultRule(FaultKind.DROP_INTERRUPT, target="descriptor")
+    assert info.value.field == "kind"
+    with pytest.raises(ConfigError) as info:
+        FaultPlan.from_config([{"kind": "bit_flip", "target": "ring"}])
+    assert info.value.field == "faults[0].target"
+    rule = FaultPlan.from_config([{"kind": "bit_flip", "target": "completion"}]).rules[0]
+    assert rule.target.value == "completion"
+    data_only = FaultPlan([FaultRule(FaultKind.BIT_FLIP)])
+    assert data_only.corrupt(FaultTarget.DESCRIPTOR, 1, Opcode.WRITE, b"abc") == (b"abc", [])
 
 
 # ---- DMA remapping ----------------------------------------------------------------------------
