@@ -75,7 +75,7 @@ def _configs(args: argparse.Namespace) -> int:
         extras = f", iommu {config.iommu}" if config.iommu != "none" else ""
         print(f"ok      {config.name:16} {config.machine:4} {format_size(config.memory):>4} "
               f"{config.cpus} cpu{extras}; RAM {config.ram_split.describe()}; "
-              f"pool {config.pool.describe()}")
+              f"pool {config.pool.describe()}; low DMA {config.low_dma_window.describe()}")
         for warning in pool_window_warnings(config):
             print(f"warning {config.name}: {warning}")
     return 2 if failed else 0
