@@ -213,10 +213,9 @@ class ScenarioDriver:
         return self
 
     def _start_busmaster(self) -> Any:
+        from framework_emu.low_dma import LowDmaRegion
         from orchestrator.busmaster_runtime import start_busmaster
         from orchestrator.guest_sessions import fault_plan
-
-        from framework_emu.low_dma import LowDmaRegion
 
         device = self.scenario.device
         low = self.session.config.low_dma_window        # the platform's map registers
