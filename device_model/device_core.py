@@ -659,6 +659,8 @@ class DeviceCore:
         """MSI-X ``vector`` (VECTOR_COMPLETION) to every connected guest."""
         self.stats.interrupts += 1
         self.server.interrupt_all(vector)
+        if self.trace is not None:      # reports put interrupts on the timeline
+            self.trace.write({"type": "interrupt", "vector": vector})
 
     def serve_request_ring(self) -> None:
         """One pass over the submission ring, reading the guest's sq_tail once; each

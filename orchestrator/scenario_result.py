@@ -12,6 +12,7 @@ command failed).
 from __future__ import annotations
 
 import collections
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,10 +27,19 @@ class StepResult:
     ok: bool
     detail: str
     seconds: float
+    # Wall-clock start (time.time(), the DMA trace's clock), so a report can put the
+    # step on the same timeline as the device's records. The runner makes a result
+    # right when the step ends, so the start is "now minus its duration" when not given.
+    started: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.started is None:
+            self.started = time.time() - self.seconds
 
     def to_json(self) -> dict[str, Any]:
         return {"index": self.index, "kind": self.kind, "line": self.line, "ok": self.ok,
-                "detail": self.detail, "seconds": round(self.seconds, 6)}
+                "detail": self.detail, "seconds": round(self.seconds, 6),
+                "started": round(self.started, 6)}
 
 
 @dataclass
@@ -47,6 +57,9 @@ class ScenarioResult:
     seconds: float = 0.0
     boot_seconds: float | None = None                   # None: ran on a guest already up
     brief: str = ""                                     # summary() when only that is known
+    # What the run left behind for reports and bundles (orchestrator.evidence.Evidence):
+    # structured findings, the device's trace, the pool map; None when nothing ran.
+    evidence: Any = None
 
     @property
     def passed(self) -> bool:
@@ -77,7 +90,19 @@ class ScenarioResult:
                 "verdict": self.verdict, "problems": self.problems,
                 "steps": [s.to_json() for s in self.steps], "findings": self.findings,
                 "refusals": self.refusals, "faults": self.faults, "notes": self.notes,
-                "seconds": round(self.seconds, 3), "boot_seconds": self.boot_seconds}
+                "seconds": round(self.seconds, 3), "boot_seconds": self.boot_seconds,
+                "evidence": self.evidence.to_json() if self.evidence is not None else None}
+
+    @classmethod
+    def from_json(cls, item: dict[str, Any]) -> "ScenarioResult":
+        """A result as :meth:`to_json` wrote it (a child's or a shard's results file)."""
+        from orchestrator.evidence import Evidence
+
+        item = dict(item)
+        steps = [StepResult(**s) for s in item.pop("steps", [])]
+        evidence = item.pop("evidence", None)
+        return cls(**item, steps=steps,
+                   evidence=Evidence.from_json(evidence) if evidence is not None else None)
 
 
 def format_table(results: list[ScenarioResult], header: str = "") -> str:

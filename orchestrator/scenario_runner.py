@@ -18,6 +18,7 @@ from device_model.abi import CompletionStatus, Opcode, Segment
 from framework_emu import BugCheck
 from orchestrator.agent_client import (AgentSession, CompletionRecord, GuestBuffer, IoResult,
                                        Step, Verification, pattern_bytes)
+from orchestrator.evidence import EvidenceRecorder
 from orchestrator.guest_sessions import GuestSessions, device_settings, fault_plan
 from orchestrator.scenario import Scenario, StepSpec
 from orchestrator.scenario_driver import DriverStartError, ScenarioDriver
@@ -49,11 +50,13 @@ def run_scenario(scenario: Scenario, guest: str, sessions: GuestSessions) -> Sce
         result.notes.append(str(exc))
         result.seconds = time.monotonic() - started
         return result
+    recorder = EvidenceRecorder(scenario, shared.session)     # reports and bundles
     try:
-        ScenarioRun(scenario, shared.session, result).run()
+        ScenarioRun(scenario, shared.session, result, recorder).run()
     finally:
         shared.scenarios_run += 1
         result.seconds = time.monotonic() - started
+        result.evidence = recorder.finish(result)
         if result.verdict == ERROR and not shared.pinned:
             # The platform broke under it (a dead guest, an agent that did not answer):
             # the next scenario gets a fresh boot rather than this guest.
@@ -105,8 +108,10 @@ _IRP = {"read": "IRP_MJ_READ", "write": "IRP_MJ_WRITE", "ioctl": "IRP_MJ_DEVICE_
 class ScenarioRun:
     """The steps of one scenario against one session; fills ``result``."""
 
-    def __init__(self, scenario: Scenario, session: "DmaSession", result: ScenarioResult) -> None:
+    def __init__(self, scenario: Scenario, session: "DmaSession", result: ScenarioResult,
+                 recorder: EvidenceRecorder | None = None) -> None:
         self.scenario = scenario
+        self.recorder = recorder
         self.session = session
         self.result = result
         self.agent: AgentSession | None = None
@@ -235,6 +240,8 @@ class ScenarioRun:
             self.fx = Framework(self.session.ram, service_name="WDFScenario",
                                 verifier_mode="record",
                                 pool_window=self.session.vm.config.pool.window)
+            if self.recorder is not None:
+                self.recorder.watch_framework(self.fx, self.names)
         return self.fx
 
     def _finish_framework(self) -> None:
