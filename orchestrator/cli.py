@@ -34,6 +34,8 @@ COMMAND_MODULES = [
     "guest_images.cli",
     "orchestrator.vm_command",
     "orchestrator.scenario_command",
+    "orchestrator.report_command",
+    "orchestrator.replay_command",
 ]
 
 

@@ -18,12 +18,12 @@ the session can unmap guest RAM afterwards.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from wdfhil.private_dirs import make_private_dir, remove_tree
 
 if TYPE_CHECKING:
     from framework_emu import Framework
@@ -185,7 +185,9 @@ class EvidenceRecorder:
         if existing is not None and getattr(existing, "_file", None) is not None:
             self._trace_path = existing.path        # the session's own trace: read our slice
             return
-        self._folder = Path(tempfile.mkdtemp(prefix="wdfhil-evidence-"))   # 0700
+        # A run folder (0700, with this process's liveness lock: `wdfhil vm sweep`
+        # removes it if the process is killed before finish()).
+        self._folder = make_private_dir("wdfhil-evidence-")
         self._trace_path = self._folder / "trace.jsonl"
         self._trace = DmaTrace(self._trace_path)
         device.trace = self._trace
@@ -221,7 +223,7 @@ class EvidenceRecorder:
             self._trace.close()
             self._trace = None
         if self._folder is not None:
-            shutil.rmtree(self._folder, ignore_errors=True)
+            remove_tree(self._folder)
             self._folder = None
         self._pool = None
         self._findings = None

@@ -9,9 +9,15 @@ entries take cells away. Every filter (an include or exclude entry,
 typo, and an error naming its file and line.
 
 CI engines get one job per guest config, each running
-``wdfhil matrix FILE --only guest=NAME``: :func:`emit_github` prints a GitHub
-Actions ``strategy`` (matrix ``include`` list), :func:`emit_gitlab` a GitLab
-job with ``parallel:matrix``.
+``wdfhil matrix FILE --only guest=NAME``, or one job per shard (``shards=N``),
+each running ``wdfhil matrix FILE --shard K/N``: :func:`emit_github` prints a
+GitHub Actions ``strategy`` (matrix ``include`` list), :func:`emit_gitlab` a
+GitLab job with ``parallel:matrix`` and the job that merges their reports.
+
+Shards (:func:`shard`) are a stable split: the cells in the matrix's order
+(guest by guest, as written), cut into N contiguous runs as even as can be, so
+the same matrix always gives a shard the same cells and a shard boots as few
+guests as it can.
 """
 
 from __future__ import annotations
@@ -163,38 +169,94 @@ def load_matrix(path: str | Path = DEFAULT_MATRIX, *, only: Iterable[str] = (),
     return Matrix(path, guests, cells)
 
 
+# -- shards ------------------------------------------------------------------------------
+def parse_shard(text: str) -> tuple[int, int]:
+    """``K/N`` (1 <= K <= N) -> (K, N)."""
+    k, sep, n = str(text).partition("/")
+    if not sep or not k.isdigit() or not n.isdigit() or not 1 <= int(k) <= int(n):
+        raise ConfigError("write K/N with 1 <= K <= N (e.g. 2/4)", field="--shard", value=text)
+    return int(k), int(n)
+
+
+def shard(matrix: Matrix, k: int, n: int) -> Matrix:
+    """Shard ``k`` of ``n`` (see the module's docstring); an empty shard is an error."""
+    ordered = [c for cells in matrix.by_guest().values() for c in cells]
+    cells = ordered[(k - 1) * len(ordered) // n: k * len(ordered) // n]
+    if not cells:
+        raise ConfigError(f"shard {k}/{n} has no cell: the matrix {matrix.path} has only "
+                          f"{len(ordered)} cell(s)", field="--shard", value=f"{k}/{n}")
+    return Matrix(matrix.path, [g for g in matrix.guests if any(c.guest == g for c in cells)],
+                  cells)
+
+
 # -- CI engines ------------------------------------------------------------------------
 def _job_command(matrix: Matrix, guest: str) -> str:
     return f"wdfhil matrix {matrix.path} --only guest={guest}"
 
 
-def github_matrix(matrix: Matrix) -> dict[str, Any]:
-    """The ``strategy.matrix`` object: one job per guest config."""
-    return {"include": [{"guest": g, "cells": len(matrix.by_guest()[g]),
+def _shard_command(matrix: Matrix, k: int, n: int) -> str:
+    return f"wdfhil matrix {matrix.path} --shard {k}/{n}"
+
+
+def github_matrix(matrix: Matrix, shards: int | None = None) -> dict[str, Any]:
+    """The ``strategy.matrix`` object: one job per guest config, or per shard. Each
+    entry has ``name`` (a file-name-safe job name for its report artifact)."""
+    if shards:
+        return {"include": [{"name": f"shard-{k}-of-{shards}", "shard": f"{k}/{shards}",
+                             "cells": len(shard(matrix, k, shards).cells),
+                             "command": _shard_command(matrix, k, shards)}
+                            for k in range(1, shards + 1)]}
+    return {"include": [{"name": g, "guest": g, "cells": len(matrix.by_guest()[g]),
                          "command": _job_command(matrix, g)} for g in matrix.guests]}
 
 
-def emit_github(matrix: Matrix, *, as_json: bool = False) -> str:
+def emit_github(matrix: Matrix, *, as_json: bool = False, shards: int | None = None) -> str:
     """``strategy:`` for a GitHub Actions job (YAML), or the matrix alone as one
     JSON line for ``fromJSON()`` in a workflow that plans the matrix first."""
     if as_json:
-        return json.dumps(github_matrix(matrix), separators=(",", ":"))
-    return yaml.safe_dump({"strategy": {"fail-fast": False, "matrix": github_matrix(matrix)}},
+        return json.dumps(github_matrix(matrix, shards), separators=(",", ":"))
+    return yaml.safe_dump({"strategy": {"fail-fast": False,
+                                        "matrix": github_matrix(matrix, shards)}},
                           sort_keys=False, width=1000)
 
 
-def emit_gitlab(matrix: Matrix, *, job: str = "wdfhil-scenarios") -> str:
-    """A GitLab CI job with ``parallel:matrix``: one job per guest config."""
+def emit_gitlab(matrix: Matrix, *, job: str = "wdfhil-scenarios",
+                shards: int | None = None) -> str:
+    """GitLab CI: a job with ``parallel:matrix`` (one per guest config, or per
+    shard), each keeping its report folder as an artifact, and ``wdfhil-report``
+    merging them into one report (``wdfhil report merge``)."""
+    if shards:
+        for k in range(1, shards + 1):
+            shard(matrix, k, shards)                   # an empty shard is an error now
+        axis = {"WDFHIL_SHARD": [f"{k}/{shards}" for k in range(1, shards + 1)]}
+        select = "--shard $WDFHIL_SHARD"
+        folder = "wdfhil-report-$CI_NODE_INDEX"
+    else:
+        axis = {"WDFHIL_GUEST": list(matrix.guests)}
+        select = "--only guest=$WDFHIL_GUEST"
+        folder = "wdfhil-report-$WDFHIL_GUEST"
+    setup = ["apt-get update -q && apt-get install -y -q make python3 python3-venv",
+             "make install", 'export PATH="$PWD/.venv/bin:$PATH"']
     return yaml.safe_dump({job: {
+        "stage": "test",
         "image": "debian:12",
-        "parallel": {"matrix": [{"WDFHIL_GUEST": list(matrix.guests)}]},
+        "parallel": {"matrix": [axis]},
         "variables": {"WDFHIL_CACHE_DIR": "$CI_PROJECT_DIR/.wdfhil-cache"},
         "cache": {"key": "wdfhil-images", "paths": [".wdfhil-cache/"]},
-        "before_script": ["apt-get update -q && apt-get install -y -q make python3 python3-venv",
-                          "make install", 'export PATH="$PWD/.venv/bin:$PATH"'],
-        "script": [f"wdfhil matrix {matrix.path} --only guest=$WDFHIL_GUEST "
-                   f"--json wdfhil-$WDFHIL_GUEST.json"],
-        "artifacts": {"when": "always", "paths": ["wdfhil-$WDFHIL_GUEST.json"]},
+        "before_script": list(setup),
+        "script": [f"wdfhil matrix {matrix.path} {select} --report-dir {folder} "
+                   f"--junitxml {folder}/junit.xml"],
+        "artifacts": {"when": "always", "paths": [f"{folder}/"],
+                      "reports": {"junit": f"{folder}/junit.xml"}},
+    }, "wdfhil-report": {
+        "stage": ".post",
+        "image": "debian:12",
+        "when": "always",
+        "needs": [{"job": job, "artifacts": True}],
+        "before_script": list(setup),
+        "script": ["wdfhil report merge wdfhil-report-*/ --report-dir wdfhil-report"],
+        "artifacts": {"when": "always", "paths": ["wdfhil-report/"],
+                      "reports": {"junit": "wdfhil-report/junit.xml"}},
     }}, sort_keys=False, width=1000)
 
 
@@ -235,4 +297,4 @@ def describe(matrix: Matrix) -> str:
 
 
 __all__ = ["Cell", "Matrix", "emit_github", "emit_gitlab", "github_matrix", "load_matrix",
-           "parallel_limit", "parse_only"]
+           "parallel_limit", "parse_only", "parse_shard", "shard"]

@@ -2,9 +2,14 @@
 
 - ``wdfhil run [SCENARIO...] [--guest CFG]`` runs scenario files (or folders,
   or built-in names; the default set without any) and prints the verdict table.
-- ``wdfhil matrix [ci/matrix.yaml] [-j N] [--only guest=X]`` runs the matrix,
-  up to N guests at once (each in a child ``wdfhil matrix --only guest=X``);
-  ``--emit github|github-json|gitlab`` prints the CI engine's matrix instead.
+- ``wdfhil matrix [ci/matrix.yaml] [-j N] [--only guest=X] [--shard K/N]`` runs
+  the matrix (or one shard of it), up to N guests at once (each in a child
+  ``wdfhil matrix --only guest=X``); ``--emit github|github-json|gitlab
+  [--shards N]`` prints the CI engine's matrix instead.
+
+Both write a report folder after the verdict table (``--report-dir``, default
+``./wdfhil-reports/<time>``: results.json, junit.xml, report.html, a bundle per
+failing scenario; orchestrator.report_command) and ``--junitxml FILE``.
 - ``wdfhil scenarios [PATH...] [--schema]`` lists and validates scenarios, or
   prints the JSON Schema.
 - ``wdfhil guests`` lists the guest configs.
@@ -16,7 +21,7 @@ Exit status: 0 all passed, 1 a scenario failed, 2 bad usage or configuration
 from __future__ import annotations
 
 import argparse
-import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,7 +56,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     matrix.add_argument("--only", action="append", default=[], metavar="KEY=VALUE[,...]",
                         help="only cells matching guest=/scenario=/tag= (repeatable: union)")
     matrix.add_argument("--emit", choices=("github", "github-json", "gitlab"),
-                        help="print the CI engine's matrix (one job per guest config) and exit")
+                        help="print the CI engine's matrix (one job per guest config, or per "
+                             "shard with --shards) and exit")
+    matrix.add_argument("--shard", metavar="K/N",
+                        help="run only shard K of N (a stable split of the cells)")
+    matrix.add_argument("--shards", type=int, metavar="N",
+                        help="with --emit: one job per shard (N of them) instead of per guest")
     matrix.add_argument("--list", action="store_true", help="print the cells and exit")
     _common(matrix)
     matrix.set_defaults(func=_matrix)
@@ -72,6 +82,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guests-dir", action="append", default=[], metavar="DIR",
                         help="a folder of your own guest configs (searched first)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--report-dir", metavar="DIR",
+                        help="the report folder: results.json, junit.xml, report.html, "
+                             "bundles/ (default: a new folder under ./wdfhil-reports)")
+    parser.add_argument("--junitxml", metavar="FILE", help="also write JUnit XML here")
     parser.add_argument("--boot-timeout", type=float, default=300.0)
 
 
@@ -83,9 +97,11 @@ def _positive(jobs: int) -> int:
 
 # -- running ---------------------------------------------------------------------------
 def run_pairs(pairs, *, boot_timeout: float = 300.0, guests_dirs: tuple[str, ...] = (),
-              json_path: str | None = None, image_for=None, header: str = "") -> int:
+              json_path: str | None = None, image_for=None, header: str = "",
+              report_dir: str | None = None, junitxml: str | None = None) -> int:
     """Run (scenario, guest) pairs with progress, print the verdict table (under
-    ``header``), write ``json_path``; the exit status (0 all passed, else 1)."""
+    ``header``), write ``json_path`` and the report folder (``report_dir``, or a
+    new one: its path is printed); the exit status (0 all passed, else 1)."""
     from orchestrator.scenario_progress import RunProgress
     from orchestrator.guest_sessions import GuestSessions
     from orchestrator.scenario_result import format_table
@@ -100,20 +116,29 @@ def run_pairs(pairs, *, boot_timeout: float = 300.0, guests_dirs: tuple[str, ...
     finally:
         progress.close()
     print(format_table(results, header), flush=True)
-    if json_path:
-        _write_json(json_path, [r.to_json() for r in results])
+    _outputs(results, header, json_path, report_dir, junitxml)
     return 0 if results and all(r.passed for r in results) else 1
+
+
+def _outputs(results, header: str, json_path: str | None, report_dir: str | None,
+             junitxml: str | None, bundles_from: Path | None = None) -> None:
+    """The results file, the report folder (its path printed), the JUnit file;
+    ``bundles_from``: bundles written elsewhere (by matrix children) to add."""
+    from orchestrator.report_command import BUNDLES, describe_report, write_run_report
+    from orchestrator.report_json import write_results
+
+    if json_path:
+        write_results(json_path, results, header)
+    if results:
+        folder = write_run_report(results, report_dir, header=header, junitxml=junitxml)
+        if bundles_from is not None and bundles_from.is_dir():
+            shutil.copytree(bundles_from, folder / BUNDLES, dirs_exist_ok=True)
+        print(describe_report(folder), flush=True)
 
 
 def _execute(pairs, args: argparse.Namespace) -> int:
     return run_pairs(pairs, boot_timeout=args.boot_timeout, guests_dirs=tuple(args.guests_dir),
-                     json_path=args.json)
-
-
-def _write_json(path: str, results: list[dict]) -> None:
-    passed = sum(r["verdict"] == "PASS" for r in results)
-    Path(path).write_text(json.dumps({"results": results, "passed": passed,
-                                      "failed": len(results) - passed}, indent=2) + "\n")
+                     json_path=args.json, report_dir=args.report_dir, junitxml=args.junitxml)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -134,15 +159,20 @@ def _matrix(args: argparse.Namespace) -> int:
     from orchestrator import matrix as mx
 
     matrix = mx.load_matrix(args.file, only=args.only, guests_dirs=tuple(args.guests_dir))
+    if args.shards is not None and (args.shards < 1 or not args.emit):
+        raise ConfigError("--shards N (N >= 1) goes with --emit", field="--shards",
+                          value=args.shards)
     if args.emit == "github":
-        sys.stdout.write(mx.emit_github(matrix))
+        sys.stdout.write(mx.emit_github(matrix, shards=args.shards))
         return 0
     if args.emit == "github-json":
-        print(mx.emit_github(matrix, as_json=True))
+        print(mx.emit_github(matrix, as_json=True, shards=args.shards))
         return 0
     if args.emit == "gitlab":
-        sys.stdout.write(mx.emit_gitlab(matrix))
+        sys.stdout.write(mx.emit_gitlab(matrix, shards=args.shards))
         return 0
+    if args.shard:
+        matrix = mx.shard(matrix, *mx.parse_shard(args.shard))
     if args.list:
         for cell in matrix.cells:
             print(f"{cell.guest:16} {cell.scenario.name}")
@@ -163,7 +193,8 @@ def _matrix_parallel(matrix, limit: int, args: argparse.Namespace) -> int:
     """One child ``wdfhil matrix --only guest=G`` a guest config, ``limit`` at once;
     their results merged into one table. Children are stopped (SIGTERM: they close
     their guests) if this process is interrupted."""
-    from orchestrator.scenario_result import ScenarioResult, StepResult, format_table
+    from orchestrator.report_json import load_results
+    from orchestrator.scenario_result import ScenarioResult, format_table
 
     waiting = list(matrix.guests)
     running: dict[str, tuple[subprocess.Popen, Path, object]] = {}
@@ -181,7 +212,8 @@ def _matrix_parallel(matrix, limit: int, args: argparse.Namespace) -> int:
                     log = open(Path(folder) / f"{guest}.log", "w")
                     argv = [sys.executable, "-m", "orchestrator.cli", "matrix", str(matrix.path),
                             "--json", str(out), "--boot-timeout", str(args.boot_timeout),
-                            *_child_only(guest, args.only)]
+                            "--report-dir", str(Path(folder) / f"{guest}-report"),
+                            *_child_only(guest, _shard_only(matrix, guest, args))]
                     for folder_arg in args.guests_dir:
                         argv += ["--guests-dir", folder_arg]
                     running[guest] = (subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
@@ -197,9 +229,10 @@ def _matrix_parallel(matrix, limit: int, args: argparse.Namespace) -> int:
                     del running[guest]
                     text = (Path(folder) / f"{guest}.log").read_text(errors="replace")
                     if out.exists():
-                        for item in json.loads(out.read_text())["results"]:
-                            steps = [StepResult(**s) for s in item.pop("steps")]
-                            results.append(ScenarioResult(**item, steps=steps))
+                        results += load_results(out)[0]
+                        bundles = Path(folder) / f"{guest}-report" / "bundles"
+                        if bundles.is_dir():
+                            shutil.copytree(bundles, Path(folder) / "bundles", dirs_exist_ok=True)
                     if code not in (0, 1) or not out.exists():
                         failed_children.append(guest)
                         print(f"{guest}: the run failed (exit {code}):\n{text[-3000:]}", flush=True)
@@ -220,12 +253,20 @@ def _matrix_parallel(matrix, limit: int, args: argparse.Namespace) -> int:
                     child.kill()
                     child.wait()
                 log.close()
-    print(format_table(results), flush=True)
-    if args.json:
-        _write_json(args.json, [r.to_json() for r in results])
+        print(format_table(results), flush=True)
+        _outputs(results, "", args.json, args.report_dir, args.junitxml,
+                 bundles_from=Path(folder) / "bundles")
     if failed_children:
         print(f"guest configs whose run failed: {', '.join(failed_children)}", flush=True)
     return 0 if results and not failed_children and all(r.passed for r in results) else 1
+
+
+def _shard_only(matrix, guest: str, args: argparse.Namespace) -> list[str]:
+    """The --only filters a child runs: the user's, or (in a shard) the shard's cells
+    of ``guest`` by scenario name."""
+    if not args.shard:
+        return args.only
+    return [f"guest={guest},scenario={c.scenario.name}" for c in matrix.by_guest()[guest]]
 
 
 def _child_only(guest: str, only: list[str]) -> list[str]:
