@@ -170,7 +170,7 @@ class EvidenceRecorder:
         self._folder: Path | None = None
         self._trace = None              # our DmaTrace, if we installed one
         self._trace_path: Path | None = None
-        self._pool: PoolRecorder | None = None
+        self.pool: PoolRecorder | None = None
         self._findings: list[Any] | None = None     # the framework's own list (no RAM views)
         self._names: dict[int, str] = {}
         self.begin()
@@ -194,7 +194,7 @@ class EvidenceRecorder:
 
     def watch_framework(self, fx: "Framework", names: dict[int, str]) -> None:
         """Called by the runner right after it creates the framework."""
-        self._pool = PoolRecorder(fx)
+        self.pool = PoolRecorder(fx)
         self._findings = fx.findings
         self._names = names
 
@@ -225,7 +225,7 @@ class EvidenceRecorder:
         if self._folder is not None:
             remove_tree(self._folder)
             self._folder = None
-        self._pool = None
+        self.pool = None
         self._findings = None
 
     def _collect(self, result: "ScenarioResult") -> Evidence:
@@ -238,8 +238,8 @@ class EvidenceRecorder:
         evidence.events_dropped = max(0, len(records) - MAX_EVENTS)
         evidence.events = [{**r, "t": round(r["time"] - self.started, 6)}
                            for r in records[:MAX_EVENTS]]
-        if self._pool is not None:
-            evidence.pool = pool_map(self._pool, self.scenario, evidence.findings, records,
+        if self.pool is not None:
+            evidence.pool = pool_map(self.pool, self.scenario, evidence.findings, records,
                                      self.started)
         evidence.run = self._run_facts()
         if result.verdict != "PASS":

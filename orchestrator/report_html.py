@@ -205,7 +205,9 @@ def timeline_svg(number: int, r: "ScenarioResult") -> str:
                    f"y2='{y + lane_h}' stroke='#e1e4ea'/>")
     for tick in range(6):                       # a time axis: 0 .. span in five steps
         t = span * tick / 5
-        out.append(f"<text class='tick' x='{x(t) - 8:.1f}' y='12'>{t:.2f}s</text>"
+        label = f"{t * 1000:.1f}ms" if span < 1 else f"{t:.2f}s"
+        anchor = "start" if tick == 0 else ("end" if tick == 5 else "middle")
+        out.append(f"<text class='tick' x='{x(t):.1f}' y='12' text-anchor='{anchor}'>{label}</text>"
                    f"<line x1='{x(t):.1f}' x2='{x(t):.1f}' y1='14' y2='{height - 18}' "
                    f"stroke='#eef0f3'/>")
     for lane, start, end, css, tip in items:
@@ -249,6 +251,31 @@ def _pages_of(start: int, length: int) -> range:
     return range(start // PAGE, (start + max(length, 1) - 1) // PAGE + 1)
 
 
+def _zooms(allocations: list[dict[str, Any]], transfers: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    """Byte ranges worth a close-up: each offending transfer with the objects
+    around it, else each object a finding is about (three at most)."""
+    def around(start: int, end: int) -> tuple[int, int]:
+        for a in allocations:
+            zone_start = a["header"][0] if a["header"] else a["gpa"]
+            zone_end = a["slack"][0] + a["slack"][1]
+            if zone_start < end + 16 and start - 16 < zone_end and zone_end - zone_start <= 512:
+                start, end = min(start, zone_start), max(end, zone_end)
+        start, end = start - 16, end + 16
+        if end - start < 64:
+            start, end = start - (64 - (end - start)) // 2, start + 64
+        return start, end
+
+    spots = [around(gpa, gpa + n) for t in transfers if t["offending"] for gpa, n in t["ranges"]]
+    if not spots:
+        spots = [around(a["gpa"], a["gpa"] + a["size"]) for a in allocations
+                 if a.get("findings") and a["size"] <= 512]
+    unique: list[tuple[int, int]] = []
+    for spot in spots:
+        if spot not in unique:
+            unique.append(spot)
+    return unique[:3]
+
+
 def pool_svg(number: int, pool: dict[str, Any] | None) -> str:
     if not pool:
         return "<p class='muted'>no framework pool activity in this scenario</p>"
@@ -263,10 +290,12 @@ def pool_svg(number: int, pool: dict[str, Any] | None) -> str:
             pages.update(_pages_of(gpa, n))
     ordered = sorted(pages)
     shown, hidden = ordered[:MAX_PAGE_ROWS], max(0, len(ordered) - MAX_PAGE_ROWS)
+    zooms = _zooms(allocations, transfers)
     row_h, top, left = 26, 34, 120
     width = TIMELINE_WIDTH
     plot_w = width - left - 10
-    height = top + row_h * max(1, len(shown)) + 16
+    zoom_top = top + row_h * max(1, len(shown)) + 8
+    height = zoom_top + (row_h + 14) * len(zooms) + 16
     row_of = {page: i for i, page in enumerate(shown)}
     base, size = pool["base"], pool["size"]
     out = [f"<svg class='poolmap' id='poolmap-{number}' xmlns='http://www.w3.org/2000/svg' "
@@ -331,6 +360,43 @@ def pool_svg(number: int, pool: dict[str, Any] | None) -> str:
                            f"height='{row_h - 2}' fill='none' stroke='{color}' "
                            f"stroke-width='{3 if t['offending'] else 1.5}'>"
                            f"<title>{esc(tip)}</title></rect>")
+    # Byte-scale close-ups: an 8-byte object is a sliver of a 4 KiB row.
+    for i, (lo, hi) in enumerate(zooms):
+        y = zoom_top + i * (row_h + 14)
+        scale = plot_w / (hi - lo)
+
+        def zx(gpa: int) -> float:
+            return left + (min(max(gpa, lo), hi) - lo) * scale
+
+        out.append(f"<text x='4' y='{y + 12}' class='mono'>{lo:#x}</text>"
+                   f"<text x='4' y='{y + 24}'>close-up</text>"
+                   f"<rect class='zoom' x='{left}' y='{y + 2}' width='{plot_w}' height='{row_h}' "
+                   f"fill='#ffffff' stroke='#90a4ae'/>"
+                   f"<text x='{left + plot_w - 60}' y='{y + row_h + 12}'>{hi - lo} bytes</text>")
+        for a in allocations:
+            label = a["name"] or a["tag"]
+            pieces = [("alloc", a["gpa"], a["size"])] + [
+                (key, *a[key]) for key in ("header", "slack") if a.get(key) and a[key][1] > 0]
+            for key, gpa, length in pieces:
+                if gpa + length <= lo or gpa >= hi:
+                    continue
+                fill = COLORS[key]
+                css = "zoom-alloc" if key == "alloc" else f"zoom-redzone {key}"
+                out.append(f"<rect class='{css}' x='{zx(gpa):.1f}' y='{y + 6}' "
+                           f"width='{max(1.0, zx(gpa + length) - zx(gpa)):.1f}' "
+                           f"height='{row_h - 8}' fill='{fill}'><title>{esc(key)} of "
+                           f"{esc(label)}: {length} bytes at {gpa:#x}</title></rect>")
+                if key == "alloc" and zx(gpa + length) - zx(gpa) > 30:
+                    out.append(f"<text x='{zx(gpa) + 3:.1f}' y='{y + 19}'>{esc(label)}</text>")
+        for t in transfers:
+            color = COLORS["offending" if t["offending"] else "transfer"]
+            for gpa, n in t["ranges"]:
+                if gpa + n <= lo or gpa >= hi:
+                    continue
+                out.append(f"<rect class='zoom-transfer{' offending' if t['offending'] else ''}' "
+                           f"x='{zx(gpa):.1f}' y='{y}' width='{max(2.0, zx(gpa + n) - zx(gpa)):.1f}' "
+                           f"height='{row_h + 4}' fill='none' stroke='{color}' stroke-width='3'>"
+                           f"<title>{esc(t.get('why') or 'device transfer')}</title></rect>")
     out.append("</svg>")
     legend = [("alloc", "object (pool allocation)"), ("header", "pool header (redzone)"),
               ("slack", "slack (redzone)"), ("transfer", "device transfer"),
