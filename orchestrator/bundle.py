@@ -75,7 +75,8 @@ def write_bundle(result: "ScenarioResult", folder: str | Path) -> Path:
         if source.is_file() and not relative.is_absolute() and ".." not in relative.parts:
             members[f"scenario/{relative.as_posix()}"] = source.read_bytes()
     guest_member = f"guest/{guest['name']}.yaml"
-    members[guest_member] = yaml.safe_dump(guest, sort_keys=False).encode()
+    config = {k: v for k, v in guest.items() if k != "name"}     # the file's name is the name
+    members[guest_member] = yaml.safe_dump(config, sort_keys=False).encode()
     manifest = {
         "format": FORMAT, "created": time.time(), "scenario": result.scenario,
         "scenario_file": scenario_member, "guest": guest["name"], "guest_file": guest_member,

@@ -224,8 +224,8 @@ def timeline_svg(number: int, r: "ScenarioResult") -> str:
                        f"height='{lane_h - 6}' fill='{color}'>{body}</rect>")
         elif lane in ("requests", "interrupts"):
             color = COLORS["interrupt"] if lane == "interrupts" else COLORS["completion"]
-            out.append(f"<line class='{css}' x1='{x(start):.1f}' x2='{x(start):.1f}' y1='{y + 4}' "
-                       f"y2='{y + lane_h - 4}' stroke='{color}' stroke-width='2'>{body}</line>")
+            out.append(f"<rect class='{css}' x='{x(start) - 1:.1f}' y='{y + 4}' width='2' "
+                       f"height='{lane_h - 8}' fill='{color}'>{body}</rect>")
         else:                                    # faults, refusals, findings: a diamond
             color = COLORS["refused"] if "refused" in css else (
                 COLORS["fault"] if lane == "faults" else COLORS["finding"])
@@ -403,7 +403,7 @@ def pool_svg(number: int, pool: dict[str, Any] | None) -> str:
               ("offending", "offending transfer")]
     note = f"<p class='muted'>{hidden} more pages not drawn</p>" if hidden else ""
     offending = [t for t in transfers if t["offending"]]
-    why = ("<ul>" + "".join(f"<li class='problem'>transfer at t={t['t']:.3f}s: {esc(t['why'])}</li>"
+    why = ("<ul class='offences'>" + "".join(f"<li class='problem'>transfer at t={t['t']:.3f}s: {esc(t['why'])}</li>"
                             for t in offending) + "</ul>") if offending else ""
     return "".join(out) + "<div class='legend'>" + "".join(
         f"<span><i class='sw' style='background:{COLORS[k]}'></i>{esc(label)}</span>"
