@@ -155,6 +155,15 @@ class PoolRecorder:
             self.allocations[serial]["freed"] = time.time()
 
 
+@dataclass
+class WindowOnly:
+    """The pool window of a scenario that made no framework allocation."""
+
+    base: int
+    size: int
+    allocations: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
 class EvidenceRecorder:
     """Gathers one scenario's :class:`Evidence` from its session.
 
@@ -238,9 +247,16 @@ class EvidenceRecorder:
         evidence.events_dropped = max(0, len(records) - MAX_EVENTS)
         evidence.events = [{**r, "t": round(r["time"] - self.started, 6)}
                            for r in records[:MAX_EVENTS]]
-        if self.pool is not None:
-            evidence.pool = pool_map(self.pool, self.scenario, evidence.findings, records,
+        pool = self.pool
+        if pool is None and self.session.config is not None:
+            # No framework ran, but the device may still have written into the pool
+            # window (pool_buffer steps): the map then shows the transfers alone.
+            pool = WindowOnly(*self.session.config.pool.window)
+        if pool is not None:
+            evidence.pool = pool_map(pool, self.scenario, evidence.findings, records,
                                      self.started)
+            if self.pool is None and not evidence.pool["transfers"]:
+                evidence.pool = None
         evidence.run = self._run_facts()
         if result.verdict != "PASS":
             evidence.files = self._files(records, evidence)
@@ -286,6 +302,10 @@ class EvidenceRecorder:
                 files[name] = (vm.run_dir / name).read_bytes()
             except (OSError, RuntimeError):
                 pass
+        try:                 # the guest kernel's own log (the console is kept quiet)
+            files["guest-dmesg.txt"] = vm.run("dmesg", timeout=30).stdout.encode()
+        except Exception:    # a dead guest: the console log is what there is
+            pass
         files["trace.jsonl"] = "".join(json.dumps(r) + "\n" for r in records).encode()
         pool = evidence.pool
         if pool and pool["allocations"] and self.session.ram is not None:
@@ -314,7 +334,7 @@ def _overlaps(a_start: int, a_len: int, b_start: int, b_len: int) -> bool:
     return a_start < b_start + b_len and b_start < a_start + a_len
 
 
-def pool_map(recorder: PoolRecorder, scenario: "Scenario", findings: list[dict[str, Any]],
+def pool_map(recorder: "PoolRecorder | WindowOnly", scenario: "Scenario", findings: list[dict[str, Any]],
              records: list[dict[str, Any]], started: float) -> dict[str, Any]:
     """The pool window with the scenario's allocations (named after the steps
     that made them), the allocations findings are about, and every device

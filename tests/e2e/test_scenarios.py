@@ -87,7 +87,8 @@ def test_junit_xml_from_a_child_pytest_on_scenario_files(tmp_path):
 
 def test_wdfhil_run_exits_1_when_a_scenario_fails(tmp_path, capsys, guest_image):
     out = tmp_path / "results.json"
-    code = main(["run", "device-ready", str(HERE / "data-mismatch.yaml"), "--json", str(out)])
+    code = main(["run", "device-ready", str(HERE / "data-mismatch.yaml"), "--json", str(out),
+                 "--report-dir", str(tmp_path / "report")])
     assert code == 1
     printed = capsys.readouterr().out
     assert "1 passed, 1 failed" in printed

@@ -9,7 +9,7 @@ import json
 from orchestrator.evidence import finding_signature
 from orchestrator.scenario_result import ScenarioResult
 
-from conftest import REQUEST_AFTER_COMPLETION, line_of, recorded_run
+from report_runs import REQUEST_AFTER_COMPLETION, line_of, recorded_run
 
 
 def test_findings_are_the_verifiers_records_with_sites_and_history(failing_result):

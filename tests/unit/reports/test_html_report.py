@@ -9,8 +9,8 @@ import re
 from orchestrator.report_html import write_html
 from orchestrator.scenario_result import ScenarioResult
 
-from browser import check_report_page, headless_chromium
-from conftest import REQUEST_AFTER_COMPLETION, recorded_run
+from report_browser import check_report_page, headless_chromium
+from report_runs import REQUEST_AFTER_COMPLETION, recorded_run
 
 
 def test_the_report_renders_timeline_pool_map_and_findings(failing_result, tmp_path):
