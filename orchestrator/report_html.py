@@ -93,6 +93,8 @@ def scenario_section(number: int, r: "ScenarioResult") -> str:
     if ev is not None and ev.run.get("image"):
         out.append(f"<div class='muted mono'>{esc(ev.run['image'].get('provenance', ''))}"
                    f" &middot; {esc(ev.run.get('accelerator') or '')}</div>")
+    if ev is not None and ev.run.get("error"):
+        out.append(f"<p class='problem'>{esc(ev.run['error'])}</p>")
     if r.problems:
         out.append("<ul class='problems'>" + "".join(f"<li class='problem'>{esc(p)}</li>"
                                                        for p in r.problems) + "</ul>")

@@ -39,7 +39,7 @@ class StepResult:
     def to_json(self) -> dict[str, Any]:
         return {"index": self.index, "kind": self.kind, "line": self.line, "ok": self.ok,
                 "detail": self.detail, "seconds": round(self.seconds, 6),
-                "started": round(self.started, 6)}
+                "started": self.started}          # exact: a JSON float round-trips
 
 
 @dataclass
