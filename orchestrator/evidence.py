@@ -18,6 +18,7 @@ the session can unmap guest RAM afterwards.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,8 +210,14 @@ class EvidenceRecorder:
 
     def finish(self, result: "ScenarioResult") -> Evidence:
         """The evidence of the finished scenario; also ends our trace and removes
-        our files. ``files`` are filled when the scenario did not pass."""
+        our files. ``files`` are filled when the scenario did not pass. Called
+        from the runner's ``finally``: when Ctrl-C (or an exit) is unwinding,
+        only the clean-up runs, nothing is asked of the guest."""
+        unwinding = sys.exc_info()[1]
         try:
+            if unwinding is not None and not isinstance(unwinding, Exception):
+                return Evidence(started=self.started, ended=time.time(),
+                                run={"error": f"interrupted ({type(unwinding).__name__})"})
             return self._collect(result)
         except Exception as exc:    # a report must not turn a verdict into a crash
             return Evidence(started=self.started, ended=time.time(),

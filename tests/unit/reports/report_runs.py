@@ -65,10 +65,12 @@ def recorded_run(tmp_path: Path, text: str, *, during=None) -> ScenarioResult:
     session = stand_in_session(tmp_path)
     result = ScenarioResult(scenario.name, str(path), "pc-256m", "ERROR")
     recorder = EvidenceRecorder(scenario, session)
-    ScenarioRun(scenario, session, result, recorder).run()
-    if during is not None:
-        during(session, result, recorder)
-    result.evidence = recorder.finish(result)
+    try:                                   # as orchestrator.scenario_runner.run_scenario
+        ScenarioRun(scenario, session, result, recorder).run()
+        if during is not None:
+            during(session, result, recorder)
+    finally:
+        result.evidence = recorder.finish(result)
     return result
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from orchestrator.evidence import finding_signature
 from orchestrator.scenario_result import ScenarioResult
 
@@ -104,3 +106,18 @@ def test_evidence_that_cannot_be_taken_does_not_break_the_verdict(tmp_path):
     result = recorded_run(tmp_path, REQUEST_AFTER_COMPLETION, during=break_it)
     assert result.verdict == "FAIL"
     assert "evidence not collected" in result.evidence.run["error"]
+
+
+def test_ctrl_c_during_a_scenario_only_cleans_up(tmp_path):
+    seen = {"guest commands": []}
+
+    def interrupt(session, result, recorder):
+        seen["folder"] = recorder._folder
+        seen["result"] = result
+        session.vm.run = lambda *a, **k: seen["guest commands"].append(a)
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        recorded_run(tmp_path, REQUEST_AFTER_COMPLETION, during=interrupt)
+    assert not seen["folder"].exists()
+    assert seen["guest commands"] == []                     # no dmesg while unwinding
+    assert seen["result"].evidence.run == {"error": "interrupted (KeyboardInterrupt)"}
