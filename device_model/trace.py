@@ -86,6 +86,11 @@ class DmaTrace:
             record["fault"] = fault
         self.write(record)
 
+    @property
+    def closed(self) -> bool:
+        """Closed: later writes are ignored (a report swaps in a closed one to stop tracing)."""
+        return self._file is None
+
     def flush(self) -> None:
         with self._lock:
             if self._file is not None:

@@ -192,7 +192,7 @@ class EvidenceRecorder:
         if device is None:
             return
         existing = device.trace
-        if existing is not None and getattr(existing, "_file", None) is not None:
+        if existing is not None and not existing.closed:
             self._trace_path = existing.path        # the session's own trace: read our slice
             return
         # A run folder (0700, with this process's liveness lock: `wdfhil vm sweep`

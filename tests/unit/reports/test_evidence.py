@@ -96,7 +96,7 @@ def test_a_passing_run_keeps_no_files_and_the_recorder_leaves_nothing(tmp_path):
     assert result.verdict == "PASS", result.explain()
     assert result.evidence.files == {}
     assert not seen["folder"].exists()                      # the per-scenario trace folder
-    assert seen["trace"]._file is None                       # closed...
+    assert seen["trace"].closed
     assert result.evidence.run["image"]["digest"] == "ab" * 32
 
 
