@@ -302,9 +302,11 @@ class EvidenceRecorder:
         """Logs, the trace and the pool window's used pages, for a bundle."""
         import json
 
+        from orchestrator.vm import CONSOLE_LOG, QEMU_LOG
+
         vm = self.session.vm
         files: dict[str, bytes] = {}
-        for name in ("qemu.log", "console.log"):
+        for name in (QEMU_LOG, CONSOLE_LOG):
             try:
                 files[name] = (vm.run_dir / name).read_bytes()
             except (OSError, RuntimeError):
