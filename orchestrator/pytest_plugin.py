@@ -54,6 +54,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--wdfhil-guests-dir", action="append", default=[], metavar="DIR",
                     help="a folder of your own guest configs")
     group.addoption("--wdfhil-boot-timeout", type=float, default=300.0, metavar="S")
+    group.addoption("--wdfhil-bundles", metavar="DIR",
+                    help="write a reproduction bundle of each failing scenario here "
+                         "(wdfhil replay reruns it; docs/reports.md)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -163,6 +166,10 @@ class ScenarioItem(pytest.Item):
             if note.startswith("timing:"):
                 self.user_properties.append(("timing", note))
         if not result.passed:
+            folder = self.config.getoption("wdfhil_bundles")
+            if folder and result.evidence is not None and result.evidence.files:
+                from orchestrator.bundle import write_bundle
+                self.user_properties.append(("bundle", str(write_bundle(result, folder))))
             raise ScenarioFailed(result)
 
     def repr_failure(self, excinfo, style=None):
