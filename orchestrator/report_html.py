@@ -50,7 +50,8 @@ svg text{font:11px system-ui,sans-serif;fill:#333} .legend span{display:inline-b
 COLORS = {"step": "#90a4ae", "step-failed": "#c62828", "to_device": "#1e88e5",
           "to_guest": "#43a047", "interrupt": "#6d4c41", "fault": "#fb8c00", "refused": "#8e24aa",
           "completion": "#546e7a", "finding": "#c62828", "alloc": "#64b5f6", "freed": "#cfd8dc",
-          "header": "#ef9a9a", "slack": "#ffe0b2", "transfer": "#2e7d32", "offending": "#d50000"}
+          "header": "#ef9a9a", "slack": "#ffe0b2", "transfer": "#2e7d32", "offending": "#d50000",
+          "finding-object": "#6a1b9a"}
 
 
 def esc(value: Any) -> str:
@@ -335,7 +336,8 @@ def pool_svg(number: int, pool: dict[str, Any] | None) -> str:
         css = "alloc" + (" finding" if a.get("findings") else "") + f" {state}"
         for row, px, w in spans(a["gpa"], a["size"]):
             y = top + row * row_h
-            stroke = " stroke='#c62828' stroke-width='2'" if a.get("findings") else ""
+            stroke = (f" stroke='{COLORS['finding-object']}' stroke-width='2' "
+                      f"stroke-dasharray='4 2'" if a.get("findings") else "")
             out.append(f"<rect class='{css}' x='{px:.1f}' y='{y + 4}' width='{w:.1f}' "
                        f"height='{row_h - 8}' fill='{COLORS['alloc']}' fill-opacity="
                        f"'{0.45 if state == 'freed' else 0.9}'{stroke}><title>{esc(tip)}</title></rect>")
@@ -400,7 +402,9 @@ def pool_svg(number: int, pool: dict[str, Any] | None) -> str:
                            f"height='{row_h + 4}' fill='none' stroke='{color}' stroke-width='3'>"
                            f"<title>{esc(t.get('why') or 'device transfer')}</title></rect>")
     out.append("</svg>")
-    legend = [("alloc", "object (pool allocation)"), ("header", "pool header (redzone)"),
+    legend = [("alloc", "object (pool allocation)"),
+              ("finding-object", "object a finding is about (dashed)"),
+              ("header", "pool header (redzone)"),
               ("slack", "slack (redzone)"), ("transfer", "device transfer"),
               ("offending", "offending transfer")]
     note = f"<p class='muted'>{hidden} more pages not drawn</p>" if hidden else ""
