@@ -108,10 +108,10 @@ def _show(value: Any) -> str:
 
 def _replay(args: argparse.Namespace) -> int:
     from orchestrator.bundle import open_bundle
-    from orchestrator.guest_sessions import GuestSessions
     from orchestrator.scenario import load_scenario
+    from orchestrator.scenario_command import run_with_progress
     from orchestrator.scenario_result import format_table
-    from orchestrator.scenario_runner import plan_runs, run_scenarios
+    from orchestrator.scenario_runner import plan_runs
     from wdfhil.private_dirs import private_dir
 
     with private_dir("wdfhil-replay-") as folder:
@@ -122,9 +122,9 @@ def _replay(args: argparse.Namespace) -> int:
         print(f"replaying {manifest['scenario']} on {manifest['guest']} "
               f"(recorded {manifest.get('verdict')}, {len(manifest.get('findings', []))} "
               f"finding(s)); {image.provenance}", flush=True)
-        with GuestSessions(image_for=lambda recipe: image, boot_timeout=args.boot_timeout,
-                           guests_dirs=(guests_dir,)) as sessions:
-            results = run_scenarios(plan_runs([scenario], [manifest["guest"]]), sessions)
+        results = run_with_progress(plan_runs([scenario], [manifest["guest"]]),
+                                    boot_timeout=args.boot_timeout, guests_dirs=(guests_dir,),
+                                    image_for=lambda recipe: image)
         result = results[0]
         print(format_table(results), flush=True)
         if args.report_dir:

@@ -107,14 +107,12 @@ def _merge(args: argparse.Namespace) -> int:
     results, header = merge_results(args.inputs)
     folder = write_run_report(results, args.output, header=header, junitxml=args.junitxml,
                               bundles=False)
-    copied = 0
     for source in args.inputs:
         found = Path(source) / BUNDLES if Path(source).is_dir() else Path(source).parent / BUNDLES
         if found.is_dir():
             _private_folder(folder / BUNDLES)
             for bundle in found.glob("*.tar.gz"):
                 shutil.copy2(bundle, folder / BUNDLES / bundle.name)
-                copied += 1
     print(format_table(results, header), flush=True)
     print(describe_report(folder), flush=True)
     return 0 if results and all(r.passed for r in results) else 1

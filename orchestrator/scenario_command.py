@@ -102,22 +102,30 @@ def run_pairs(pairs, *, boot_timeout: float = 300.0, guests_dirs: tuple[str, ...
     """Run (scenario, guest) pairs with progress, print the verdict table (under
     ``header``), write ``json_path`` and the report folder (``report_dir``, or a
     new one: its path is printed); the exit status (0 all passed, else 1)."""
-    from orchestrator.scenario_progress import RunProgress
-    from orchestrator.guest_sessions import GuestSessions
     from orchestrator.scenario_result import format_table
-    from orchestrator.scenario_runner import run_scenarios
 
-    progress = RunProgress(len(pairs))
-    results = []
-    try:
-        with GuestSessions(progress=progress.event, boot_timeout=boot_timeout,
-                           guests_dirs=guests_dirs, image_for=image_for) as sessions:
-            results = run_scenarios(pairs, sessions, on_result=progress.result)
-    finally:
-        progress.close()
+    results = run_with_progress(pairs, boot_timeout=boot_timeout, guests_dirs=guests_dirs,
+                                image_for=image_for)
     print(format_table(results, header), flush=True)
     _outputs(results, header, json_path, report_dir, junitxml)
     return 0 if results and all(r.passed for r in results) else 1
+
+
+def run_with_progress(pairs, *, boot_timeout: float = 300.0, guests_dirs: tuple[str, ...] = (),
+                      image_for=None) -> list:
+    """The results of (scenario, guest) pairs, run with the progress line (boots,
+    scenarios done and left)."""
+    from orchestrator.guest_sessions import GuestSessions
+    from orchestrator.scenario_progress import RunProgress
+    from orchestrator.scenario_runner import run_scenarios
+
+    progress = RunProgress(len(pairs))
+    try:
+        with GuestSessions(progress=progress.event, boot_timeout=boot_timeout,
+                           guests_dirs=guests_dirs, image_for=image_for) as sessions:
+            return run_scenarios(pairs, sessions, on_result=progress.result)
+    finally:
+        progress.close()
 
 
 def _outputs(results, header: str, json_path: str | None, report_dir: str | None,

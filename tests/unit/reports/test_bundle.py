@@ -9,7 +9,6 @@ import json
 import tarfile
 
 import pytest
-import yaml
 
 from orchestrator.bundle import MANIFEST, open_bundle, write_bundle
 from orchestrator.guest_config import load_guest_config
