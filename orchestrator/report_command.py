@@ -63,7 +63,11 @@ def write_run_report(results: list["ScenarioResult"], report_dir: str | Path | N
     from orchestrator.report_json import RESULTS_FILE, write_results
     from orchestrator.report_junit import write_junit
 
+    from orchestrator.bundle import SUFFIX
+
     folder = _private_folder(Path(report_dir) if report_dir else default_report_dir())
+    for stale in (folder / BUNDLES).glob(f"*{SUFFIX}"):    # a reused folder: this run's only
+        stale.unlink()
     write_results(folder / RESULTS_FILE, results, header)
     write_junit(folder / "junit.xml", results)
     if junitxml:

@@ -111,3 +111,12 @@ def test_merge_refuses_overlapping_shards_and_bad_files(failing_result, tmp_path
     with pytest.raises(ConfigError, match="not a wdfhil results file"):
         load_results(tmp_path / "other.json")
     assert main(["report", "merge", str(tmp_path / "missing")]) == 2
+
+
+def test_a_reused_report_folder_keeps_only_this_runs_bundles(failing_result, tmp_path):
+    folder = write_run_report([failing_result], tmp_path / "r")
+    (folder / "bundles" / "old-pc-256m.bundle.tar.gz").write_bytes(b"from an earlier run")
+    ok = ScenarioResult("baseline", "/s/baseline.scenario.yaml", "q35-1g", "PASS")
+    write_run_report([ok], folder)
+    assert list((folder / "bundles").iterdir()) == []
+    assert [r.scenario for r in load_results(folder)[0]] == ["baseline"]
