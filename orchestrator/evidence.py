@@ -59,21 +59,26 @@ def format_site_json(site: dict[str, Any] | None) -> str:
     return f"{Path(site['file']).name}:{site['line']}"
 
 
-def finding_json(finding: Any, names: dict[int, str]) -> dict[str, Any]:
-    """A verifier Finding as plain data: rule, severity, message, object (with the
-    scenario's name for it), call site and history, count, status."""
+def finding_json(finding: Any, name: str | None = None) -> dict[str, Any]:
+    """A finding as plain data: rule, severity, message, object (``name``: the
+    scenario's name for it), call site and history, count, status, and the bug
+    check ``code`` of a driver's BugCheck finding."""
     from framework_emu.pooltag import format_tag
 
+    handle, kind = getattr(finding, "handle", None), getattr(finding, "object_kind", None)
+    tag = getattr(finding, "tag", None)
     obj = None
-    if finding.handle is not None or finding.object_kind:
-        obj = {"name": names.get(finding.handle), "kind": finding.object_kind,
-               "handle": finding.handle,
-               "tag": format_tag(finding.tag) if finding.tag else None}
-    return {"rule": finding.rule, "severity": finding.severity, "message": finding.message,
-            "site": site_json(finding.site), "object": obj,
-            "history": [{"event": event, "site": site_json(site)}
-                        for event, site in finding.history],
-            "count": finding.count, "status": finding.status}
+    if handle is not None or kind or name:
+        obj = {"name": name, "kind": kind, "handle": handle,
+               "tag": format_tag(tag) if tag else None}
+    out = {"rule": finding.rule, "severity": finding.severity, "message": finding.message,
+           "site": site_json(getattr(finding, "site", None)), "object": obj,
+           "history": [{"event": event, "site": site_json(site)}
+                       for event, site in (getattr(finding, "history", None) or [])],
+           "count": getattr(finding, "count", 1), "status": getattr(finding, "status", None)}
+    if getattr(finding, "code", None) is not None:
+        out["code"] = finding.code
+    return out
 
 
 def finding_signature(finding: dict[str, Any]) -> tuple:
@@ -116,22 +121,28 @@ class Evidence:
 
 # -- gathering it ------------------------------------------------------------------------
 class PoolRecorder:
-    """Every pool allocation the framework made during the scenario, with when it
-    was made and freed (the pool's own hooks; the framework is not kept)."""
+    """Every pool allocation the frameworks made during the scenario (the runner's
+    and each driver's: they carve the same pool window), with when it was made and
+    freed (the pools' own hooks; no framework is kept)."""
 
-    def __init__(self, fx: "Framework") -> None:
-        pool = fx.pool
-        self.base, self.size = pool.window
-        self.kva_base = pool.kva_base
-        self.allocations: dict[int, dict[str, Any]] = {}      # serial -> record
-        self._by_va: dict[int, int] = {}                       # live va -> serial
-        pool.on_allocate.append(self._allocated)
-        pool.on_free.append(self._freed)
+    def __init__(self, base: int, size: int) -> None:
+        self.base, self.size = base, size
+        self.allocations: dict[int, dict[str, Any]] = {}      # serial (ours) -> record
+        self._live: dict[tuple[int, int], int] = {}            # (pool, va) -> serial
+        self._watched: set[int] = set()
 
-    def _allocated(self, allocation: Any) -> None:
+    def watch(self, pool: Any) -> None:
+        if id(pool) in self._watched:
+            return
+        self._watched.add(id(pool))
+        key, kva_base = id(pool), pool.kva_base
+        pool.on_allocate.append(lambda allocation: self._allocated(key, kva_base, allocation))
+        pool.on_free.append(lambda allocation: self._freed(key, allocation))
+
+    def _allocated(self, key: int, kva_base: int, allocation: Any) -> None:
         from framework_emu.pooltag import format_tag
 
-        gpa = allocation.va - self.kva_base
+        gpa = allocation.va - kva_base
         small = 0 < allocation.size <= SMALL_LIMIT
         if small:
             align = 64 if allocation.pool_type & 4 else 16      # cache-aligned pool types
@@ -140,18 +151,19 @@ class PoolRecorder:
         else:
             header = None
             end = gpa + -(-max(allocation.size, 1) // PAGE) * PAGE
-        self.allocations[allocation.serial] = {
-            "serial": allocation.serial, "gpa": gpa, "size": allocation.size,
+        serial = len(self.allocations) + 1
+        self.allocations[serial] = {
+            "serial": serial, "gpa": gpa, "size": allocation.size,
             "tag": format_tag(allocation.tag), "pool_type": allocation.pool_type,
             "site": site_json(allocation.site), "allocated": time.time(), "freed": None,
             # What is not the caller's: the pool header before a small block and the
             # slack up to the block's (or page's) end. A transfer there is an overrun.
             "header": header, "slack": [gpa + allocation.size, end - gpa - allocation.size],
             "name": None}
-        self._by_va[allocation.va] = allocation.serial
+        self._live[(key, allocation.va)] = serial
 
-    def _freed(self, allocation: Any) -> None:
-        serial = self._by_va.pop(allocation.va, None)
+    def _freed(self, key: int, allocation: Any) -> None:
+        serial = self._live.pop((key, allocation.va), None)
         if serial is not None:
             self.allocations[serial]["freed"] = time.time()
 
@@ -181,8 +193,8 @@ class EvidenceRecorder:
         self._trace = None              # our DmaTrace, if we installed one
         self._trace_path: Path | None = None
         self.pool: PoolRecorder | None = None
-        self._findings: list[Any] | None = None     # the framework's own list (no RAM views)
-        self._names: dict[int, str] = {}
+        self._findings: list[dict[str, Any]] = []
+        self._traced: list[Any] = []     # devices writing into our trace
         self.begin()
 
     def begin(self) -> None:
@@ -201,12 +213,30 @@ class EvidenceRecorder:
         self._trace_path = self._folder / "trace.jsonl"
         self._trace = DmaTrace(self._trace_path)
         device.trace = self._trace
+        self._traced.append(device)
 
-    def watch_framework(self, fx: "Framework", names: dict[int, str]) -> None:
-        """Called by the runner right after it creates the framework."""
-        self.pool = PoolRecorder(fx)
-        self._findings = fx.findings
-        self._names = names
+    def watch_framework(self, fx: "Framework") -> None:
+        """Called by the runner right after it creates the framework of the
+        framework steps: its pool allocations go on the map."""
+        if self.pool is None:
+            self.pool = PoolRecorder(*self.session.config.pool.window)
+        self.pool.watch(fx.pool)
+
+    def watch_driver(self, driver: Any) -> None:
+        """Called by the runner once the scenario's driver stack started: its
+        frameworks' pools go on the map, and a bus-master device of its own
+        writes into the scenario's trace too."""
+        for fx in getattr(driver.runtime, "frameworks", []):
+            self.watch_framework(fx)
+        busmaster = getattr(driver, "busmaster", None)
+        if busmaster is not None and self._trace is not None and busmaster.device.trace is None:
+            busmaster.device.trace = self._trace
+            self._traced.append(busmaster.device)
+
+    def findings_made(self, findings: list[tuple[Any, str | None]]) -> None:
+        """Called by the runner with its findings (framework steps' and the
+        driver's) and the scenario's name for each one's object."""
+        self._findings = [finding_json(finding, name) for finding, name in findings]
 
     def finish(self, result: "ScenarioResult") -> Evidence:
         """The evidence of the finished scenario; also ends our trace and removes
@@ -229,20 +259,20 @@ class EvidenceRecorder:
         if self._trace is not None:
             from device_model.trace import DmaTrace
 
-            device = self.session.device
-            if device is not None and device.trace is self._trace:
-                # Never None again under the device thread (it reads the attribute
-                # without a lock): a closed sink takes our place and ignores writes.
-                sink = DmaTrace(os.devnull)
-                sink.close()
-                device.trace = sink
+            # Never None again under a device thread (it reads the attribute without
+            # a lock): a closed sink takes our place and ignores writes.
+            sink = DmaTrace(os.devnull)
+            sink.close()
+            for device in self._traced:
+                if device.trace is self._trace:
+                    device.trace = sink
+            self._traced = []
             self._trace.close()
             self._trace = None
         if self._folder is not None:
             remove_tree(self._folder)
             self._folder = None
         self.pool = None
-        self._findings = None
 
     def _collect(self, result: "ScenarioResult") -> Evidence:
         ended = time.time()
@@ -250,7 +280,7 @@ class EvidenceRecorder:
             self._trace.flush()
         records = self._read_trace(self.started, ended)
         evidence = Evidence(started=self.started, ended=ended)
-        evidence.findings = [finding_json(f, self._names) for f in (self._findings or [])]
+        evidence.findings = list(self._findings)
         evidence.events_dropped = max(0, len(records) - MAX_EVENTS)
         evidence.events = [{**r, "t": round(r["time"] - self.started, 6)}
                            for r in records[:MAX_EVENTS]]

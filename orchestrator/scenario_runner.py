@@ -191,6 +191,8 @@ class ScenarioRun:
             return None
         stack.callback(driver.close)
         stack.callback(self._end_background)
+        if self.recorder is not None:
+            self.recorder.watch_driver(driver)
         return driver
 
     def _finish_driver(self) -> None:
@@ -241,7 +243,7 @@ class ScenarioRun:
                                 verifier_mode="record",
                                 pool_window=self.session.vm.config.pool.window)
             if self.recorder is not None:
-                self.recorder.watch_framework(self.fx, self.names)
+                self.recorder.watch_framework(self.fx)
         return self.fx
 
     def _finish_framework(self) -> None:
@@ -264,6 +266,8 @@ class ScenarioRun:
         if self.driver is not None:
             findings += self.driver.findings()
         result.findings = [self._finding_text(f) for f in findings]
+        if self.recorder is not None:
+            self.recorder.findings_made([(f, self._name_of(f)) for f in findings])
         wanted = list(expect.get("findings", []))
         unmatched_actual = []
         for finding in findings:

@@ -121,3 +121,15 @@ def test_ctrl_c_during_a_scenario_only_cleans_up(tmp_path):
     assert not seen["folder"].exists()
     assert seen["guest commands"] == []                     # no dmesg while unwinding
     assert seen["result"].evidence.run == {"error": "interrupted (KeyboardInterrupt)"}
+
+
+def test_a_drivers_bug_check_is_a_record_with_its_code():
+    from framework_emu import BugCheck
+    from orchestrator.evidence import finding_json
+    from orchestrator.scenario_driver import BugCheckFinding
+
+    record = finding_json(BugCheckFinding(BugCheck(0x50, (0xFFFF, 1, 0, 0),
+                                                   "PAGE_FAULT_IN_NONPAGED_AREA at d.py:52")))
+    assert (record["rule"], record["severity"], record["code"]) == ("BugCheck", "error", 0x50)
+    assert record["message"].endswith("PAGE_FAULT_IN_NONPAGED_AREA at d.py:52")
+    assert record["history"] == [] and record["object"] is None
