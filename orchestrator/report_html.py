@@ -51,7 +51,7 @@ COLORS = {"step": "#90a4ae", "step-failed": "#c62828", "to_device": "#1e88e5",
           "to_guest": "#43a047", "interrupt": "#6d4c41", "fault": "#fb8c00", "refused": "#8e24aa",
           "completion": "#546e7a", "finding": "#c62828", "alloc": "#64b5f6", "freed": "#cfd8dc",
           "header": "#ef9a9a", "slack": "#ffe0b2", "transfer": "#2e7d32", "offending": "#d50000",
-          "finding-object": "#6a1b9a"}
+          "finding-object": "#6a1b9a", "leaked": "#1565c0"}
 
 
 def esc(value: Any) -> str:
@@ -272,11 +272,16 @@ def _zooms(allocations: list[dict[str, Any]], transfers: list[dict[str, Any]]) -
     if not spots:
         spots = [around(a["gpa"], a["gpa"] + a["size"]) for a in allocations
                  if a.get("findings") and a["size"] <= 512]
-    unique: list[tuple[int, int]] = []
-    for spot in spots:
-        if spot not in unique:
-            unique.append(spot)
-    return unique[:3]
+    if not spots:                 # still allocated at the end: a leak, if the driver unloaded
+        spots = [around(a["gpa"], a["gpa"] + a["size"]) for a in allocations
+                 if a["freed"] is None and a["size"] <= 512]
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(spots):               # overlapping close-ups become one
+        if merged and start <= merged[-1][1] and end - merged[-1][0] <= 1024:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged[:3]
 
 
 def pool_svg(number: int, pool: dict[str, Any] | None) -> str:
@@ -334,13 +339,14 @@ def pool_svg(number: int, pool: dict[str, Any] | None) -> str:
                f"{format_site_json(a['site'])} (t={a['allocated']:.3f}s)"
                + (f", freed t={a['freed']:.3f}s" if a["freed"] is not None else ", live at the end"))
         css = "alloc" + (" finding" if a.get("findings") else "") + f" {state}"
+        fill = COLORS["leaked"] if state == "live" else COLORS["alloc"]
         for row, px, w in spans(a["gpa"], a["size"]):
             y = top + row * row_h
             stroke = (f" stroke='{COLORS['finding-object']}' stroke-width='2' "
                       f"stroke-dasharray='4 2'" if a.get("findings") else "")
             out.append(f"<rect class='{css}' x='{px:.1f}' y='{y + 4}' width='{w:.1f}' "
-                       f"height='{row_h - 8}' fill='{COLORS['alloc']}' fill-opacity="
-                       f"'{0.45 if state == 'freed' else 0.9}'{stroke}><title>{esc(tip)}</title></rect>")
+                       f"height='{row_h - 8}' fill='{fill}' fill-opacity="
+                       f"'{0.6 if state == 'freed' else 0.9}'{stroke}><title>{esc(tip)}</title></rect>")
             if w > 40:
                 out.append(f"<text x='{px + 3:.1f}' y='{y + 17}'>{esc(label)}</text>")
         for key in ("header", "slack"):
@@ -384,7 +390,7 @@ def pool_svg(number: int, pool: dict[str, Any] | None) -> str:
             for key, gpa, length in pieces:
                 if gpa + length <= lo or gpa >= hi:
                     continue
-                fill = COLORS[key]
+                fill = COLORS["leaked" if key == "alloc" and a["freed"] is None else key]
                 css = "zoom-alloc" if key == "alloc" else f"zoom-redzone {key}"
                 out.append(f"<rect class='{css}' x='{zx(gpa):.1f}' y='{y + 6}' "
                            f"width='{max(1.0, zx(gpa + length) - zx(gpa)):.1f}' "
@@ -403,6 +409,7 @@ def pool_svg(number: int, pool: dict[str, Any] | None) -> str:
                            f"<title>{esc(t.get('why') or 'device transfer')}</title></rect>")
     out.append("</svg>")
     legend = [("alloc", "object (pool allocation)"),
+              ("leaked", "object still allocated when the run ended"),
               ("finding-object", "object a finding is about (dashed)"),
               ("header", "pool header (redzone)"),
               ("slack", "slack (redzone)"), ("transfer", "device transfer"),
