@@ -7,21 +7,11 @@ from __future__ import annotations
 import tarfile
 import xml.etree.ElementTree as ET
 
-import pytest
-
 import orchestrator.scenario_runner  # noqa: F401  (loaded once: see test_pytest_plugin.py)
+from canned_runner import real_runner_afterwards  # noqa: F401  (autouse: the real runner back)
 
 pytest_plugins = ["pytester"]
 
-
-@pytest.fixture(autouse=True)
-def real_runner_afterwards():
-    """The canned conftest replaces run_scenario on the module pytester keeps loaded
-    (above): put the real one back, or every scenario item run later in this
-    process (the built-in scenarios of the suite) would get canned results."""
-    real = orchestrator.scenario_runner.run_scenario
-    yield
-    orchestrator.scenario_runner.run_scenario = real
 
 CANNED = '''
 import time

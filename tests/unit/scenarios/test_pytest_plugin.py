@@ -12,18 +12,9 @@ import pytest
 # Loaded here so pytester's in-process runs find them loaded (numpy cannot be
 # imported twice in one process, and pytester drops modules a run imported).
 import orchestrator.scenario_runner  # noqa: F401
+from canned_runner import real_runner_afterwards  # noqa: F401  (autouse: the real runner back)
 
 pytest_plugins = ["pytester"]
-
-
-@pytest.fixture(autouse=True)
-def real_runner_afterwards():
-    """The canned conftest replaces run_scenario on the module pytester keeps loaded
-    (above): put the real one back, or every scenario item run later in this
-    process (the built-in scenarios of the suite) would get canned results."""
-    real = orchestrator.scenario_runner.run_scenario
-    yield
-    orchestrator.scenario_runner.run_scenario = real
 
 SCENARIO = "description: {name}\nguests: {guests}\ntags: {tags}\nsteps:\n  - device_info: {{}}\n"
 
