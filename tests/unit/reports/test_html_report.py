@@ -46,3 +46,17 @@ def test_the_report_renders_timeline_pool_map_and_findings(failing_result, tmp_p
         why = driver.find_element("css selector", "#s0 ul.offences li").text
         assert "touches req after it was freed" in why
         assert driver.find_element("id", "totals").text.startswith("1 passed, 2 failed")
+
+
+def test_without_a_browser_ci_fails_where_a_desk_skips(monkeypatch, tmp_path):
+    import pytest
+
+    import report_browser
+
+    monkeypatch.setattr(report_browser, "CHROMIUM", str(tmp_path / "no-chromium"))
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="needs a browser in CI"):
+        report_browser.need_browser()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="no-chromium not installed"):
+        report_browser.need_browser()
