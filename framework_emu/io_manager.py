@@ -475,6 +475,28 @@ class IoManager:
         """Move the emulated clock, firing the timers that fall due (in order)."""
         self.dispatcher.advance_to(self.dispatcher.now + int(milliseconds * TICKS_PER_MS))
 
+    # -- the emulated clock, for a runtime that makes it follow the wall clock -------------------
+
+    @property
+    def now(self) -> int:
+        """The emulated clock: 100-ns ticks (``TICKS_PER_MS`` a millisecond) since this kernel
+        started, the unit of KeQueryInterruptTime and of the timers' due times."""
+        return self.dispatcher.now
+
+    def next_timer_due(self) -> int | None:
+        """When (in ticks, see :attr:`now`) the next timer falls due; None when none is set. A
+        runtime sleeps until then, then calls :meth:`advance_to` with it."""
+        return self.dispatcher.next_due()
+
+    def advance_to(self, ticks: int) -> None:
+        """Move the emulated clock to ``ticks`` (never back), firing the timers that fall due on
+        the way. In ticks, not milliseconds, so that a due time read from :meth:`next_timer_due`
+        is reached exactly (no float rounding one tick short)."""
+        ticks = int(ticks)
+        if ticks < 0:
+            raise ArgumentError("the clock starts at 0", field="ticks", value=ticks)
+        self.dispatcher.advance_to(max(ticks, self.dispatcher.now))
+
     def outstanding(self) -> list[DeviceRequest]:
         return list(self.live_requests)
 

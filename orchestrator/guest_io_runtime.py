@@ -53,8 +53,7 @@ from device_model.abi import NTSTATUS, IoMajor, IoType
 from device_model.request_ring import GuestIoRequest, RequestEndpoint, RequestStateError
 from framework_emu import (IRP_MJ_DEVICE_CONTROL, IRP_MJ_INTERNAL_DEVICE_CONTROL, IRP_MJ_READ, IRP_MJ_WRITE,
                            KPROCESSOR_MODE, BugCheck, Finding, IoManager, IoOperation, LeakReport, OpenFile,
-                           PhysicalMemory, SystemBuffer, UserPages)
-from framework_emu.io_dispatch import TICKS_PER_MS
+                           PhysicalMemory, SystemBuffer, TICKS_PER_MS, UserPages)
 from wdfhil.errors import WdfhilError
 
 log = logging.getLogger(__name__)
@@ -312,7 +311,7 @@ class GuestIoRuntime:
         iom = self.iom
         if iom is None or self.time_rate <= 0 or self.bugcheck is not None:
             return None
-        due = iom.dispatcher.next_due()
+        due = iom.next_timer_due()
         if due is None:
             return None
         wall_due = self._wall0 + (due - self._ticks0) / TICKS_PER_MS / 1000.0 / self.time_rate
@@ -323,9 +322,8 @@ class GuestIoRuntime:
         if iom is None or self.time_rate <= 0 or self.bugcheck is not None:
             return
         target = self._ticks0 + int((time.monotonic() - self._wall0) * 1000.0 * self.time_rate * TICKS_PER_MS)
-        now = iom.dispatcher.now
-        if target > now:
-            iom.advance_time((target - now) / TICKS_PER_MS)
+        if target > iom.now:
+            iom.advance_to(target)
 
     def _load(self) -> None:
         iom = IoManager(self.memory, pool_window=self.pool_window)
@@ -336,7 +334,7 @@ class GuestIoRuntime:
             # the hardware is the function device's (the first of the stack)
             iom.add_device(fx, self.stack, hardware=self.hardware if index == 0 else None)
         self.iom = iom
-        self._wall0, self._ticks0 = time.monotonic(), iom.dispatcher.now
+        self._wall0, self._ticks0 = time.monotonic(), iom.now
 
     def _serve(self, request: GuestIoRequest) -> None:
         if self.bugcheck is not None:

@@ -3,7 +3,7 @@ drivers make around their I/O."""
 
 import pytest
 
-from framework_emu import (DISPATCH_LEVEL, NTSTATUS, PASSIVE_LEVEL, BugCheck, FrameworkStateError,
+from framework_emu import (TICKS_PER_MS, ArgumentError, DISPATCH_LEVEL, NTSTATUS, PASSIVE_LEVEL, BugCheck, FrameworkStateError,
                            WDF_DRIVER_CONFIG, WDF_DRIVER_VERSION_AVAILABLE_PARAMS, WDF_EXECUTION_LEVEL,
                            WDF_IO_QUEUE_CONFIG_INIT_DEFAULT_QUEUE, WDF_OBJECT_ATTRIBUTES, WDF_REL_TIMEOUT_IN_MS,
                            WDF_SYNCHRONIZATION_SCOPE, WDF_TIMER_CONFIG_INIT, WDF_TIMER_CONFIG_INIT_PERIODIC,
@@ -58,6 +58,33 @@ def test_one_shot_and_periodic_timers_fire_on_the_emulated_clock_at_dispatch_lev
     guest.iom.advance_time(100)
     assert len(fired) == 4
     assert fx.WdfTimerGetParentObject(periodic) == driver.queue
+
+
+def test_the_clock_a_runtime_reads_next_timer_due_and_advance_to():
+    """What a runtime that makes emulated time follow the wall clock reads (IoManager.now,
+    next_timer_due) and moves (advance_to): in ticks, reaching a due time exactly."""
+    guest, driver, fx = machine()
+    iom = guest.iom
+    assert iom.next_timer_due() is None
+    start = iom.now
+    fired = []
+    _, timer = fx.WdfTimerCreate(WDF_TIMER_CONFIG_INIT(lambda t: fired.append(iom.now)),
+                                 WDF_OBJECT_ATTRIBUTES(ParentObject=driver.device))
+    fx.WdfTimerStart(timer, WDF_REL_TIMEOUT_IN_MS(7))
+    due = iom.next_timer_due()
+    assert due == start + 7 * TICKS_PER_MS
+    iom.advance_to(due - 1)
+    assert fired == [] and iom.now == due - 1
+    iom.advance_to(due)
+    assert fired == [due] and iom.next_timer_due() is None
+    iom.advance_to(0)                      # never back
+    assert iom.now == due
+    with pytest.raises(ArgumentError) as err:
+        iom.advance_to(-1)
+    assert err.value.field == "ticks"
+    fx.WdfTimerStart(timer, WDF_REL_TIMEOUT_IN_MS(5))
+    assert fx.WdfTimerStop(timer, False) is True
+    assert iom.next_timer_due() is None    # a stopped timer is not due
 
 
 def test_passive_timer_runs_at_passive_level():
