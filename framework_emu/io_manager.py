@@ -388,7 +388,7 @@ class IoManager:
             for fx in self.drivers:  # the guest reuses its kernel buffers: a new request owns this one now
                 fx._verifier.release_range(*irp.guest_system_range)
         op.irp, op._manager = irp, self
-        self._deliver(irp, file.stack.top)
+        self._deliver(irp, file.stack.top, site=site)
         self._drain()
         return op
 
@@ -428,9 +428,9 @@ class IoManager:
                     raise ArgumentError(f"{size} bytes at offset {user_pages.offset} span {pages} pages;"
                                         f" user_pages lists {len(user_pages.pfns)} frames", field="user_pages.pfns",
                                         value=len(user_pages.pfns))
-                for pfn in user_pages.pfns[:pages]:
-                    if not self.memory.contains(pfn << PAGE_SHIFT, PAGE_SIZE):
-                        raise ArgumentError(f"frame 0x{pfn:x} is not guest RAM", field="user_pages.pfns", value=pfn)
+                bad = self.system_ptes.first_not_ram(user_pages.pfns[:pages])
+                if bad is not None:
+                    raise ArgumentError(f"frame 0x{bad:x} is not guest RAM", field="user_pages.pfns", value=bad)
 
         def none_of(what: Any, name: str) -> None:
             if what is not None:
@@ -502,9 +502,10 @@ class IoManager:
 
     # -- moving IRPs between devices -------------------------------------------------------------
 
-    def _deliver(self, irp: Irp, device: Device, sender: Any = None) -> None:
+    def _deliver(self, irp: Irp, device: Device, sender: Any = None, site: CallSite | None = None) -> None:
         """The IRP arrives at ``device`` (IoCallDriver): FxPkgIo picks a queue, or a filter with no
-        queue for it passes it down, or it is completed STATUS_INVALID_DEVICE_REQUEST."""
+        queue for it passes it down, or it is completed STATUS_INVALID_DEVICE_REQUEST. ``site``:
+        the caller's, when the caller found it already (else looked up here)."""
         if device is None:  # below the bottom device: the bus driver knows no such request
             self._irp_done(irp, NTSTATUS.STATUS_INVALID_DEVICE_REQUEST, 0)
             return
@@ -520,7 +521,7 @@ class IoManager:
                 queue = None  # FxPkgIo::Dispatch: a filter's default queue without a handler forwards
             if queue is None:
                 if device.filter:
-                    self._deliver(irp, device.lower, sender)
+                    self._deliver(irp, device.lower, sender, site)
                 else:
                     self._irp_done(irp, NTSTATUS.STATUS_INVALID_DEVICE_REQUEST, 0)
                 return
@@ -528,11 +529,11 @@ class IoManager:
             config = device.file_config
             if config is None or config.EvtDeviceFileCreate is None:
                 if device.lower is not None:
-                    self._deliver(irp, device.lower, sender)
+                    self._deliver(irp, device.lower, sender, site)
                 else:
                     self._irp_done(irp, NTSTATUS.STATUS_SUCCESS, 0)
                 return
-        request = self._make_request(irp, device)
+        request = self._make_request(irp, device, site)
         if request is None:
             self._irp_done(irp, NTSTATUS.STATUS_INSUFFICIENT_RESOURCES, 0)
             return
@@ -553,7 +554,7 @@ class IoManager:
                                PASSIVE_LEVEL, f"EvtDeviceFileCreate of {device.describe()}",
                                device.file_callback_lock())
 
-    def _make_request(self, irp: Irp, device: Device) -> DeviceRequest | None:
+    def _make_request(self, irp: Irp, device: Device, site: CallSite | None = None) -> DeviceRequest | None:
         fx = device.fx
         template = getattr(irp, "template", None) or IoRequest(irp.major)
         io = IoRequest(template.major, template.input_length, template.output_length, template.ioctl_code,
@@ -562,7 +563,7 @@ class IoManager:
             io.direct = device.stack.direct_io
         file = getattr(irp, "file", None)
         file_object = file.file_objects.get(device) if isinstance(file, OpenFile) else None
-        site = driver_site()
+        site = site or driver_site()
         request = DeviceRequest(fx, site, io, irp, device, file_object)
         request.tag = fx._driver_tag
         request.byte_offset = getattr(irp, "byte_offset", 0)

@@ -78,7 +78,7 @@ class Mdl:
     """One MDL. Header fields are Python attributes mirrored into the structure on change."""
 
     def __init__(self, fx: Any, address: int, virtual_address: int, length: int,
-                 site: CallSite | None) -> None:
+                 site: CallSite | None, flags: int = 0) -> None:
         self._fx = fx
         self.address = address
         self.allocated_at = site
@@ -86,7 +86,7 @@ class Mdl:
         self._next: "Mdl | None" = None
         self.capacity = ADDRESS_AND_SIZE_TO_SPAN_PAGES(virtual_address, length)  # PFN slots
         self.Size = SIZEOF_MDL + 8 * self.capacity  # a CSHORT in C: stored truncated, as MmInitializeMdl does
-        self.MdlFlags = MDL_ALLOCATED_FIXED_SIZE if self.capacity <= IOP_FIXED_SIZE_MDL_PFNS else 0
+        self.MdlFlags = (MDL_ALLOCATED_FIXED_SIZE if self.capacity <= IOP_FIXED_SIZE_MDL_PFNS else 0) | flags
         self.StartVa = PAGE_ALIGN(virtual_address)
         self.ByteOffset = BYTE_OFFSET(virtual_address)
         self.ByteCount = length
@@ -155,13 +155,14 @@ class MdlTable:
         """The MDL at ``address``, live or recently freed."""
         return self.live.get(address) or self.freed.get(address)
 
-    def allocate(self, va: int, length: int, site: CallSite | None) -> Mdl | None:
-        """IoAllocateMdl: an MDL for the range (nothing built yet), or None when out of pool."""
+    def allocate(self, va: int, length: int, site: CallSite | None, flags: int = 0) -> Mdl | None:
+        """IoAllocateMdl: an MDL for the range (nothing built yet), or None when out of pool.
+        ``flags``: MdlFlags to start with (the I/O manager's locked caller pages: one header store)."""
         fx = self.fx
         block = fx._pool.allocate(PoolType.NonPagedPool, MmSizeOfMdl(va, length), MDL_TAG, site)
         if not block:
             return None
-        mdl = Mdl(fx, block, va, length, site)
+        mdl = Mdl(fx, block, va, length, site, flags)
         self.live[block] = mdl
         return mdl
 

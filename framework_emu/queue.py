@@ -28,7 +28,7 @@ from .attributes import (WdfExecutionLevelPassive, WdfSynchronizationScopeDevice
 from .callsite import CallSite
 from .io_dispatch import CallbackLock
 from .io_request import (STATUS_CANCELLED, STATUS_INVALID_DEVICE_STATE, DeviceRequest,
-                         WDF_REQUEST_STOP_ACTION_FLAGS, describe_callback)
+                         WDF_REQUEST_STOP_ACTION_FLAGS, CallbackOf, Presentation)
 from .irql import PASSIVE_LEVEL
 from .ntstatus import NTSTATUS
 from .objects import CREATED, FX_TYPE_OBJECT, FxObject
@@ -148,8 +148,8 @@ class IoQueue(FxObject):
 
     def _invoke(self, name: str, callback: Callable[..., Any], args: tuple) -> Any:
         dispatcher = self.fx.io_manager.dispatcher
-        return dispatcher.invoke(self.fx, callback, args, self.callback_level(),
-                                 f"{name} of {self.describe()}", self.callback_lock())
+        return dispatcher.invoke(self.fx, callback, args, self.callback_level(), CallbackOf(name, self),
+                                 self.callback_lock())
 
     def _can_call_now(self) -> bool:
         """False where the framework would defer: our lock is held, or passive work above PASSIVE."""
@@ -243,7 +243,7 @@ class IoQueue(FxObject):
             request.presented_in = f"{self.describe()} (no callback: completed by the framework)"
             self.fx._complete(request, NTSTATUS.STATUS_INVALID_DEVICE_REQUEST, 0)
             return
-        request.presented_in = describe_callback(name, callback, self.describe())
+        request.presented_in = Presentation(name, callback, self)
         request.presentations += 1
         if name in ("EvtIoRead",):
             args = (self.handle, request.handle, io.output_length)

@@ -155,7 +155,10 @@ class Verifier:
 
     def quarantine(self, request: "FxObject", ranges: list[tuple[int, int]],
                    release: Callable[[int], None]) -> None:
-        """Keep ``ranges`` (va, size) of a completed request out of the pool for a while."""
+        """Keep ``ranges`` (va, size) of a completed request out of the pool for a while (a request
+        with none takes no place: the last QUARANTINE_REQUESTS requests *with buffers* are kept)."""
+        if not ranges:
+            return
         starts = []
         for va, size in ranges:
             entry = QuarantinedBuffer(va, va + max(size, 1), request, lambda va=va: release(va))

@@ -21,14 +21,25 @@ CANCEL (and a guest gone)   ``cancel(op)``
 
 Threading: the endpoint calls its handler on the device thread, under the
 device lock, and the handler must not block; IoManager is single-threaded.
-So the handler only puts the request on a queue, and one *runtime thread*
-owns the IoManager: it takes requests (and cancels, and calls from the test
-through :meth:`GuestIoRuntime.call`) off the queue in order, runs the
-drivers, and completes requests from the operations' done callbacks (``complete``
-takes the device lock itself; the device thread never waits for the runtime
-thread). Emulated time follows the wall clock (``time_rate`` emulated ms per
-wall ms; 0 freezes it, :meth:`GuestIoRuntime.advance_time` moves it): the
-thread sleeps until the next timer is due, so timer-driven drivers complete.
+So exactly one thread at a time *owns* the IoManager (the ``_busy`` flag,
+taken and dropped under ``_cond``). A request (or cancel) that finds the
+runtime idle -- nothing queued, no owner -- is run *inline*, on the device
+thread, at once: no thread handoff, which was half of the framework's
+latency. Otherwise it is queued, and the *runtime thread* takes the queue
+in order (requests, cancels, calls from the test through
+:meth:`GuestIoRuntime.call`, interrupts through :meth:`GuestIoRuntime.post`);
+an inline run never overtakes a queued item, and the device thread never
+waits for the runtime thread (it queues instead). Running inline holds the
+device lock for as long as the drivers run: emulated waits do not block
+(time jumps), and the drivers' hardware is another device core with its own
+thread and lock, so nothing a driver does waits on this device's thread.
+``inline=False`` queues everything (hardware whose work needed the request
+ring's own device thread would). Completions are posted from whichever
+thread owns the IoManager (``complete`` takes the device lock, re-entrantly
+on the device thread). Emulated time follows the wall clock (``time_rate``
+emulated ms per wall ms; 0 freezes it, :meth:`GuestIoRuntime.advance_time`
+moves it): the runtime thread sleeps until the next timer is due, so
+timer-driven drivers complete.
 
 :meth:`GuestIoRuntime.close` hands the endpoint back, closes the files the
 guest left open, removes the devices and unloads the drivers, and returns a
@@ -40,9 +51,9 @@ stopped the emulated machine, and internal errors.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import logging
-import queue
 import threading
 import time
 import traceback
@@ -148,13 +159,15 @@ class GuestIoRuntime:
     only with :meth:`advance_time`). ``framework_options``: for every ``load_driver``.
     ``hardware``: the function driver's device hardware (a ``DeviceHardware``, e.g. a
     :class:`~orchestrator.busmaster_runtime.BusMasterHardware`'s), given to its ``add_device``;
-    a device's interrupt reaches the runtime thread through :meth:`post`.
+    a device's interrupt reaches the runtime thread through :meth:`post`. ``inline``: run a
+    request on the device thread when the runtime is idle (see the module docstring).
     """
 
     def __init__(self, endpoint: RequestEndpoint, memory: PhysicalMemory, pool_window: tuple[int, int],
                  drivers: Sequence[Any], *, stack: str = DEFAULT_STACK, open_name: str | None = None,
                  service_names: Sequence[str] | None = None, time_rate: float = 1.0,
-                 framework_options: dict[str, Any] | None = None, hardware: Any = None) -> None:
+                 framework_options: dict[str, Any] | None = None, hardware: Any = None,
+                 inline: bool = True) -> None:
         if not drivers:
             raise ValueError("drivers: at least the function driver")
         self.endpoint = endpoint
@@ -167,14 +180,19 @@ class GuestIoRuntime:
         self.time_rate = float(time_rate)
         self.framework_options = dict(framework_options or {})
         self.hardware = hardware
-        self.iom: IoManager | None = None          # touch only on the runtime thread (call())
+        self.inline = bool(inline)
+        self.iom: IoManager | None = None          # touch only as its owner (call())
         self.frameworks: list[Any] = []
         self.report: GuestIoReport | None = None
         self.bugcheck: BugCheck | None = None
         self.errors: list[str] = []
-        self.served = 0                            # requests taken off the queue
-        self.cpu_seconds = 0.0                     # runtime thread CPU spent on requests and cancels
-        self._queue: queue.SimpleQueue[tuple] = queue.SimpleQueue()
+        self.served = 0                            # requests served (queued or inline)
+        self.served_inline = 0                     # of which on the device thread
+        self.cpu_seconds = 0.0                     # CPU spent on requests (the serving thread's)
+        self._cond = threading.Condition(threading.Lock())
+        self._items: collections.deque[tuple] = collections.deque()   # under _cond
+        self._busy = False                         # under _cond: a thread owns the IoManager
+        self._owner: int | None = None             # that thread's ident
         self._files: dict[int, OpenFile] = {}      # guest file_id -> the IoManager's open file
         self._pending: dict[int, _Pending] = {}    # request_id -> the operation in the framework
         self._previous: tuple[Callable, Callable | None] | None = None
@@ -226,10 +244,10 @@ class GuestIoRuntime:
         The way to look at a driver's state or the IoManager from a test."""
         if self._thread is None or not self._thread.is_alive():
             raise GuestIoRuntimeError("the guest I/O runtime is not running")
-        if threading.current_thread() is self._thread:
+        if threading.get_ident() == self._owner:   # the owner (a driver's callback, a done callback)
             return fn(*args)
         future: concurrent.futures.Future = concurrent.futures.Future()
-        self._queue.put(("call", fn, args, future))
+        self._enqueue(("call", fn, args, future))
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
@@ -239,7 +257,7 @@ class GuestIoRuntime:
         """Run ``fn(*args)`` on the runtime thread without waiting (any thread, never blocks):
         how a device's interrupt reaches the framework. An exception is a runtime error in the
         report (a bug check stops the emulated machine)."""
-        self._queue.put(("call", fn, args, None))
+        self._enqueue(("call", fn, args, None))
 
     def advance_time(self, milliseconds: float) -> None:
         """Move the emulated clock on (firing the timers that fall due)."""
@@ -257,51 +275,100 @@ class GuestIoRuntime:
 
     # ---- the endpoint's callbacks (device thread, under the device lock: never block) --------
     def _on_request(self, request: GuestIoRequest) -> None:
-        self._queue.put(("request", request))
+        self._inline_or_enqueue(("request", request))
 
     def _on_cancel(self, request: GuestIoRequest) -> None:
-        self._queue.put(("cancel", request))
+        self._inline_or_enqueue(("cancel", request))
+
+    def _inline_or_enqueue(self, item: tuple) -> None:
+        with self._cond:
+            inline = self.inline and not self._busy and not self._items
+            if inline:
+                self._busy, self._owner = True, threading.get_ident()
+            else:
+                self._items.append(item)
+                self._cond.notify()
+                return
+        try:
+            self._run(item, inline=True)
+        finally:
+            self._release()
+
+    def _enqueue(self, item: tuple) -> None:
+        with self._cond:
+            self._items.append(item)
+            self._cond.notify()
+
+    def _release(self) -> None:
+        """Give up the IoManager; the runtime thread looks again (items queued meanwhile, a
+        timer the inline run started)."""
+        with self._cond:
+            self._busy, self._owner = False, None
+            self._cond.notify()
 
     # ---- the runtime thread ---------------------------------------------------------------------
     def _main(self) -> None:
         while True:
+            item = self._next_item()
             try:
-                item = self._queue.get(timeout=self._sleep_for())
-            except queue.Empty:
-                item = None
-            try:
-                self._follow_wall_clock()
-                if item is None:
-                    continue
-                kind = item[0]
-                if kind == "stop":
+                if item is not None and item[0] == "stop":
                     return
-                if kind == "call":
-                    _, fn, args, future = item
-                    if future is None:             # post(): nobody waits, failures are reported
-                        fn(*args)
-                        continue
-                    try:
-                        future.set_result(fn(*args))
-                    except BaseException as exc:   # handed to the caller
-                        future.set_exception(exc)
-                elif kind == "request":
-                    self.served += 1
-                    started = time.thread_time()
-                    try:
-                        self._serve(item[1])
-                    finally:
-                        self.cpu_seconds += time.thread_time() - started
-                elif kind == "cancel":
-                    self._cancel(item[1])
-            except BugCheck as exc:
-                self._crashed(exc)
-            except Exception:
-                self._error(traceback.format_exc())
+                self._run(item)
+            finally:
+                self._release()
+
+    def _next_item(self) -> tuple | None:
+        """Wait until an item is queued and nobody owns the IoManager (then own it and return
+        the item), or until the next timer is due (own it, None)."""
+        with self._cond:
+            while True:
+                if not self._busy:
+                    if self._items:
+                        self._busy, self._owner = True, threading.get_ident()
+                        return self._items.popleft()
+                    timeout = self._sleep_for()   # nobody owns the IoManager: reading it is safe
+                    if timeout is not None and timeout <= 0:
+                        self._busy, self._owner = True, threading.get_ident()
+                        return None
+                else:
+                    timeout = None                # the owner notifies when it lets go
+                self._cond.wait(timeout)
+
+    def _run(self, item: tuple | None, inline: bool = False) -> None:
+        """One queued item, or a due timer (None), as the IoManager's owner: a bug check stops
+        the emulated machine, any other failure is a runtime error."""
+        try:
+            self._follow_wall_clock()
+            if item is None:
+                return
+            kind = item[0]
+            if kind == "call":
+                _, fn, args, future = item
+                if future is None:             # post(): nobody waits, failures are reported
+                    fn(*args)
+                    return
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as exc:   # handed to the caller
+                    future.set_exception(exc)
+            elif kind == "request":
+                self.served += 1
+                self.served_inline += inline
+                started = time.thread_time()
+                try:
+                    self._serve(item[1])
+                finally:
+                    self.cpu_seconds += time.thread_time() - started
+            elif kind == "cancel":
+                self._cancel(item[1])
+        except BugCheck as exc:
+            self._crashed(exc)
+        except Exception:
+            self._error(traceback.format_exc())
 
     def _stop_thread(self) -> None:
         if self._thread is not None:
-            self._queue.put(("stop",))
+            self._enqueue(("stop",))
             self._thread.join(CALL_TIMEOUT_S)
             if self._thread.is_alive():
                 log.error("the guest I/O runtime thread did not stop")

@@ -170,3 +170,40 @@ def test_a_request_never_completed_is_reported_and_the_guest_let_go(tmp_path, me
     assert "EvtIoRead" in never.presented_in and "test_guest_io_runtime.py" in never.presented_in
     assert report.files_left_open == 1
     assert any(f.rule == "RequestNeverCompleted" for f in report.findings)
+
+
+def test_an_idle_runtime_serves_inline_a_busy_one_queues_in_order(tmp_path, memory):
+    """Requests that find the runtime idle run on the device thread (no handoff); while the
+    runtime thread owns the IoManager (here: a call that waits), they queue, and run after it
+    in the order they came, none of them inline."""
+    import threading
+
+    with run(tmp_path, memory, [EchoDriver(direct_io=True)]) as (_d, endpoint, ring, runtime):
+        ring.request(RequestEntry(1, FILE, IoMajor.CREATE))
+        memory.write(0x10_0000, pattern(512))
+        ring.request(page_entry(memory, 2, FILE, IoMajor.WRITE, 0x10_0000, 512, input_length=512))
+        assert (runtime.served, runtime.served_inline) == (2, 2)
+        entered, release = threading.Event(), threading.Event()
+        runtime.post(lambda: (entered.set(), release.wait(30)))
+        assert entered.wait(30)
+        for rid, gpa in ((3, 0x20_0000), (4, 0x21_0000), (5, 0x22_0000)):
+            ring.post_raw(page_entry(memory, rid, FILE, IoMajor.READ, gpa, 512, output_length=512).pack())
+        ring.ring()
+        endpoint.wait_for(lambda: endpoint.stats.accepted == 5, 30, "the three reads handed over")
+        assert ring.take() == [] and runtime.served == 2
+        release.set()
+        done = ring.wait(3)
+        assert [c.request_id for c in done] == [3, 4, 5] and all(c.status == OK for c in done)
+        assert (runtime.served, runtime.served_inline) == (5, 2)
+        for gpa in (0x20_0000, 0x21_0000, 0x22_0000):
+            assert memory.read(gpa, 512) == pattern(512)
+        ring.request(RequestEntry(6, FILE, IoMajor.CLOSE))
+    assert runtime.report.clean, runtime.report
+
+
+def test_inline_false_serves_every_request_on_the_runtime_thread(tmp_path, memory):
+    with run(tmp_path, memory, [EchoDriver()], inline=False) as (_d, _e, ring, runtime):
+        ring.request(RequestEntry(1, FILE, IoMajor.CREATE))
+        ring.request(RequestEntry(2, FILE, IoMajor.CLOSE))
+        assert (runtime.served, runtime.served_inline) == (2, 0)
+    assert runtime.report.clean, runtime.report
