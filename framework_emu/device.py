@@ -142,6 +142,7 @@ class WDFDEVICE_INIT:
         self.file_config: WDF_FILEOBJECT_CONFIG | None = None
         self.file_attributes: WDF_OBJECT_ATTRIBUTES | None = None
         self.request_attributes: WDF_OBJECT_ATTRIBUTES | None = None
+        self.io_in_caller_context: Any = None   # EvtIoInCallerContext (neither_api.py)
         self.filter = False
         self.name: str | None = None
         self.exclusive = False
@@ -170,6 +171,7 @@ class Device(FxObject):
         self.callbacks = init.pnp_power_callbacks
         self.file_config = init.file_config
         self.request_attributes = init.request_attributes
+        self.io_in_caller_context = init.io_in_caller_context
         self.queues: list["IoQueue"] = []
         self.default_queue: "IoQueue | None" = None
         self.dispatching: dict[int, "IoQueue"] = {}

@@ -36,8 +36,8 @@ from .handles import HANDLE_BASE
 from .hw_resources import IoSpace
 from .io_dispatch import TICKS_PER_MS, Dispatcher
 from .io_request import (IRP_MJ_CLEANUP, IRP_MJ_CLOSE, IRP_MJ_CREATE, STATUS_CANCELLED, STATUS_NO_SUCH_DEVICE,
-                         STATUS_OBJECT_NAME_NOT_FOUND, DeviceRequest, Irp, SystemBuffer, UserPages,
-                         describe_callback, transfer_method)
+                         STATUS_OBJECT_NAME_NOT_FOUND, CallbackOf, DeviceRequest, Irp, Presentation, SystemBuffer,
+                         UserPages, describe_callback, transfer_method)
 from .irql import PASSIVE_LEVEL, ProcessorIrql
 from .ntstatus import NTSTATUS, status_name
 from .objects import DESTROYED
@@ -246,8 +246,9 @@ class IoManager:
         """A request its driver never completed, reported already: the framework object goes (so
         the unload's leak report does not list it again); its operation stays pending."""
         self.live_requests.pop(request, None)
-        if request.mapping_va:
-            self.system_ptes.unmap(request.mapping_va)
+        for va in [request.mapping_va] + [m.buffer for m in request.locked_memories]:
+            if va:
+                self.system_ptes.unmap(va)
         request.free_buffers()
         if request.state is not DESTROYED:
             request.refcount = 0
@@ -348,7 +349,7 @@ class IoManager:
 
     def submit(self, file: OpenFile, major: int, *, length: int = 0, byte_offset: int = 0, ioctl_code: int = 0,
                input_length: int = 0, output_length: int = 0, system_buffer: SystemBuffer | None = None,
-               user_pages: UserPages | None = None,
+               user_pages: UserPages | None = None, input_pages: UserPages | None = None,
                requestor_mode: int = KPROCESSOR_MODE.UserMode) -> IoOperation:
         """Submit one request (see the module docstring); returns its pending IoOperation.
 
@@ -357,7 +358,9 @@ class IoManager:
         least ``length`` bytes; direct reads/writes ``user_pages`` of ``length`` bytes;
         METHOD_BUFFERED IOCTLs one ``system_buffer`` of max(input, output) bytes holding the input;
         METHOD_IN/OUT_DIRECT the input in ``system_buffer`` and the output as ``user_pages``;
-        METHOD_NEITHER no buffers (the framework gives user-mode pointers to nobody)."""
+        METHOD_NEITHER no system buffer: the caller's input (``input_pages``) and output
+        (``user_pages``) pages with their user addresses, both optional (without them the driver
+        sees NULL pointers), which only EvtIoInCallerContext can reach (neither_api.py)."""
         if not isinstance(file, OpenFile) or file.closed:
             raise ArgumentError("submit needs an open file (IoManager.open)", field="file", value=file)
         major = int(major)
@@ -373,14 +376,15 @@ class IoManager:
             input_length, output_length = 0, length
         elif major == IRP_MJ_WRITE:
             input_length, output_length = length, 0
-        self._check_buffers(major, method, ioctl_code, input_length, output_length, system_buffer, user_pages)
+        self._check_buffers(major, method, ioctl_code, input_length, output_length, system_buffer, user_pages,
+                            input_pages)
         site = driver_site()
         op = IoOperation(major, file, site)
         irp = Irp(major, originator=op)
         irp.template = IoRequest(major, input_length, output_length, ioctl_code if ioctl else 0,
                                  (ioctl_code & 3) if ioctl else METHOD_BUFFERED,
                                  method == "direct" and not ioctl, int(requestor_mode))
-        irp.spec = ("guest", system_buffer, user_pages)
+        irp.spec = ("guest", system_buffer, user_pages, input_pages)
         irp.byte_offset = byte_offset
         irp.file = file
         if system_buffer is not None:
@@ -399,7 +403,8 @@ class IoManager:
             self.dispatcher.advance_to(self.dispatcher.now)
 
     def _check_buffers(self, major: int, method: str, ioctl_code: int, input_length: int, output_length: int,
-                       system_buffer: SystemBuffer | None, user_pages: UserPages | None) -> None:
+                       system_buffer: SystemBuffer | None, user_pages: UserPages | None,
+                       input_pages: UserPages | None = None) -> None:
         def need_system(size: int) -> None:
             if size and system_buffer is None:
                 raise ArgumentError(f"a {method} request of {size} bytes needs system_buffer", field="system_buffer",
@@ -412,25 +417,25 @@ class IoManager:
                     raise ArgumentError("system_buffer is not guest RAM", field="system_buffer.gpa",
                                         value=system_buffer.gpa)
 
-        def need_pages(size: int) -> None:
-            if size and user_pages is None:
-                raise ArgumentError(f"a direct request of {size} bytes needs user_pages", field="user_pages",
-                                    value=None)
+        def need_pages(size: int, user_pages: UserPages | None = user_pages, name: str = "user_pages",
+                       optional: bool = False) -> None:
+            if size and user_pages is None and not optional:
+                raise ArgumentError(f"a direct request of {size} bytes needs {name}", field=name, value=None)
             if user_pages is not None:
                 if user_pages.length != size:
-                    raise ArgumentError(f"user_pages describes {user_pages.length} bytes, the request {size}",
-                                        field="user_pages.length", value=user_pages.length)
+                    raise ArgumentError(f"{name} describes {user_pages.length} bytes, the request {size}",
+                                        field=f"{name}.length", value=user_pages.length)
                 if not 0 <= user_pages.offset < PAGE_SIZE:
-                    raise ArgumentError("user_pages.offset is an offset into the first page",
-                                        field="user_pages.offset", value=user_pages.offset)
+                    raise ArgumentError(f"{name}.offset is an offset into the first page",
+                                        field=f"{name}.offset", value=user_pages.offset)
                 pages = (user_pages.offset + size + PAGE_SIZE - 1) >> PAGE_SHIFT
                 if len(user_pages.pfns) < pages:
                     raise ArgumentError(f"{size} bytes at offset {user_pages.offset} span {pages} pages;"
-                                        f" user_pages lists {len(user_pages.pfns)} frames", field="user_pages.pfns",
+                                        f" {name} lists {len(user_pages.pfns)} frames", field=f"{name}.pfns",
                                         value=len(user_pages.pfns))
                 bad = self.system_ptes.first_not_ram(user_pages.pfns[:pages])
                 if bad is not None:
-                    raise ArgumentError(f"frame 0x{bad:x} is not guest RAM", field="user_pages.pfns", value=bad)
+                    raise ArgumentError(f"frame 0x{bad:x} is not guest RAM", field=f"{name}.pfns", value=bad)
 
         def none_of(what: Any, name: str) -> None:
             if what is not None:
@@ -452,7 +457,10 @@ class IoManager:
             need_pages(output_length)
         else:
             none_of(system_buffer, "system_buffer")
-            none_of(user_pages, "user_pages")
+            need_pages(output_length, optional=True)
+            need_pages(input_length, input_pages, "input_pages", optional=True)
+        if method != "neither":
+            none_of(input_pages, "input_pages")
 
     def cancel(self, op: IoOperation) -> None:
         """IoCancelIrp: the request is cancelled wherever it is (queued: completed with
@@ -514,12 +522,14 @@ class IoManager:
             return
         major = irp.major
         queue = None
+        in_caller = None
         if major in _IO_MAJORS:
             queue = device.dispatching.get(major) or device.default_queue
-            if (queue is not None and device.filter and queue is device.default_queue
+            in_caller = device.io_in_caller_context
+            if (queue is not None and device.filter and queue is device.default_queue and in_caller is None
                     and not queue.handles(major)):
                 queue = None  # FxPkgIo::Dispatch: a filter's default queue without a handler forwards
-            if queue is None:
+            if queue is None and in_caller is None:
                 if device.filter:
                     self._deliver(irp, device.lower, sender, site)
                 else:
@@ -540,6 +550,9 @@ class IoManager:
         request.sender = sender
         irp.stack.append(request)
         self.live_requests[request] = None
+        if in_caller is not None:
+            self._in_caller_context(request, device, queue, in_caller)
+            return
         if queue is not None:
             queue.queue_request(request)
             return
@@ -553,6 +566,22 @@ class IoManager:
                                                      file_object.handle if file_object else None),
                                PASSIVE_LEVEL, f"EvtDeviceFileCreate of {device.describe()}",
                                device.file_callback_lock())
+
+    def _in_caller_context(self, request: DeviceRequest, device: Device, queue: Any, callback: Any) -> None:
+        """FxPkgIo::DispatchToInCallerContextCallback: the driver gets the request in the caller's
+        thread, at the caller's IRQL (PASSIVE_LEVEL for the guest's calls), under no lock, and
+        owns it: it completes it or puts it back with WdfDeviceEnqueueRequest (to ``queue``)."""
+        request.owner = "driver"
+        request.in_caller_queue = queue
+        request.in_caller_context = bool(device.fx._verifier_on)
+        request.presented_in = Presentation("EvtIoInCallerContext", callback, device)
+        request.presentations += 1
+        request.in_caller_thread = True
+        try:
+            self.dispatcher.invoke(device.fx, callback, (device.handle, request.handle), self.irql.current,
+                                   CallbackOf("EvtIoInCallerContext", device))
+        finally:
+            request.in_caller_thread = False
 
     def _make_request(self, irp: Irp, device: Device, site: CallSite | None = None) -> DeviceRequest | None:
         fx = device.fx
@@ -585,7 +614,7 @@ class IoManager:
         io = request.io
         device_writes = io.major == IRP_MJ_READ or (request.is_ioctl and io.method == METHOD_OUT_DIRECT)
         if spec[0] == "guest":
-            return request.attach_guest_buffers(spec[1], spec[2], site, device_writes)
+            return request.attach_guest_buffers(spec[1], spec[2], site, device_writes, spec[3])
         if spec[0] == "va":
             from .iotarget import attach_sent_buffers
             return attach_sent_buffers(request, spec, site, device_writes)

@@ -191,9 +191,17 @@ class DeviceRequest(Request):
     # -- buffers --------------------------------------------------------------------------
 
     def attach_guest_buffers(self, system: SystemBuffer | None, pages: UserPages | None, site: CallSite | None,
-                             device_writes: bool) -> bool:
-        """The IRP's buffers as the guest's kernel module handed them over."""
+                             device_writes: bool, input_pages: UserPages | None = None) -> bool:
+        """The IRP's buffers as the guest's kernel module handed them over. METHOD_NEITHER from
+        user mode: no system buffer and no MDL reach the driver, only the caller's addresses
+        (Type3InputBuffer, Irp->UserBuffer); the pages behind them are kept for
+        WdfRequestProbeAndLockUserBufferFor* (neither_api.py)."""
         fx = self.fx
+        if self.user_neither:
+            self.neither_input, self.neither_output = input_pages, pages
+            self.type3_input = _first_byte_va(input_pages)
+            self.user_buffer = _first_byte_va(pages)
+            return True
         if system is not None:
             self.system_buffer = fx.gpa_to_va(system.gpa)
             self.system_buffer_size = system.size
@@ -272,6 +280,14 @@ class DeviceRequest(Request):
         """Only the MDLs are this request's (the buffers are the originator's)."""
         self.free_mdls(None)
 
+    def free_mdls(self, site: CallSite | None) -> None:
+        """The IRP's MDLs, and those ProbeAndLock built (FxRequestMemory's, freed with it)."""
+        Request.free_mdls(self, site)
+        for memory in self.locked_memories:
+            if memory.mdl is not None:
+                self.fx._mdl_table.free(memory.mdl, site)
+                memory.mdl = None
+
     # -- what the driver sees ---------------------------------------------------------------
 
     def parameters(self) -> WDF_REQUEST_PARAMETERS:
@@ -288,7 +304,7 @@ class DeviceRequest(Request):
             params.InputBufferLength = io.input_length
             params.IoControlCode = io.ioctl_code
             if io.method == METHOD_NEITHER:
-                params.Type3InputBuffer = self.system_buffer
+                params.Type3InputBuffer = self.type3_input or self.system_buffer
         return params
 
     def where_presented(self) -> str:
@@ -313,6 +329,9 @@ class DeviceRequest(Request):
         self.own_mdl = None
         if self.mapping_va:
             ranges.append((self.mapping_va, self.mapping_size))
+        for memory in self.locked_memories:     # WdfRequestProbeAndLockUserBufferFor*
+            memory.retire_with_request(site)
+            ranges.append((memory.buffer, memory.size))
         if self.top_of_irp and self.system_buffer_saved:
             ranges.append(self.system_buffer_saved)
         if fx._verifier_on and ranges:
@@ -329,13 +348,34 @@ class DeviceRequest(Request):
 
     system_buffer_saved: tuple[int, int] | None = None
     sender_fx: Any = None
+    # METHOD_NEITHER from user mode (attach_guest_buffers) and caller context (neither_api.py)
+    neither_input: UserPages | None = None     # the pages behind Type3InputBuffer
+    neither_output: UserPages | None = None    # the pages behind Irp->UserBuffer
+    type3_input = 0                            # the caller's input address
+    user_buffer = 0                            # Irp->UserBuffer: the caller's output address
+    in_caller_context = False                  # FXREQUEST_FLAG_DRIVER_INPROCESS_CONTEXT (verifier)
+    in_caller_thread = False                   # running in the caller's thread (EvtIoInCallerContext)
+    in_caller_queue: "IoQueue | None" = None   # where WdfDeviceEnqueueRequest puts it
+    locked_memories: tuple = ()                # the memory objects ProbeAndLock made (freed at completion)
 
     def _release_range(self, va: int) -> None:
         if va == self.mapping_va:
             self.fx._system_ptes.unmap(va, self.io.completed_at)
+            return
+        for memory in self.locked_memories:
+            if va == memory.buffer:
+                self.fx._system_ptes.unmap(va, self.io.completed_at)
+                return
 
     def format_presented(self) -> str:
         return f"{self.describe()} presented in {self.where_presented()}"
+
+
+def _first_byte_va(pages: UserPages | None) -> int:
+    """The caller's address of the first byte of ``pages`` (0: none, or no address given)."""
+    if pages is None or not pages.user_va:
+        return 0
+    return pages.user_va + pages.offset
 
 
 def _locked_flags(device_writes: bool) -> int:

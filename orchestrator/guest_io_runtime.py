@@ -63,8 +63,8 @@ from typing import Any, Callable, Sequence
 from device_model.abi import NTSTATUS, IoMajor, IoType
 from device_model.request_ring import GuestIoRequest, RequestEndpoint, RequestStateError
 from framework_emu import (IRP_MJ_DEVICE_CONTROL, IRP_MJ_INTERNAL_DEVICE_CONTROL, IRP_MJ_READ, IRP_MJ_WRITE,
-                           KPROCESSOR_MODE, BugCheck, Finding, IoManager, IoOperation, LeakReport, OpenFile,
-                           PhysicalMemory, SystemBuffer, TICKS_PER_MS, UserPages)
+                           KPROCESSOR_MODE, PAGE_SHIFT, PAGE_SIZE, BugCheck, Finding, IoManager, IoOperation,
+                           LeakReport, OpenFile, PhysicalMemory, SystemBuffer, TICKS_PER_MS, UserPages)
 from wdfhil.errors import WdfhilError
 
 log = logging.getLogger(__name__)
@@ -466,11 +466,15 @@ class GuestIoRuntime:
                                  system_buffer=system if method != "direct" else None,
                                  user_pages=pages if method == "direct" else None, requestor_mode=mode)
         else:
-            if method == "neither":   # the framework hands a user pointer to nobody
-                system = pages = None
+            input_pages = None
+            if method == "neither":
+                input_pages = self._neither_input(request) if mode == KPROCESSOR_MODE.UserMode else None
+                system = None
+                if mode != KPROCESSOR_MODE.UserMode:
+                    pages = None
             op = self.iom.submit(file, major, ioctl_code=code, input_length=request.input_length,
                                  output_length=request.output_length, system_buffer=system,
-                                 user_pages=pages, requestor_mode=mode)
+                                 user_pages=pages, input_pages=input_pages, requestor_mode=mode)
         if op.done:
             self._complete(request, op.status, op.information)
             return
@@ -478,6 +482,18 @@ class GuestIoRuntime:
         op.add_done_callback(lambda done, request=request: self._operation_done(request, done))
         if request.cancel_requested or request.abandoned:   # the CANCEL came in meanwhile
             self.iom.cancel(op)
+
+    @staticmethod
+    def _neither_input(request: GuestIoRequest) -> UserPages | None:
+        """A METHOD_NEITHER IOCTL's input as the caller's pages: the guest module's copy of it
+        (copied back to the caller at completion) sits at the caller's offset in its page, so
+        its frames stand for the caller's (docs/device-abi.md). None if there is no input, or
+        the copy is not at that offset (then the input cannot be probed and locked)."""
+        length, gpa, va = request.input_length, request.system_gpa, request.user_input
+        if not length or not va or (gpa ^ va) & (PAGE_SIZE - 1):
+            return None
+        first, last = gpa >> PAGE_SHIFT, (gpa + length - 1) >> PAGE_SHIFT
+        return UserPages(tuple(range(first, last + 1)), gpa & (PAGE_SIZE - 1), length, va & ~(PAGE_SIZE - 1))
 
     def _operation_done(self, request: GuestIoRequest, op: IoOperation) -> None:
         self._pending.pop(request.request_id, None)

@@ -22,6 +22,8 @@ class InProcessGuest:
     """Guest RAM of ``memory_size`` bytes; the framework's pools take the top ``pool_size`` bytes,
     guest buffers come from below (from 1 MiB up)."""
 
+    _next_user_va = 0x7FF6_1000_0000   # each user buffer its own caller address (the next one's)
+
     def __init__(self, memory_size: int = 64 * MIB, pool_size: int = 32 * MIB) -> None:
         self.memory = InProcessMemory(memory_size)
         self.iom = IoManager(self.memory, pool_window=(memory_size - pool_size, pool_size))
@@ -49,7 +51,8 @@ class InProcessGuest:
         size = data if isinstance(data, int) else len(data)
         pages = max(1, (offset + size + PAGE_SIZE - 1) >> PAGE_SHIFT)
         frames = [f for f in self._frames(2 * pages)[::2]][::-1]
-        buffer = UserPages(tuple(frames), offset, size, user_va=0x7FF6_1000_0000)
+        buffer = UserPages(tuple(frames), offset, size, user_va=self._next_user_va)
+        self._next_user_va += (pages + 1) << PAGE_SHIFT
         if not isinstance(data, int):
             self.write(buffer, data)
         return buffer
@@ -103,7 +106,8 @@ class InProcessGuest:
 
     def ioctl(self, file: OpenFile, code: int, data: bytes, output_length: int) -> tuple[IoOperation, Any]:
         """ioctl(2): METHOD_BUFFERED shares one kernel buffer; direct methods put the output in
-        the caller's pages. Returns the operation and the buffer the output lands in."""
+        the caller's pages; METHOD_NEITHER hands over the caller's input and output pages (for
+        EvtIoInCallerContext). Returns the operation and the buffer the output lands in."""
         kind = self.iom.transfer_type(file, IRP_MJ_DEVICE_CONTROL, code)
         if kind == "buffered":
             buffer = self.kernel_buffer(max(len(data), output_length))
@@ -115,5 +119,8 @@ class InProcessGuest:
             system = self.kernel_buffer(data) if data else None
             return self.iom.submit(file, IRP_MJ_DEVICE_CONTROL, ioctl_code=code, input_length=len(data),
                                    output_length=output_length, system_buffer=system, user_pages=pages), pages
+        # METHOD_NEITHER: the caller's own pages, input and output, as the guest module sends them
+        pages = self.user_buffer(output_length) if output_length else None
+        inputs = self.user_buffer(data) if data else None
         return self.iom.submit(file, IRP_MJ_DEVICE_CONTROL, ioctl_code=code, input_length=len(data),
-                               output_length=output_length), None
+                               output_length=output_length, user_pages=pages, input_pages=inputs), pages

@@ -105,7 +105,8 @@ struct wio_request {
 	struct page **pages;		/* the caller's pinned pages (direct I/O) */
 	unsigned int npages;
 	bool pages_written;		/* the device may write them: dirty on unpin */
-	void *sysbuf;			/* system buffer (buffered I/O) */
+	void *sysbuf;			/* system buffer (buffered I/O): the allocation */
+	void *sysdata;			/* where its data starts (see wio_system_buffer) */
 	size_t syslen;
 	u64 *table;			/* indirect PFN table */
 };
@@ -599,19 +600,28 @@ static int wio_pin(struct wio_request *r, struct wh_rqe *e, void __user *buf, u3
 	return 0;
 }
 
+/*
+ * The system buffer: zeroed (the host may report more output than it wrote),
+ * physically contiguous, the caller's input copied in. With same_offset (the
+ * input of a METHOD_NEITHER IOCTL) the data starts at the caller's offset in
+ * its page, so the host can show it as the caller's locked input pages
+ * (docs/device-abi.md); it is copied back to the caller at completion.
+ */
 static int wio_system_buffer(struct wio_request *r, struct wh_rqe *e, size_t len,
-			     const void __user *in, u32 in_len)
+			     const void __user *in, u32 in_len, bool same_offset)
 {
+	size_t offset = same_offset ? offset_in_page(in) : 0;
+
 	if (len > WH_IO_MAX_SYSTEM_BUFFER)
 		return -EINVAL;
-	/* Zeroed: the host may report more output than it wrote. */
-	r->sysbuf = kzalloc(len, GFP_KERNEL | __GFP_NOWARN);
+	r->sysbuf = kzalloc(same_offset ? len + offset + PAGE_SIZE : len, GFP_KERNEL | __GFP_NOWARN);
 	if (!r->sysbuf)
 		return -ENOMEM;
+	r->sysdata = same_offset ? PTR_ALIGN(r->sysbuf, PAGE_SIZE) + offset : r->sysbuf;
 	r->syslen = len;
-	if (in_len && copy_from_user(r->sysbuf, in, in_len))
+	if (in_len && copy_from_user(r->sysdata, in, in_len))
 		return -EFAULT;
-	e->system_gpa = virt_to_phys(r->sysbuf);
+	e->system_gpa = virt_to_phys(r->sysdata);
 	e->system_length = len;
 	return 0;
 }
@@ -626,7 +636,7 @@ static int wio_issue(struct wio_file *wf, const struct wio_args *a, u32 *status,
 	struct wdfhil_dev *wdev = wf->wdev;
 	struct wh_rqe e = { .file_id = wf->file_id, .major = a->major };
 	struct wio_request *r;
-	bool copy_out = false;
+	bool copy_out = false, neither_in = false;
 	u64 info;
 	int ret;
 
@@ -669,7 +679,7 @@ static int wio_issue(struct wio_file *wf, const struct wio_args *a, u32 *status,
 		if (ret < 0)
 			goto out_free;
 		if (ret == WH_IOTYPE_BUFFERED) {
-			ret = wio_system_buffer(r, &e, len, read ? NULL : a->in, read ? 0 : len);
+			ret = wio_system_buffer(r, &e, len, read ? NULL : a->in, read ? 0 : len, false);
 			copy_out = read;
 		} else {
 			ret = wio_pin(r, &e, read ? a->out : a->in, len, read);
@@ -689,7 +699,7 @@ static int wio_issue(struct wio_file *wf, const struct wio_args *a, u32 *status,
 			size_t len = max(a->in_len, a->out_len);
 
 			if (len) {
-				ret = wio_system_buffer(r, &e, len, a->in, a->in_len);
+				ret = wio_system_buffer(r, &e, len, a->in, a->in_len, false);
 				if (ret)
 					goto out_free;
 			}
@@ -697,7 +707,8 @@ static int wio_issue(struct wio_file *wf, const struct wio_args *a, u32 *status,
 			break;
 		}
 		if (a->in_len) {
-			ret = wio_system_buffer(r, &e, a->in_len, a->in, a->in_len);
+			ret = wio_system_buffer(r, &e, a->in_len, a->in, a->in_len,
+						method == WH_METHOD_NEITHER);
 			if (ret)
 				goto out_free;
 		}
@@ -706,8 +717,10 @@ static int wio_issue(struct wio_file *wf, const struct wio_args *a, u32 *status,
 			if (ret)
 				goto out_free;
 		}
-		if (method == WH_METHOD_NEITHER)
+		if (method == WH_METHOD_NEITHER) {
 			e.user_input = (u64)(unsigned long)a->in;
+			neither_in = a->in_len && a->major == WH_IO_DEVICE_CONTROL;
+		}
 		break;
 	}
 	case WH_IO_CREATE:
@@ -751,9 +764,12 @@ static int wio_issue(struct wio_file *wf, const struct wio_args *a, u32 *status,
 	if (copy_out && r->sysbuf && info) {
 		size_t n = min_t(u64, info, a->out_len);
 
-		if (n && copy_to_user(a->out, r->sysbuf, n))
+		if (n && copy_to_user(a->out, r->sysdata, n))
 			ret = -EFAULT;
 	}
+	/* METHOD_NEITHER: the driver may have written the caller's input in place. */
+	if (neither_in && copy_to_user(a->in, r->sysdata, a->in_len))
+		ret = -EFAULT;
 	*information = info;
 out_free:
 	wio_free_request(r);
