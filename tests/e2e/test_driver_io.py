@@ -28,6 +28,7 @@ from samples.echo import IOCTL_ECHO_REVERSE, EchoDriver
 from samples.filter import IOCTL_FILTER_PROBE_ASYNC, IOCTL_FILTER_PROBE_SYNC, IOCTL_FILTER_STATS, \
     EchoFilterDriver
 from samples.internal_ioctl import IOCTL_INTERNAL_SENSOR_READ, SensorDriver, SensorFilterDriver
+from samples.neither import IOCTL_NEITHER_IN_PLACE, IOCTL_NEITHER_REVERSE, NeitherDriver
 from wdfhil.errors import GuestError
 
 from driver_io_drivers import (HoldingDriver, LeakyEchoDriver, MethodEchoDriver, OffsetStoreDriver,
@@ -170,6 +171,30 @@ def test_each_ioctl_transfer_method_reaches_the_driver(session, drive, direct, m
     if method in (TransferMethod.IN_DIRECT, TransferMethod.OUT_DIRECT):
         ((_what, pfns, byte_offset, count, _va),) = runtime.call(lambda: list(driver.mdls))
         assert [p << 12 for p in pfns] == results[2]["frames"] and (byte_offset, count) == (123, 3000)
+    assert runtime.findings() == []
+
+
+def test_a_method_neither_ioctl_round_trips_through_the_callers_locked_pages(session, drive):
+    """The sample probes and locks the program's own buffers in EvtIoInCallerContext (input for
+    read, output for write), enqueues the request, and its queue reverses input into output; a
+    second IOCTL reverses the input in place (locked for write: the program sees its input
+    changed). The locked memory goes with each request: nothing pinned or leaked after."""
+    runtime = drive(NeitherDriver())
+    driver = runtime.drivers[0]
+    results = session.agent.run(
+        Step.alloc("in", 3000, offset=4000), Step.fill("in", 4),      # input crosses a page boundary
+        Step.alloc("out", 3000, offset=123), Step.memset("out", 0),
+        Step.io_call("ioctl", IOCTL_NEITHER_REVERSE, input="in", output="out"),
+        "hexdump out length=1024", "hexdump out start=1976 length=1024",
+        Step.io_call("ioctl", IOCTL_NEITHER_IN_PLACE, input="in"),
+        "hexdump in length=1024", "hexdump in start=1976 length=1024")
+    reverse, in_place = IoResult.from_result(results[4]), IoResult.from_result(results[7])
+    assert (reverse.result, reverse.status, reverse.information) == (0, 0, 3000)
+    expected = pattern_bytes(4, 3000)[::-1]
+    assert hexdump(results[5]) == expected[:1024] and hexdump(results[6]) == expected[1976:]
+    assert (in_place.result, in_place.status, in_place.information) == (0, 0, 3000)
+    assert hexdump(results[8]) == expected[:1024] and hexdump(results[9]) == expected[1976:]
+    assert runtime.call(lambda: (driver.locked, driver.events)) == ({}, [])
     assert runtime.findings() == []
 
 
