@@ -121,25 +121,7 @@ class NeitherApi:
         """-> (status, buffer, length): a METHOD_NEITHER IOCTL's Type3InputBuffer (a write's
         Irp->UserBuffer on a WdfDeviceIoNeither device). A read or an internal IOCTL:
         STATUS_INVALID_DEVICE_REQUEST; shorter than RequiredLength: STATUS_BUFFER_TOO_SMALL."""
-        call = "WdfRequestRetrieveUnsafeUserInputBuffer"
-        check_size(RequiredLength, "RequiredLength")
-        request = self._unsafe_request(Request, call)
-        if request is None:
-            return _INVALID, None, 0
-        io = request.io
-        if io.major in (IRP_MJ_READ, IRP_MJ_INTERNAL_DEVICE_CONTROL):
-            return _INVALID, None, 0
-        if io.major == IRP_MJ_DEVICE_CONTROL and io.method == METHOD_NEITHER:
-            if io.input_length < RequiredLength:
-                return NTSTATUS.STATUS_BUFFER_TOO_SMALL, None, 0
-            return NTSTATUS.STATUS_SUCCESS, getattr(request, "type3_input", 0) or None, io.input_length
-        if io.major == IRP_MJ_WRITE and self._neither_io(request):
-            if io.input_length < RequiredLength:
-                return NTSTATUS.STATUS_BUFFER_TOO_SMALL, None, 0
-            return NTSTATUS.STATUS_SUCCESS, getattr(request, "user_buffer", 0) or None, io.input_length
-        self._dbg_break("UnsafeBufferNotNeither", f"{call}: valid only on a METHOD_NEITHER IOCTL or a write;"
-                        f" {request.describe()} is neither", request, status=_INVALID)
-        return _INVALID, None, 0
+        return self._unsafe_buffer(Request, RequiredLength, "WdfRequestRetrieveUnsafeUserInputBuffer", False)
 
     def WdfRequestRetrieveUnsafeUserOutputBuffer(self, Request: int, RequiredLength: int, *,
                                                  OutputBuffer: Any = OUT,
@@ -147,19 +129,32 @@ class NeitherApi:
         """-> (status, buffer, length): a METHOD_NEITHER IOCTL's Irp->UserBuffer (a read's on a
         WdfDeviceIoNeither device). A write or an internal IOCTL: STATUS_INVALID_DEVICE_REQUEST;
         shorter than RequiredLength: STATUS_BUFFER_TOO_SMALL."""
-        call = "WdfRequestRetrieveUnsafeUserOutputBuffer"
+        return self._unsafe_buffer(Request, RequiredLength, "WdfRequestRetrieveUnsafeUserOutputBuffer", True)
+
+    def _unsafe_buffer(self, Request: int, RequiredLength: int, call: str,
+                       output: bool) -> tuple[int, int | None, int]:
+        """Both retrievals, in fxrequestapi.cpp's order: IRQL, caller context (verifier), the
+        other direction's major and internal IOCTLs refused, then the NEITHER IOCTL (or the
+        read/write of a WdfDeviceIoNeither device) with its length; anything else refused (the
+        input variant breaks into the debugger: a finding)."""
         check_size(RequiredLength, "RequiredLength")
         request = self._unsafe_request(Request, call)
         if request is None:
             return _INVALID, None, 0
         io = request.io
-        if io.major in (IRP_MJ_WRITE, IRP_MJ_INTERNAL_DEVICE_CONTROL):
+        wrong, own = (IRP_MJ_WRITE, IRP_MJ_READ) if output else (IRP_MJ_READ, IRP_MJ_WRITE)
+        if io.major in (wrong, IRP_MJ_INTERNAL_DEVICE_CONTROL):
             return _INVALID, None, 0
-        if (io.major == IRP_MJ_DEVICE_CONTROL and io.method == METHOD_NEITHER) or (
-                io.major == IRP_MJ_READ and self._neither_io(request)):
-            if io.output_length < RequiredLength:
+        neither_ioctl = io.major == IRP_MJ_DEVICE_CONTROL and io.method == METHOD_NEITHER
+        if neither_ioctl or (io.major == own and self._neither_io(request)):
+            length = io.output_length if output else io.input_length
+            if length < RequiredLength:
                 return NTSTATUS.STATUS_BUFFER_TOO_SMALL, None, 0
-            return NTSTATUS.STATUS_SUCCESS, getattr(request, "user_buffer", 0) or None, io.output_length
+            address = getattr(request, "type3_input" if neither_ioctl and not output else "user_buffer", 0)
+            return NTSTATUS.STATUS_SUCCESS, address or None, length
+        if not output:
+            self._dbg_break("UnsafeBufferNotNeither", f"{call}: valid only on a METHOD_NEITHER IOCTL or a write;"
+                            f" {request.describe()} is neither", request, status=_INVALID)
         return _INVALID, None, 0
 
     @staticmethod

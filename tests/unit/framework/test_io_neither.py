@@ -174,9 +174,9 @@ def test_probe_and_lock_statuses():
     assert status == S.STATUS_SUCCESS and copy_in == S.STATUS_ACCESS_VIOLATION and seen == b"nput-bytes"
     assert mapped and status_w == S.STATUS_SUCCESS and written == S.STATUS_SUCCESS
     assert guest.read(out, 4) == b"OUT!"               # the write went to the caller's own frames
-    status, request = fx.WdfIoQueueRetrieveNextRequest(driver.queue)
-    _, in_va, in_len = (S.STATUS_SUCCESS, fx.WdfRequestGetParameters(request).Type3InputBuffer, 11)
-    assert fx.WdfRequestProbeAndLockUserBufferForRead(request, in_va, in_len) == (S.STATUS_ACCESS_VIOLATION, None)
+    status, request = fx.WdfIoQueueRetrieveNextRequest(driver.queue)     # now in an arbitrary thread
+    in_va = fx.WdfRequestGetParameters(request).Type3InputBuffer
+    assert fx.WdfRequestProbeAndLockUserBufferForRead(request, in_va, 11) == (S.STATUS_ACCESS_VIOLATION, None)
     fx.WdfRequestCompleteWithInformation(request, S.STATUS_SUCCESS, 4)
     assert op.result() == (S.STATUS_SUCCESS, 4)
     assert fx.findings == []
