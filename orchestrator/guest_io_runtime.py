@@ -193,6 +193,7 @@ class GuestIoRuntime:
         self._items: collections.deque[tuple] = collections.deque()   # under _cond
         self._busy = False                         # under _cond: a thread owns the IoManager
         self._owner: int | None = None             # that thread's ident
+        self._waiting_for: int | None = None       # under _cond: the timer due the runtime thread sleeps to
         self._files: dict[int, OpenFile] = {}      # guest file_id -> the IoManager's open file
         self._pending: dict[int, _Pending] = {}    # request_id -> the operation in the framework
         self._previous: tuple[Callable, Callable | None] | None = None
@@ -292,19 +293,22 @@ class GuestIoRuntime:
         try:
             self._run(item, inline=True)
         finally:
-            self._release()
+            self._release(inline=True)
 
     def _enqueue(self, item: tuple) -> None:
         with self._cond:
             self._items.append(item)
             self._cond.notify()
 
-    def _release(self) -> None:
-        """Give up the IoManager; the runtime thread looks again (items queued meanwhile, a
-        timer the inline run started)."""
+    def _release(self, inline: bool = False) -> None:
+        """Give up the IoManager. After an inline run the runtime thread is woken only when it has
+        something new to do (items queued meanwhile, a timer the run started or stopped): waking
+        it for nothing cost a context switch and a GIL handoff per request."""
         with self._cond:
+            wake = not inline or bool(self._items) or self._timer_due() != self._waiting_for
             self._busy, self._owner = False, None
-            self._cond.notify()
+            if wake:
+                self._cond.notify()
 
     # ---- the runtime thread ---------------------------------------------------------------------
     def _main(self) -> None:
@@ -331,7 +335,8 @@ class GuestIoRuntime:
                         self._busy, self._owner = True, threading.get_ident()
                         return None
                 else:
-                    timeout = None                # the owner notifies when it lets go
+                    timeout = None                # the owner notifies when it lets go:
+                    self._waiting_for = -1        # a due no run leaves, so it does
                 self._cond.wait(timeout)
 
     def _run(self, item: tuple | None, inline: bool = False) -> None:
@@ -373,12 +378,18 @@ class GuestIoRuntime:
             if self._thread.is_alive():
                 log.error("the guest I/O runtime thread did not stop")
 
-    def _sleep_for(self) -> float | None:
-        """Wall seconds until the next emulated timer is due (None: nothing is due)."""
+    def _timer_due(self) -> int | None:
+        """The emulated time the runtime thread must wake at (None: none, or time does not
+        follow the wall clock). Only as the IoManager's owner, or with nobody owning it."""
         iom = self.iom
         if iom is None or self.time_rate <= 0 or self.bugcheck is not None:
             return None
-        due = iom.next_timer_due()
+        return iom.next_timer_due()
+
+    def _sleep_for(self) -> float | None:
+        """Wall seconds until the next emulated timer is due (None: nothing is due); remembers
+        that due time (``_waiting_for``) so an inline run wakes the thread only if it changed."""
+        due = self._waiting_for = self._timer_due()
         if due is None:
             return None
         wall_due = self._wall0 + (due - self._ticks0) / TICKS_PER_MS / 1000.0 / self.time_rate
