@@ -88,7 +88,7 @@ class UserPages:
     user_va: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "pfns", tuple(int(p) for p in self.pfns))
+        object.__setattr__(self, "pfns", tuple(map(int, self.pfns)))
 
 
 class WDF_REQUEST_STOP_ACTION_FLAGS(enum.IntFlag):

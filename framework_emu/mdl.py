@@ -105,7 +105,9 @@ class Mdl:
     @property
     def pages(self) -> int:
         """Pages the described range spans (ADDRESS_AND_SIZE_TO_SPAN_PAGES)."""
-        return min(ADDRESS_AND_SIZE_TO_SPAN_PAGES(self.virtual_address(), self.ByteCount), self.capacity)
+        # ADDRESS_AND_SIZE_TO_SPAN_PAGES(virtual_address(), ByteCount), spelled out: read per access
+        span = (((self.StartVa + self.ByteOffset) & (PAGE_SIZE - 1)) + self.ByteCount + PAGE_SIZE - 1) >> PAGE_SHIFT
+        return span if span < self.capacity else self.capacity
 
     @property
     def freed(self) -> bool:

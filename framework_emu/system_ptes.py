@@ -75,7 +75,7 @@ class SystemPteSpace:
 
     def map(self, pfns: list[int] | tuple[int, ...], what: str, site: CallSite | None = None) -> int:
         """Map the frames (in order) and return the page-aligned base of the new range."""
-        pfns = tuple(int(p) for p in pfns)
+        pfns = tuple(map(int, pfns))
         if not pfns:
             raise ArgumentError("a mapping needs at least one page frame", field="pfns", value=pfns)
         bad = self.first_not_ram(pfns)

@@ -94,7 +94,7 @@ class MdlApi:
             return None
         first = pfns[0]
         if getattr(mdl, "caller_frames", False) or any(pfns[i] != first + i for i in range(1, mdl.pages)):
-            base = self._system_ptes.map(list(pfns), f"system mapping of MDL 0x{mdl.address:x}", driver_site())
+            base = self._system_ptes.map(pfns.tolist(), f"system mapping of MDL 0x{mdl.address:x}", driver_site())
             mdl.MappedSystemVa = base + mdl.ByteOffset
             mdl.MdlFlags |= MDL_MAPPED_TO_SYSTEM_VA
             mdl.store()
