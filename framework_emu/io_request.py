@@ -158,6 +158,27 @@ class DeviceRequest(Request):
     top_of_irp = False           # the guest's (the I/O manager's) own request: its system buffer is the IRP's
     mapping_va = 0               # system-PTE mapping of this request's MDL
     mapping_size = 0
+    # Defaults every request starts with, kept on the class: an instance sets its own when it
+    # changes one (one request per guest I/O: ~20 assignments and two dataclasses less each).
+    queue: "IoQueue | None" = None
+    owner = "framework"          # framework (in a queue) / driver / sent / completed
+    presented_in: "str | Presentation | None" = None  # "EvtIoRead of WDFQUEUE 0x... (driver.py:42)"
+    presentations = 0
+    cancel_routine: Callable[[int], Any] | None = None
+    cancel_called = False
+    in_stop_callback = False
+    stop_acknowledged = False
+    double_buffer: tuple[int, int, int] | None = None  # (pool va, length, copy back to va)
+    byte_offset = 0
+    sender: "Request | None" = None   # the request of the driver above that was sent here
+    # as a sender itself (forwarded or reformatted to an I/O target)
+    formatted: tuple | None = None
+    completion_routine: Callable[..., Any] | None = None
+    completion_context: Any = None
+    send_status: int | None = None
+    send_done = False
+    target: Any = None
+    send_irp: Irp | None = None
 
     def __init__(self, fx: Any, site: CallSite | None, io: IoRequest, irp: Irp, device: "Device",
                  file: "FileObject | None") -> None:
@@ -165,28 +186,31 @@ class DeviceRequest(Request):
         self.irp = irp
         self.device = device
         self.file = file
-        self.queue: "IoQueue | None" = None
-        self.owner = "framework"          # framework (in a queue) / driver / sent / completed
-        self.presented_in: "str | Presentation | None" = None  # "EvtIoRead of WDFQUEUE 0x... (driver.py:42)"
-        self.presentations = 0
-        self.cancel_routine: Callable[[int], Any] | None = None
-        self.cancel_called = False
-        self.in_stop_callback = False
-        self.stop_acknowledged = False
         self.completion_hook = self._completed
-        self.double_buffer: tuple[int, int, int] | None = None  # (pool va, length, copy back to va)
-        self.byte_offset = 0
-        self.sender: "Request | None" = None   # the request of the driver above that was sent here
-        # as a sender itself (forwarded or reformatted to an I/O target)
-        self.formatted: tuple | None = None
-        self.completion_routine: Callable[..., Any] | None = None
-        self.completion_context: Any = None
-        self.completion_params = WDF_REQUEST_COMPLETION_PARAMS()
-        self.send_status: int | None = None
-        self.send_done = False
-        self.target: Any = None
-        self.send_irp: Irp | None = None
-        self.referenced: list[Any] = []
+
+    @property
+    def completion_params(self) -> WDF_REQUEST_COMPLETION_PARAMS:
+        """WdfRequestGetCompletionParams' record, made when first needed (a sent request)."""
+        params = self.__dict__.get("_completion_params")
+        if params is None:
+            params = self._completion_params = WDF_REQUEST_COMPLETION_PARAMS()
+        return params
+
+    @completion_params.setter
+    def completion_params(self, params: WDF_REQUEST_COMPLETION_PARAMS) -> None:
+        self._completion_params = params
+
+    @property
+    def referenced(self) -> list[Any]:
+        """Memory objects formatting referenced (released when the request is reused or goes)."""
+        refs = self.__dict__.get("_referenced")
+        if refs is None:
+            refs = self._referenced = []
+        return refs
+
+    @referenced.setter
+    def referenced(self, refs: list[Any]) -> None:
+        self._referenced = refs
 
     # -- buffers --------------------------------------------------------------------------
 

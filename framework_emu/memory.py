@@ -164,7 +164,15 @@ class RequestBufferMemory(MemoryObject):
         self.request = request
         self.which = which
         self.read_only = read_only
-        self.DESCRIPTION = f"{which} buffer of WDFREQUEST 0x{request.handle:x}"
+
+    @property  # type: ignore[override]
+    def DESCRIPTION(self) -> str:
+        """Made when a message needs it, not for every retrieval."""
+        return self.__dict__.get("_description") or f"{self.which} buffer of WDFREQUEST 0x{self.request.handle:x}"
+
+    @DESCRIPTION.setter
+    def DESCRIPTION(self, text: str) -> None:
+        self._description = text
 
     def history(self) -> list:
         """The request's story around this buffer: presented, retrieved, completed."""

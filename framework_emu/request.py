@@ -118,11 +118,20 @@ class Request(FxObject):
     completed = False
     completion_hook: "Callable[[CallSite | None], None] | None" = None  # the I/O model's, after completion
 
+    irp_references = 0
+
     def __init__(self, fx: Any, site: CallSite | None, io: IoRequest) -> None:
         FxObject.__init__(self, fx, site)
         self.io = io
-        self.irp_references = 0
-        self.DESCRIPTION = f"{io.kind} request"
+
+    @property  # type: ignore[override]
+    def DESCRIPTION(self) -> str:
+        """"Read request", ...: made when a message needs it, not for every request."""
+        return self.__dict__.get("_description") or f"{self.io.kind} request"
+
+    @DESCRIPTION.setter
+    def DESCRIPTION(self, text: str) -> None:
+        self._description = text
 
     def history(self) -> list:
         out = [("presented", self.created_at)]
