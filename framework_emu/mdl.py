@@ -115,10 +115,11 @@ class Mdl:
 
     def store(self) -> None:
         """Write the header fields into the MDL's memory."""
-        header = _HEADER.pack(self._next.address if self._next else 0, self.Size & 0xFFFF, self.MdlFlags, 0, 0, 0,
-                              self.MappedSystemVa & 0xFFFFFFFFFFFFFFFF, self.StartVa & 0xFFFFFFFFFFFFFFFF,
-                              self.ByteCount & 0xFFFFFFFF, self.ByteOffset)
-        self._fx._memory.write(self.address - self._fx.kva_base, header)
+        fx = self._fx
+        _HEADER.pack_into(fx._memory.view(self.address - fx.kva_base, _HEADER.size), 0,
+                          self._next.address if self._next else 0, self.Size & 0xFFFF, self.MdlFlags, 0, 0, 0,
+                          self.MappedSystemVa & 0xFFFFFFFFFFFFFFFF, self.StartVa & 0xFFFFFFFFFFFFFFFF,
+                          self.ByteCount & 0xFFFFFFFF, self.ByteOffset)
 
     def pfn_array(self) -> memoryview:
         """The PFN array in the MDL's own memory, as 64-bit entries (writable)."""
