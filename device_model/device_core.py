@@ -800,6 +800,20 @@ class DeviceCore:
             extension.reset()
         self._set_status(DeviceStatus.READY if self._ram is not None else DeviceStatus.NO_GUEST_RAM)
 
+    def reset_for_next_user(self, fault_plan: FaultPlan | None = None) -> None:
+        """Make the device as a new one for the next scenario on a kept guest (a warm
+        reset): what an admin RESET does (queued work dropped, header rewritten,
+        rings zeroed, personality and extensions reset), and also the data memory
+        zeroed, counters and errors cleared and ``fault_plan`` (or none) in place.
+        Called from the host with no guest I/O in flight; the guest driver follows
+        the zeroed ring indices (nothing in flight)."""
+        with self._lock:
+            self.fault_plan = fault_plan or FaultPlan()   # before the header's features
+            self._reset()
+            self.memory.data[:] = bytes(len(self.memory.data))
+            self.stats = DeviceStats()
+            self.errors.clear()
+
     def _on_admin_doorbell(self) -> None:
         drain_eventfd(self.server.own_eventfds[VECTOR_ADMIN])
         self.stats.admin_doorbells += 1

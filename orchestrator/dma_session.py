@@ -16,6 +16,14 @@ flight holds a buffer export of the mapping), then the VM goes.
 
 More devices can be hot-plugged into the running VM (:meth:`DmaSession.hotplug`),
 each with its own EchoDevice (e.g. a 32-bit DMA mask), and unplugged again.
+
+A session can also start from a saved guest (``restore_from``): QEMU blocks
+the migration of an ``ivshmem-doorbell`` device unless ``master=on``, which
+needs the guest to be the server's peer 0 (the device server is peer 0), so
+saved guests have no device and the session's device is hot-plugged once the
+guest is up (``plug_device``); ``on_guest_up(vm)`` runs before that, on a guest
+with its module loaded and no device (where :mod:`orchestrator.boot_cache`
+saves the post-boot state).
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import re
 import shlex
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from device_model.descriptors import FULL_DMA_MASK
 from device_model.device import EchoDevice
@@ -38,6 +46,7 @@ from orchestrator.hotplug import (AUTO, DEVICE_ID, PciFunction, hotplug_device,
 from orchestrator.agent_client import (AgentClient, CompletionRecord, GuestBuffer, Step,
                                        Verification, pattern_bytes)
 from orchestrator.guest_config import GuestConfig, load_guest_config
+from orchestrator.snapshot import Snapshot
 from orchestrator.vm import VM
 from wdfhil.guest_ram import GuestRam
 from wdfhil.errors import GuestError
@@ -171,17 +180,25 @@ class DmaSession:
     ``config``: a GuestConfig or the name of one (``pc-256m``, ``q35-3g-highmem``).
     ``device_at_boot``: False boots without the device (hot-plug it later).
     ``dma_mask``, ``segment_align``, ``fault_plan``, ``trace_path``: the
-    boot device's EchoDevice settings.
+    boot device's EchoDevice settings. ``restore_from``: start from this saved
+    guest instead of booting. ``plug_device``: the session's device is
+    hot-plugged once the guest is up (after ``on_guest_up(vm)``) instead of
+    being there at boot; implied by ``restore_from``.
     """
 
     def __init__(self, config: GuestConfig | str, image: "GuestImage", *,
                  device_at_boot: bool = True, dma_mask: int = FULL_DMA_MASK,
                  segment_align: int = 1, fault_plan: FaultPlan | None = None,
                  trace_path: str | Path | None = None, extra_qemu_args: tuple[str, ...] = (),
-                 boot_timeout: float = 120.0) -> None:
+                 boot_timeout: float = 120.0, restore_from: Snapshot | None = None,
+                 plug_device: bool = False,
+                 on_guest_up: Callable[[VM], None] | None = None) -> None:
         self.config = load_guest_config(config) if isinstance(config, str) else config
         self.image = image
-        self.device_at_boot = device_at_boot
+        self.restore_from = restore_from
+        self.plug_device = plug_device or restore_from is not None
+        self.on_guest_up = on_guest_up
+        self.device_at_boot = device_at_boot and not self.plug_device
         self._device_settings = dict(dma_mask=dma_mask, segment_align=segment_align,
                                      fault_plan=fault_plan, trace_path=trace_path)
         self.extra_qemu_args = tuple(extra_qemu_args)
@@ -204,7 +221,7 @@ class DmaSession:
                 qemu_args = ivshmem_device_args(self.device.socket_path)
             self.vm = VM(self.config, self.image,
                          extra_qemu_args=(*qemu_args, *self.extra_qemu_args),
-                         boot_timeout=self.boot_timeout)
+                         boot_timeout=self.boot_timeout, restore_from=self.restore_from)
             stack.enter_context(self.vm)
             self.ram = self.vm.open_memory()
             stack.callback(self._close_ram)
@@ -216,7 +233,11 @@ class DmaSession:
                 stack.callback(self.device.detach_guest_ram)
             self.load_module()
             self.agent = AgentClient(self.vm)
-            if self.device is not None:
+            if self.on_guest_up is not None:
+                self.on_guest_up(self.vm)
+            if self.plug_device:
+                self._plug_session_device()
+            elif self.device is not None:
                 self.device.wait_for_peer()
                 if "wdfhil0" not in _guest_devices(self.vm):
                     dmesg = self.vm.run("dmesg | tail -20").stdout
@@ -226,6 +247,20 @@ class DmaSession:
             stack.close()
             raise
         return self
+
+    def _plug_session_device(self) -> None:
+        """Hot-plug the session's own device (the boot device's settings) and make
+        it ``self.device``, with the agent talking to it."""
+        self._hotplug_ids += 1
+        plugged = HotpluggedDevice(self, EchoDevice(**self._device_settings),
+                                   f"{DEVICE_ID}-s{self._hotplug_ids}")
+        plugged.plug()
+        self.device = plugged.device
+        # Like the boot device: stopped before guest RAM is unmapped; QEMU goes
+        # with the VM, so no device_del (its guest-side wait) at close.
+        self._stack.callback(self.device.close)
+        self._stack.callback(self.device.detach_guest_ram)
+        self.agent = AgentClient(self.vm, device=plugged.guest_path)
 
     def _close_ram(self) -> None:
         # Views of guest RAM held by objects in reference cycles (framework

@@ -2,26 +2,40 @@
 
 A guest booted for one scenario serves the next ones on the same guest config
 and device (DMA width, segment alignment). Between two scenarios on one guest
-the hooks in ``GuestSessions.between`` run (today: the next scenario's fault
-plan goes into the device); a warm reset or a snapshot restore slots in there
-without touching the runner.
+the hooks in ``GuestSessions.between`` run: a warm reset checked by a health
+check (:mod:`orchestrator.warm_reset`), or, when the guest is not healthy, a
+restore from the saved post-boot state; then the next scenario's fault plan.
+
+New guests come from the post-boot state saved on disk
+(:mod:`orchestrator.boot_cache`: keyed by image, guest config, accelerator and
+QEMU) when there is one; otherwise the guest boots cold (without the device),
+its state is saved for the next time, and the device is hot-plugged. So a cold
+boot happens once per key on a machine. ``GuestSessions(fast=False)`` keeps
+the old way (cold boots with the device at boot, no reset between scenarios)
+for tests that want it.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from device_model.descriptors import FULL_DMA_MASK
 from device_model.faults import FaultPlan
-from orchestrator.guest_config import load_guest_config
+from orchestrator.guest_config import GuestConfig, load_guest_config
 from orchestrator.scenario import Scenario, plain
-from wdfhil.errors import ConfigError
+from orchestrator.warm_reset import WarmResetFailed, warm_reset
+from wdfhil.errors import ConfigError, WdfhilError
 
 if TYPE_CHECKING:
     from guest_images import GuestImage
+    from orchestrator.boot_cache import BootCache
     from orchestrator.dma_session import DmaSession
+    from orchestrator.vm import VM
+
+log = logging.getLogger(__name__)
 
 
 def device_settings(scenario: Scenario) -> tuple[int, int]:
@@ -54,6 +68,17 @@ class SharedSession:
 BetweenHook = Callable[[SharedSession, FaultPlan], None]
 
 
+@dataclass(frozen=True)
+class GuestEvent:
+    """How a guest was made ready: ``boot`` (cold), ``restore`` (from the saved
+    post-boot state), ``warm-reset``; and in how many seconds."""
+
+    guest: str
+    kind: str
+    seconds: float
+    detail: str = ""
+
+
 def install_fault_plan(shared: SharedSession, plan: FaultPlan) -> None:
     """The next scenario's faults, counted from zero, with its own seed."""
     shared.session.device.fault_plan = plan
@@ -66,15 +91,32 @@ class GuestSessions:
 
     def __init__(self, *, image_for: Callable[[str | None], "GuestImage"] | None = None,
                  boot_timeout: float = 300.0, progress: Callable[[str], None] | None = None,
-                 guests_dirs: tuple[str, ...] = ()) -> None:
+                 guests_dirs: tuple[str, ...] = (), fast: bool = True,
+                 boot_cache: "BootCache | None" = None) -> None:
+        """``fast``: new guests restore from the saved post-boot state (saved by
+        the first cold boot of its key) and kept guests are warm-reset between
+        scenarios; False: every new guest boots cold with its device, kept guests
+        only get the next fault plan. ``boot_cache``: where post-boot states are
+        (default: the user's cache folder)."""
         self._image_for = image_for or _build_image
         self._images: dict[str | None, "GuestImage"] = {}
         self.boot_timeout = boot_timeout
         self.progress = progress or (lambda text: None)
         self.guests_dirs = guests_dirs
+        self.fast = fast
+        self._boot_cache = boot_cache
         self.sessions: dict[tuple[str, tuple[int, int]], SharedSession] = {}
-        # Run before a reused guest takes the next scenario (warm reset / restore go here).
-        self.between: list[BetweenHook] = [install_fault_plan]
+        self.events: list[GuestEvent] = []   # every boot, restore and warm reset, in order
+        # Run before a reused guest takes the next scenario.
+        self.between: list[BetweenHook] = (
+            [self.reset_or_restore, install_fault_plan] if fast else [install_fault_plan])
+
+    @property
+    def boot_cache(self) -> "BootCache":
+        if self._boot_cache is None:
+            from orchestrator.boot_cache import BootCache
+            self._boot_cache = BootCache()
+        return self._boot_cache
 
     def image(self, recipe: str | None) -> "GuestImage":
         if recipe not in self._images:
@@ -106,21 +148,100 @@ class GuestSessions:
             for hook in self.between:
                 hook(shared, plan)
             return shared, None
+        started = time.monotonic()
+        session = self._new_session(guest, settings, plan)
+        shared = SharedSession(guest, settings, session, faults_capable=plan.active)
+        self.sessions[key] = shared
+        return shared, time.monotonic() - started
+
+    # -- new guests -----------------------------------------------------------------
+    def _new_session(self, guest: str, settings: tuple[int, int], plan: FaultPlan
+                     ) -> "DmaSession":
+        """A started DmaSession: restored from the saved post-boot state if there is
+        one (fast), else booted cold (and, fast, its post-boot state saved)."""
         from orchestrator.dma_session import DmaSession
 
         config = load_guest_config(guest, self.guests_dirs)
         image = self.image(config.image)
         dma_mask, segment_align = settings
+        options = dict(dma_mask=dma_mask, segment_align=segment_align, fault_plan=plan,
+                       boot_timeout=self.boot_timeout)
+        if self.fast:
+            session = self._restore(guest, config, image, options)
+            if session is not None:
+                return session
         self.progress(f"booting {guest}")
         started = time.monotonic()
-        session = DmaSession(config, image, dma_mask=dma_mask, segment_align=segment_align,
-                             fault_plan=plan, boot_timeout=self.boot_timeout)
+        if self.fast:
+            session = DmaSession(config, image, plug_device=True,
+                                 on_guest_up=self._save_post_boot, **options)
+        else:
+            session = DmaSession(config, image, **options)
         session.start()
         seconds = time.monotonic() - started
+        self._event(guest, "boot", seconds, session.vm.accelerator or "")
         self.progress(f"booted {guest} ({session.vm.accelerator}) in {seconds:.1f} s")
-        shared = SharedSession(guest, settings, session, faults_capable=plan.active)
-        self.sessions[key] = shared
-        return shared, seconds
+        return session
+
+    def _restore(self, guest: str, config: GuestConfig, image: "GuestImage",
+                 options: dict) -> "DmaSession | None":
+        from orchestrator.dma_session import DmaSession
+        from orchestrator.kvm_probe import choose_accelerator
+
+        accelerator = choose_accelerator(config.accelerator, kernel=image.kernel)
+        snapshot = self.boot_cache.lookup(config, image, accelerator)
+        if snapshot is None:
+            return None
+        started = time.monotonic()
+        session = DmaSession(config, image, restore_from=snapshot, **options)
+        try:
+            session.start()
+        except WdfhilError as exc:
+            # A state that passed its checks but did not come up: boot cold and save anew.
+            log.warning("restoring %s from %s failed (%s); booting it cold", guest,
+                        snapshot.path.parent, str(exc).splitlines()[0])
+            self.boot_cache.discard(config, image, accelerator, str(exc).splitlines()[0])
+            return None
+        seconds = time.monotonic() - started
+        self._event(guest, "restore", seconds, accelerator)
+        self.progress(f"restored {guest} ({accelerator}) in {seconds:.2f} s")
+        return session
+
+    def _save_post_boot(self, vm: "VM") -> None:
+        """Save a guest just booted (module loaded, no device yet) for later runs;
+        a failure to save costs only speed."""
+        started = time.monotonic()
+        try:
+            self.boot_cache.store(vm)
+        except (WdfhilError, OSError) as exc:
+            log.warning("could not save the post-boot state of %s: %s", vm.config.name, exc)
+            return
+        self._event(vm.config.name, "save", time.monotonic() - started)
+
+    def _event(self, guest: str, kind: str, seconds: float, detail: str = "") -> None:
+        self.events.append(GuestEvent(guest, kind, seconds, detail))
+
+    # -- between two scenarios ---------------------------------------------------------
+    def reset_or_restore(self, shared: SharedSession, plan: FaultPlan) -> None:
+        """The between-scenarios hook: a warm reset with its health check; if the
+        guest is not healthy, a new guest from the saved post-boot state in its place."""
+        try:
+            done = warm_reset(shared.session, plan)
+        except WarmResetFailed as exc:
+            reason = str(exc).splitlines()[0]
+            if shared.pinned:
+                raise
+            self.progress(f"{shared.guest}: warm reset failed ({reason}); restoring it")
+            try:
+                shared.session.close()
+            except Exception as close_error:   # the replacement matters more
+                log.warning("closing the unhealthy %s failed: %s", shared.guest, close_error)
+            started = time.monotonic()
+            shared.session = self._new_session(shared.guest, shared.settings, plan)
+            shared.faults_capable = plan.active
+            self._event(shared.guest, "replace", time.monotonic() - started, reason)
+            return
+        self._event(shared.guest, "warm-reset", done.seconds)
 
     def release(self, key: tuple[str, tuple[int, int]]) -> None:
         shared = self.sessions.pop(key, None)

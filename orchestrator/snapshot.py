@@ -20,6 +20,18 @@ truncated or altered file is refused at once as
 (an empty file waited out the whole boot timeout) or, worse, restoring
 "successfully". The CRC is computed again only when the file's size, inode
 or modification time changed since it was last checked.
+
+Guest RAM is a shared file, so by default a save leaves it out of the
+migration stream (QEMU's ``x-ignore-shared`` capability: a state file of a few
+hundred KB instead of all of RAM) and keeps a sparse copy of the RAM file
+beside the state file, taken while the guest is stopped; a restore copies it
+into the new VM's RAM file before QEMU starts (:mod:`orchestrator.sparse_file`:
+data extents only, so a guest that touched 60 MiB of its 256 costs 60 MiB).
+``full=True`` keeps the old all-in-the-stream save. The RAM copy has its own
+size and (sparse) CRC-32, checked like the state file's.
+
+A snapshot that does not own its files (``owned=False``: the cached post-boot
+states of :mod:`orchestrator.boot_cache`) never removes them.
 """
 
 from __future__ import annotations
@@ -35,6 +47,7 @@ from typing import TYPE_CHECKING, Sequence
 from orchestrator.cleanup import folder_parent, track
 from orchestrator.guest_config import GuestConfig
 from orchestrator.qmp_session import QmpError, QmpSession
+from orchestrator.sparse_file import copy_sparse, sparse_crc32
 from wdfhil.errors import ConfigError, LaunchError, SnapshotCorrupted
 from wdfhil.private_dirs import create_private_files, make_private_dir, remove_tree
 
@@ -42,6 +55,8 @@ if TYPE_CHECKING:
     from guest_images import GuestImage
 
 STATE_FILE = "vm.state"
+RAM_COPY_SUFFIX = ".ram"  # the RAM copy sits beside the state file: vm.state.ram
+IGNORE_SHARED = "x-ignore-shared"
 MIGRATION_TIMEOUT = 300.0
 _UNLIMITED_BANDWIDTH = 1 << 40  # bytes/s; the default (128 MiB/s) would throttle the save
 MIGRATION_MAGIC = b"QEVM"  # QEMU_VM_FILE_MAGIC, the first bytes of a migration stream
@@ -56,11 +71,12 @@ def file_crc32(path: Path) -> int:
     return crc
 
 
-def _remove_snapshot_files(path: Path, folder: Path | None) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
+def _remove_snapshot_files(paths: tuple[Path, ...], folder: Path | None) -> None:
+    for path in paths:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
     if folder is not None:
         remove_tree(folder)
 
@@ -69,16 +85,23 @@ class Snapshot:
     """A saved guest state file and what it belongs to."""
 
     def __init__(self, path: Path, *, config: GuestConfig, image_digest: str, accelerator: str,
-                 extra_qemu_args: Sequence[str] = (), folder: Path | None = None) -> None:
+                 extra_qemu_args: Sequence[str] = (), folder: Path | None = None,
+                 ram_file: Path | None = None, owned: bool = True) -> None:
         self.path = Path(path)
+        self.ram_file = Path(ram_file) if ram_file is not None else None  # x-ignore-shared save
         self.config = config
         self.image_digest = image_digest
         self.accelerator = accelerator
         self.extra_qemu_args = tuple(extra_qemu_args)
         self.size: int | None = None      # of the file as saved (record())
         self.crc32: int | None = None
+        self.ram_size: int | None = None  # of the RAM copy
+        self.ram_crc32: int | None = None
         self._checked_stat: tuple[int, int, int] | None = None
-        self._finalizer = track(self, lambda p=self.path, f=folder: _remove_snapshot_files(p, f))
+        self._checked_ram_stat: tuple[int, int, int] | None = None
+        files = (self.path,) + ((self.ram_file,) if self.ram_file else ())
+        remove = (lambda p=files, f=folder: _remove_snapshot_files(p, f)) if owned else _keep
+        self._finalizer = track(self, remove)
 
     @classmethod
     def new_path(cls, path: str | Path | None) -> tuple[Path, Path | None]:
@@ -89,6 +112,11 @@ class Snapshot:
         folder = make_private_dir(f"wdfhil-snap-{os.getpid()}-", folder_parent())
         create_private_files(folder, STATE_FILE)  # `cat >` keeps its 0600
         return folder / STATE_FILE, folder
+
+    @staticmethod
+    def ram_path(state_path: Path) -> Path:
+        """Where the RAM copy of the state file ``state_path`` goes."""
+        return state_path.with_name(state_path.name + RAM_COPY_SUFFIX)
 
     @property
     def closed(self) -> bool:
@@ -106,10 +134,34 @@ class Snapshot:
         self.close()
 
     def record(self) -> None:
-        """Note the saved file's size and CRC-32 (right after the save)."""
+        """Note the saved files' sizes and CRC-32s (right after the save)."""
         info = self.path.stat()
         self.size, self.crc32 = info.st_size, file_crc32(self.path)
-        self._checked_stat = (info.st_size, info.st_ino, info.st_mtime_ns)
+        self._checked_stat = _stat_key(info)
+        if self.ram_file is not None:
+            info = self.ram_file.stat()
+            self.ram_size, self.ram_crc32 = info.st_size, sparse_crc32(self.ram_file)
+            self._checked_ram_stat = _stat_key(info)
+
+    def _verify_ram(self) -> None:
+        assert self.ram_file is not None
+        where = str(self.ram_file)
+        try:
+            info = self.ram_file.stat()
+        except OSError as exc:
+            raise SnapshotCorrupted(f"the snapshot's RAM copy is unreadable: {exc.strerror}",
+                                    file=where) from None
+        if info.st_size != self.config.memory or (self.ram_size is not None
+                                                  and info.st_size != self.ram_size):
+            raise SnapshotCorrupted(f"the snapshot's RAM copy has {info.st_size} bytes, not the "
+                                    f"guest's {self.config.memory}", file=where)
+        if self.ram_crc32 is None or _stat_key(info) == self._checked_ram_stat:
+            return
+        crc = sparse_crc32(self.ram_file)
+        if crc != self.ram_crc32:
+            raise SnapshotCorrupted(f"the snapshot's RAM copy is corrupted: CRC-32 {crc:08x}, "
+                                    f"{self.ram_crc32:08x} when saved", file=where)
+        self._checked_ram_stat = _stat_key(info)
 
     def verify(self) -> None:
         """SnapshotCorrupted unless the file is whole and unchanged since the save."""
@@ -128,7 +180,9 @@ class Snapshot:
         if head != MIGRATION_MAGIC:
             raise SnapshotCorrupted(f"not a QEMU saved state (starts {head!r}, not "
                                     f"{MIGRATION_MAGIC!r})", file=where)
-        stat_key = (info.st_size, info.st_ino, info.st_mtime_ns)
+        if self.ram_file is not None:
+            self._verify_ram()
+        stat_key = _stat_key(info)
         if self.crc32 is None or stat_key == self._checked_stat:
             return
         crc = file_crc32(self.path)
@@ -157,6 +211,20 @@ class Snapshot:
         return f"Snapshot({self.config.name}, {self.accelerator}, {state})"
 
 
+def _keep() -> None:
+    """The finalizer of a snapshot that does not own its files."""
+
+
+def _stat_key(info: os.stat_result) -> tuple[int, int, int]:
+    return (info.st_size, info.st_ino, info.st_mtime_ns)
+
+
+def set_ignore_shared(qmp: QmpSession, on: bool) -> None:
+    """Leave shared RAM (guest RAM, the device's BAR2) out of the migration stream."""
+    qmp.command("migrate-set-capabilities",
+                capabilities=[{"capability": IGNORE_SHARED, "state": on}])
+
+
 def _wait_for_migration(qmp: QmpSession, what: str, timeout: float) -> dict:
     deadline = time.monotonic() + timeout
     while True:
@@ -171,13 +239,20 @@ def _wait_for_migration(qmp: QmpSession, what: str, timeout: float) -> dict:
         time.sleep(0.01)
 
 
-def save_state(qmp: QmpSession, path: Path, timeout: float = MIGRATION_TIMEOUT) -> None:
-    """Write the guest's state to ``path``; the guest runs on afterwards."""
+def save_state(qmp: QmpSession, path: Path, timeout: float = MIGRATION_TIMEOUT, *,
+               ram: tuple[Path, Path] | None = None) -> None:
+    """Write the guest's state to ``path``; the guest runs on afterwards.
+
+    ``ram`` = (the VM's RAM file, where its copy goes): RAM stays out of the
+    stream and is copied while the guest is stopped; None: RAM in the stream."""
     qmp.command("stop")
     try:
         qmp.command("migrate-set-parameters", **{"max-bandwidth": _UNLIMITED_BANDWIDTH})
+        set_ignore_shared(qmp, ram is not None)
         qmp.command("migrate", uri=f"exec:cat > {shlex.quote(str(path))}")
         _wait_for_migration(qmp, "saving the guest", timeout)
+        if ram is not None:
+            copy_sparse(*ram)
     finally:
         try:
             qmp.command("cont")
@@ -185,8 +260,12 @@ def save_state(qmp: QmpSession, path: Path, timeout: float = MIGRATION_TIMEOUT) 
             pass  # QEMU is gone; the caller learns it from its next command
 
 
-def load_state(qmp: QmpSession, path: Path, timeout: float = MIGRATION_TIMEOUT) -> None:
-    """Load ``path`` into a QEMU started with ``-incoming defer`` and let it run."""
+def load_state(qmp: QmpSession, path: Path, timeout: float = MIGRATION_TIMEOUT, *,
+               ignore_shared: bool = False) -> None:
+    """Load ``path`` into a QEMU started with ``-incoming defer`` and let it run
+    (``ignore_shared``: RAM is not in the stream, its file already holds it)."""
+    if ignore_shared:
+        set_ignore_shared(qmp, True)
     qmp.command("migrate-incoming", uri=f"exec:cat {shlex.quote(str(path))}")
     deadline = time.monotonic() + timeout
     while True:

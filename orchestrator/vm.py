@@ -49,6 +49,7 @@ from orchestrator.qmp_session import QmpSession
 from orchestrator.ram_layout import DEFAULT_INITRD_ADDR_MAX, read_ram_layout
 from orchestrator.serial_console import ConsoleWait, SerialConsole
 from orchestrator.snapshot import Snapshot, load_state, save_state
+from orchestrator.sparse_file import copy_sparse
 from orchestrator.ssh_session import (DEFAULT_COMMAND_TIMEOUT, CommandResult, SshSession,
                                       wait_for_ssh_banner)
 from wdfhil.errors import ConfigError, LaunchError, WdfhilError
@@ -335,6 +336,9 @@ class VM(GuestMachine):
                                                read_initrd_addr_max(self.image.kernel))
         host.run_dir = make_private_dir(f"wdfhil-vm-{os.getpid()}-", folder_parent())
         create_private_files(host.run_dir, RAM_FILE, QEMU_LOG, CONSOLE_LOG)  # 0600, not 0644
+        if snapshot is not None and snapshot.ram_file is not None:
+            self._say("copying the saved guest's RAM")
+            copy_sparse(snapshot.ram_file, host.run_dir / RAM_FILE)  # QEMU maps it as it is
         console_ours, console_theirs = socket.socketpair()
         qmp_ours, qmp_theirs = socket.socketpair()
         host.sockets += [console_ours, console_theirs, qmp_ours, qmp_theirs]
@@ -359,24 +363,29 @@ class VM(GuestMachine):
         self.ssh_port = parse_hostfwd_port(host.qmp.hmp("info usernet"))
         if snapshot is not None:
             self._say("restoring the saved guest")
-            load_state(host.qmp, snapshot.path, timeout=max(1.0, deadline - time.monotonic()))
+            load_state(host.qmp, snapshot.path, timeout=max(1.0, deadline - time.monotonic()),
+                       ignore_shared=snapshot.ram_file is not None)
         else:
             self._wait_for_ready_marker(deadline)
-        self._say("waiting for the guest's SSH server")
-        banner = wait_for_ssh_banner(SSH_HOST, self.ssh_port, deadline - time.monotonic(),
-                                     alive=lambda: watch.failure() is None)
-        if banner is None:
-            self._raise_if_dead()
-            raise LaunchError(f"the guest's SSH server did not answer on {SSH_HOST}:"
-                              f"{self.ssh_port} within {self.boot_timeout:g} s")
+        if snapshot is None:
+            # A restored guest's server was listening when it was saved (a VM is saved
+            # only once running): no banner to wait for, that is one fork less.
+            self._say("waiting for the guest's SSH server")
+            banner = wait_for_ssh_banner(SSH_HOST, self.ssh_port, deadline - time.monotonic(),
+                                         alive=lambda: watch.failure() is None)
+            if banner is None:
+                self._raise_if_dead()
+                raise LaunchError(f"the guest's SSH server did not answer on {SSH_HOST}:"
+                                  f"{self.ssh_port} within {self.boot_timeout:g} s")
         host.ssh = SshSession.connect(
             SSH_HOST, self.ssh_port, user=self.image.ssh_user, client_key=self.image.client_key,
             host_key=self.image.host_key, timeout=max(5.0, deadline - time.monotonic()),
             health=watch)
-        # the guest really reserved the windows, and its kernel does not run in them
-        check_reserved_windows_in_iomem(self.config, host.ssh.run_checked("cat /proc/iomem"))
         if snapshot is not None:
-            self._set_guest_clock()
+            self._set_guest_clock()   # the windows were checked before the save, same config
+        else:
+            # the guest really reserved the windows, and its kernel does not run in them
+            check_reserved_windows_in_iomem(self.config, host.ssh.run_checked("cat /proc/iomem"))
 
     def _raise_if_dead(self, grace: float = 0.0) -> None:
         """LaunchError naming the run state / exit / panic if the guest died while booting."""
@@ -430,20 +439,30 @@ class VM(GuestMachine):
                            command=process.argv if process else (), log_tail=log_tail,
                            console_tail=console_tail, run_state=run_state)
 
-    def save(self, path: str | Path | None = None) -> Snapshot:
+    def save(self, path: str | Path | None = None, *, full: bool = False,
+             owned: bool = True) -> Snapshot:
         """Save the running guest to a file (it runs on); new VMs can start from it.
 
         Without ``path`` the state goes to a private folder the snapshot owns.
-        Close the snapshot (or use it as a context manager) to remove it.
+        Close the snapshot (or use it as a context manager) to remove it
+        (``owned=False``: the caller keeps the files, e.g. a cache).
+        Guest RAM goes into a sparse copy beside the state file (``x-ignore-shared``),
+        unless ``full``: then all of it is in the migration stream.
         """
         if not self.running:
             raise RuntimeError(f"the VM {self.name} is not running (it is {self._state})")
         target, folder = Snapshot.new_path(path)
+        ram_copy = None if full else Snapshot.ram_path(target)
         snapshot = Snapshot(target, config=self.config, image_digest=self.image.digest,
                             accelerator=self.accelerator or "tcg",
-                            extra_qemu_args=self.extra_qemu_args, folder=folder)
+                            extra_qemu_args=self.extra_qemu_args, folder=folder,
+                            ram_file=ram_copy, owned=owned)
         try:
-            save_state(self.qmp, target)
+            create_private_files(target.parent, target.name)   # `cat >` keeps 0600
+            if ram_copy is not None:
+                create_private_files(ram_copy.parent, ram_copy.name)
+            save_state(self.qmp, target,
+                       ram=None if ram_copy is None else (self.ram_file, ram_copy))
             snapshot.record()
         except BaseException:
             snapshot.close()

@@ -1,0 +1,172 @@
+"""Booted guests saved on disk, so a run restores instead of booting: :class:`BootCache`.
+
+A cold boot costs seconds under TCG; the state of a guest just booted (module
+loaded, agent ready, no device: it is hot-plugged after each restore, see
+:mod:`orchestrator.dma_session`) is the same every time for one image, guest
+config, accelerator and QEMU. So it is saved once per such key on a machine,
+in the cache folder beside the images (``cache_dir("boot-states")/KEY``: the
+state file, the sparse RAM copy, ``meta.json`` with their sizes and CRC-32s),
+and every later guest of that key, in this run or the next, restores from it.
+
+Safety: an entry is written into a scratch folder and renamed into place
+under the key's lock (``guest_images.cache.cached_folder``), so two runs on
+one machine never see half an entry and only one of them boots to fill it.
+An entry is checked before its first use in a process (sizes, CRC-32s, the
+QEMU magic: :meth:`Snapshot.verify`); a damaged one is moved aside, removed
+and reported (``discarded``), and the caller boots cold and saves it again.
+Entries are never removed by their users: snapshots made here do not own
+their files (``owned=False``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from orchestrator.guest_config import GuestConfig
+from orchestrator.qemu_command import DEFAULT_QEMU
+from orchestrator.snapshot import STATE_FILE, Snapshot
+from wdfhil.errors import ConfigError, SnapshotCorrupted
+from wdfhil.private_dirs import cache_dir, make_private_dir, remove_tree
+
+if TYPE_CHECKING:
+    from guest_images import GuestImage
+    from orchestrator.vm import VM
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1           # bump when what an entry holds changes
+META_FILE = "meta.json"
+COMPLETE = ".complete"
+
+
+@functools.lru_cache(maxsize=None)
+def qemu_identity(binary: str = DEFAULT_QEMU) -> str:
+    """QEMU's version line and the binary's size and mtime: a state saved by one
+    QEMU build is not offered to another."""
+    path = shutil.which(binary) or binary
+    try:
+        info = os.stat(path)
+        version = subprocess.run([path, "--version"], capture_output=True, text=True,
+                                 timeout=30, check=False).stdout.splitlines()[:1]
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ConfigError(f"cannot ask {binary} for its version: {exc}") from None
+    return f"{' '.join(version)}|{path}|{info.st_size}|{info.st_mtime_ns}"
+
+
+def entry_key(config: GuestConfig, image: "GuestImage", accelerator: str,
+              qemu_binary: str = DEFAULT_QEMU) -> str:
+    """The key of a post-boot state: image digest, the guest config as QEMU and the
+    guest see it (not its name or description), accelerator, QEMU build."""
+    shape = dataclasses.asdict(config)
+    for unseen in ("name", "description", "source", "field_lines"):
+        shape.pop(unseen, None)
+    text = json.dumps({"format": FORMAT, "image": image.digest, "config": shape,
+                       "accelerator": accelerator, "qemu": qemu_identity(qemu_binary)},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+class BootCache:
+    """Post-boot states on disk, keyed by :func:`entry_key`; ``root`` defaults to
+    ``cache_dir("boot-states")``."""
+
+    def __init__(self, root: Path | None = None, *, qemu_binary: str = DEFAULT_QEMU) -> None:
+        self.root = Path(root) if root is not None else cache_dir("boot-states")
+        self.qemu_binary = qemu_binary
+        self._verified: dict[str, Snapshot] = {}   # checked once per process
+        if self.root.is_dir():
+            from guest_images.cache import remove_abandoned_builds
+            remove_abandoned_builds(self.root)    # scratch folders of killed runs
+        self.discarded: list[str] = []             # why entries were thrown away
+
+    def key(self, config: GuestConfig, image: "GuestImage", accelerator: str) -> str:
+        return entry_key(config, image, accelerator, self.qemu_binary)
+
+    def lookup(self, config: GuestConfig, image: "GuestImage", accelerator: str
+               ) -> Snapshot | None:
+        """The saved post-boot state of this key, checked; None if there is none
+        (or it was damaged: then it is removed and the reason kept in ``discarded``)."""
+        key = self.key(config, image, accelerator)
+        known = self._verified.get(key)
+        folder = self.root / key
+        if known is not None and (folder / COMPLETE).exists():
+            return known
+        if not (folder / COMPLETE).exists():
+            return None
+        try:
+            snapshot = self._open(folder, config, image, accelerator)
+            snapshot.check_compatible(config, image)
+        except (SnapshotCorrupted, ConfigError, OSError, ValueError, KeyError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            log.warning("the saved post-boot state %s is unusable (%s); it is removed and "
+                        "the guest boots cold", folder, reason)
+            self.discarded.append(reason)
+            self._discard(key)
+            return None
+        self._verified[key] = snapshot
+        return snapshot
+
+    def store(self, vm: "VM") -> Snapshot:
+        """Save the running ``vm`` (just booted, module loaded, no device) as the
+        post-boot state of its key, unless another run saved it meanwhile."""
+        assert vm.accelerator is not None
+        key = self.key(vm.config, vm.image, vm.accelerator)
+        from guest_images.cache import cached_folder
+
+        def fill(scratch: Path) -> None:
+            saved = vm.save(scratch / STATE_FILE, owned=False)
+            meta = {"format": FORMAT, "config": vm.config.name, "image": vm.image.digest,
+                    "accelerator": saved.accelerator, "qemu": qemu_identity(self.qemu_binary),
+                    "state_size": saved.size, "state_crc32": saved.crc32,
+                    "ram_size": saved.ram_size, "ram_crc32": saved.ram_crc32}
+            (scratch / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+            (scratch / COMPLETE).touch()
+
+        self._verified.pop(key, None)
+        folder = cached_folder(self.root, key, COMPLETE, fill)
+        snapshot = self._open(folder, vm.config, vm.image, vm.accelerator)
+        snapshot.verify()
+        self._verified[key] = snapshot
+        return snapshot
+
+    def _open(self, folder: Path, config: GuestConfig, image: "GuestImage",
+              accelerator: str) -> Snapshot:
+        meta = json.loads((folder / META_FILE).read_text())
+        if meta.get("format") != FORMAT or meta.get("image") != image.digest \
+                or meta.get("accelerator") != accelerator:
+            raise ConfigError(f"{folder / META_FILE} does not describe this key")
+        state = folder / STATE_FILE
+        snapshot = Snapshot(state, config=config, image_digest=image.digest,
+                            accelerator=accelerator, ram_file=Snapshot.ram_path(state),
+                            owned=False)
+        snapshot.size, snapshot.crc32 = int(meta["state_size"]), int(meta["state_crc32"])
+        snapshot.ram_size, snapshot.ram_crc32 = int(meta["ram_size"]), int(meta["ram_crc32"])
+        return snapshot
+
+    def discard(self, config: GuestConfig, image: "GuestImage", accelerator: str,
+                reason: str) -> None:
+        """Throw away the entry of this key (it did not restore); ``reason`` is kept."""
+        self.discarded.append(reason)
+        self._discard(self.key(config, image, accelerator))
+
+    def _discard(self, key: str) -> None:
+        """Move a damaged entry aside (atomically, under its lock) and remove it."""
+        from guest_images.cache import exclusive
+
+        self._verified.pop(key, None)
+        with exclusive(self.root, key):
+            folder = self.root / key
+            if not folder.exists():
+                return
+            aside = make_private_dir(f".discard-{key[:16]}-", self.root)
+            os.rename(folder, aside / key)
+            remove_tree(aside)
