@@ -208,6 +208,7 @@ class DeviceCore:
             self._resources.callback(os.close, shm_fd)
             bar2 = mmap.mmap(shm_fd, BAR2_SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             self._resources.callback(bar2.close)
+            self._bar2 = bar2
             bar2_view = memoryview(bar2)
             self._resources.callback(bar2_view.release)
             self.memory = DeviceMemory(bar2_view)
@@ -810,7 +811,10 @@ class DeviceCore:
         with self._lock:
             self.fault_plan = fault_plan or FaultPlan()   # before the header's features
             self._reset()
-            self.memory.data[:] = bytes(len(self.memory.data))
+            try:   # a hole in the shared memory: zeros for QEMU and us, no page touched
+                self._bar2.madvise(mmap.MADV_REMOVE, DATA_OFFSET, len(self.memory.data))
+            except OSError:
+                self.memory.data[:] = bytes(len(self.memory.data))
             self.stats = DeviceStats()
             self.errors.clear()
 

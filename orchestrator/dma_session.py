@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 GUEST_CLASS_DIR = "/sys/class/wdfhil"
 DEVICE_WAIT_S = 60.0
+DEVICE_POLL_S = 0.02   # a look costs one builtin-only shell command (~2 ms)
 XP_CHUNK = 4096
 _XP_LINE = re.compile(r"^[0-9a-fA-F]+:((?:\s+0x[0-9a-fA-F]{2})+)\s*$")
 
@@ -82,8 +83,10 @@ def read_physical_xp(qmp: Any, gpa: int, length: int) -> bytes:
 
 
 def _guest_devices(vm: VM) -> set[str]:
-    """Names of the wdfhil character devices the guest has (wdfhil0, ...)."""
-    result = vm.run(f"ls {GUEST_CLASS_DIR} 2>/dev/null")
+    """Names of the wdfhil character devices the guest has (wdfhil0, ...); shell
+    builtins only (no ``ls`` fork: ~9 ms under TCG, and hot-plug polls this)."""
+    result = vm.run(f"for d in {GUEST_CLASS_DIR}/*; do [ -e \"$d\" ] && echo \"${{d##*/}}\"; "
+                    f"done; true")
     return set(result.stdout.split())
 
 
@@ -98,7 +101,7 @@ def _wait_for_guest_device(vm: VM, known: set[str], timeout: float = DEVICE_WAIT
             dmesg = vm.run("dmesg | tail -20").stdout
             raise GuestError(f"no new wdfhil device in the guest within {timeout:.0f} s "
                              "(see dmesg below: probe refused? hot-plug not seen?)", stdout=dmesg)
-        time.sleep(0.1)
+        time.sleep(DEVICE_POLL_S)
 
 
 def _wait_for_guest_device_gone(vm: VM, path: str, timeout: float = DEVICE_WAIT_S) -> None:
@@ -272,7 +275,7 @@ class DmaSession:
     def load_module(self) -> None:
         """insmod the guest driver (once); it binds every device present and later ones."""
         path = shlex.quote(self.image.module_path)
-        self.vm.run(f"grep -q '^wdfhil_pci ' /proc/modules || insmod {path}").check()
+        self.vm.run(f"[ -d /sys/module/wdfhil_pci ] || insmod {path}").check()
 
     def hotplug(self, *, dma_mask: int = FULL_DMA_MASK, segment_align: int = 1,
                 fault_plan: FaultPlan | None = None,
