@@ -43,6 +43,7 @@ from wdfhil.errors import GuestError, WdfhilError
 
 if TYPE_CHECKING:
     from orchestrator.dma_session import DmaSession
+    from orchestrator.vm import VM
 
 HEALTH_TIMEOUT_S = 30.0
 DEFAULT_DEVICE_NODE = "/dev/wdfhil0"
@@ -101,6 +102,13 @@ def check_health(stdout: str, exit_code: int, command: str, *, agent_info: bool)
                               exit_code=exit_code, stdout=stdout)
 
 
+def scrub_pool_window(vm: "VM") -> None:
+    """Zeros in the guest's pool window (reserved RAM the guest kernel never uses; it
+    holds whatever was there before the kernel reserved it), through the RAM file."""
+    base, size = vm.config.pool.window
+    zero_range(vm.ram_file, vm.config.ram_split.file_offset(base, size), size)
+
+
 def warm_reset(session: "DmaSession", plan: FaultPlan | None = None, *,
                agent_info: bool = False) -> WarmResetResult:
     """Reset ``session``'s device, pool window and guest for the next scenario and
@@ -115,9 +123,8 @@ def warm_reset(session: "DmaSession", plan: FaultPlan | None = None, *,
     if device.status is not DeviceStatus.READY or device.errors:
         raise WarmResetFailed(f"the device is {device.status.name} after its reset "
                               f"(errors: {device.errors[:3]})")
-    base, size = vm.config.pool.window
     try:
-        zero_range(vm.ram_file, vm.config.ram_split.file_offset(base, size), size)
+        scrub_pool_window(vm)
     except OSError as exc:
         raise WarmResetFailed(f"could not scrub the pool window: {exc}") from exc
     node = agent.device or DEFAULT_DEVICE_NODE
