@@ -1,0 +1,90 @@
+"""The post-boot state cache without a guest: entries found by key, checked
+before use (sizes, CRC-32s of the state file and of the sparse RAM copy), a
+damaged one removed and reported, never removed by the snapshots it hands out.
+(The e2e tests save and restore real guests: tests/e2e/test_guest_fast.py.)"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import pytest
+
+from orchestrator.boot_cache import COMPLETE, META_FILE, BootCache, entry_key
+from orchestrator.guest_config import load_guest_config
+from orchestrator.snapshot import MIGRATION_MAGIC, STATE_FILE, Snapshot, file_crc32
+from orchestrator.sparse_file import sparse_crc32
+
+
+@pytest.fixture
+def config():
+    return load_guest_config("pc-256m")
+
+
+def make_entry(cache: BootCache, config, image, accelerator="tcg"):
+    """An entry as BootCache.store writes one (a made-up state, a sparse RAM copy)."""
+    folder = cache.root / cache.key(config, image, accelerator)
+    folder.mkdir(parents=True)
+    state = folder / STATE_FILE
+    state.write_bytes(MIGRATION_MAGIC + os.urandom(300_000))
+    ram = Snapshot.ram_path(state)
+    with open(ram, "wb") as handle:
+        handle.truncate(config.memory)
+        handle.seek(16 << 20)
+        handle.write(os.urandom(1 << 20))
+    meta = {"format": 1, "config": config.name, "image": image.digest, "accelerator": accelerator,
+            "qemu": "x", "state_size": state.stat().st_size, "state_crc32": file_crc32(state),
+            "ram_size": config.memory, "ram_crc32": sparse_crc32(ram)}
+    (folder / META_FILE).write_text(json.dumps(meta))
+    (folder / COMPLETE).touch()
+    return folder
+
+
+def test_an_entry_is_found_checked_and_never_removed_by_its_snapshot(tmp_path, fake_image, config):
+    image = fake_image("")
+    cache = BootCache(tmp_path / "cache")
+    assert cache.lookup(config, image, "tcg") is None
+    folder = make_entry(cache, config, image)
+    snapshot = cache.lookup(config, image, "tcg")
+    assert snapshot is not None and snapshot.ram_file == folder / "vm.state.ram"
+    assert cache.lookup(config, image, "tcg") is snapshot          # checked once per process
+    assert cache.lookup(config, image, "kvm") is None              # another key
+    snapshot.close()
+    assert (folder / STATE_FILE).exists() and snapshot.ram_file.exists()
+
+
+def test_the_key_follows_what_the_guest_sees_not_names(fake_image, config):
+    image = fake_image("")
+    other_image = dataclasses.replace(image, digest="e" * 64)
+    renamed = dataclasses.replace(config, name="my-copy", description="same machine")
+    bigger = dataclasses.replace(config, memory=512 << 20)
+    key = entry_key(config, image, "tcg")
+    assert entry_key(renamed, image, "tcg") == key
+    assert len({key, entry_key(bigger, image, "tcg"), entry_key(config, other_image, "tcg"),
+                entry_key(config, image, "kvm")}) == 4
+
+
+@pytest.mark.parametrize("damage", ["ram byte", "ram truncated", "state byte", "meta"])
+def test_a_damaged_entry_is_removed_and_reported(tmp_path, fake_image, config, damage):
+    image = fake_image("")
+    cache = BootCache(tmp_path / "cache")
+    folder = make_entry(cache, config, image)
+    ram = folder / "vm.state.ram"
+    if damage == "ram byte":
+        with open(ram, "r+b") as handle:
+            handle.seek((16 << 20) + 77)
+            byte = handle.read(1)
+            handle.seek((16 << 20) + 77)
+            handle.write(bytes([byte[0] ^ 0x10]))
+    elif damage == "ram truncated":
+        os.truncate(ram, config.memory - 4096)
+    elif damage == "state byte":
+        with open(folder / STATE_FILE, "r+b") as handle:
+            handle.seek(1000)
+            handle.write(b"\0\1\2")
+    else:
+        (folder / META_FILE).write_text("{not json")
+    assert cache.lookup(config, image, "tcg") is None
+    assert len(cache.discarded) == 1 and cache.discarded[0]
+    assert not folder.exists() and not list(cache.root.glob(".discard-*"))

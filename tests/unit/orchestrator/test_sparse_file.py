@@ -1,0 +1,83 @@
+"""Sparse RAM files: the copy keeps holes and data, the checksum sees every data
+byte (and only data), a zeroed range reads as zeros for another mapping."""
+
+from __future__ import annotations
+
+import mmap
+import os
+
+import pytest
+
+from orchestrator.sparse_file import copy_sparse, data_extents, sparse_crc32, zero_range
+
+MIB = 1 << 20
+
+
+@pytest.fixture
+def ram_file(tmp_path):
+    """A 64 MiB sparse file with data at 1 MiB, 10 MiB + 123 and the last page."""
+    path = tmp_path / "ram"
+    with open(path, "wb") as handle:
+        handle.truncate(64 * MIB)
+        for offset, data in ((MIB, os.urandom(3 * 4096)), (10 * MIB + 123, b"x" * 9000),
+                             (64 * MIB - 4096, os.urandom(4096))):
+            handle.seek(offset)
+            handle.write(data)
+    return path
+
+
+def allocated(path) -> int:
+    return os.stat(path).st_blocks * 512
+
+
+def test_the_copy_has_the_same_bytes_and_stays_sparse(ram_file, tmp_path):
+    target = tmp_path / "copy"
+    target.write_bytes(b"old contents that must go" * 1000)
+    copied = copy_sparse(ram_file, target)
+    assert target.read_bytes() == ram_file.read_bytes()
+    assert copied < 2 * MIB and allocated(target) < 2 * MIB   # not 64 MiB
+
+
+def test_extents_cover_exactly_the_data(ram_file):
+    fd = os.open(ram_file, os.O_RDONLY)
+    try:
+        extents = list(data_extents(fd, os.fstat(fd).st_size))
+    finally:
+        os.close(fd)
+    data = ram_file.read_bytes()
+    covered = bytearray(len(data))
+    for start, length in extents:
+        covered[start:start + length] = data[start:start + length]
+    assert bytes(covered) == data
+
+
+def test_the_checksum_changes_with_any_data_byte_and_with_a_hole_filled(ram_file, tmp_path):
+    before = sparse_crc32(ram_file)
+    assert sparse_crc32(ram_file) == before
+    copy = tmp_path / "copy"
+    copy_sparse(ram_file, copy)
+    assert sparse_crc32(copy) == before
+    with open(ram_file, "r+b") as handle:
+        handle.seek(MIB + 5000)
+        byte = handle.read(1)
+        handle.seek(MIB + 5000)
+        handle.write(bytes([byte[0] ^ 1]))
+    assert sparse_crc32(ram_file) != before
+    with open(copy, "r+b") as handle:     # a byte written into a hole
+        handle.seek(40 * MIB)
+        handle.write(b"\1")
+    assert sparse_crc32(copy) != before
+
+
+def test_a_zeroed_range_reads_as_zeros_through_another_mapping(ram_file):
+    with open(ram_file, "r+b") as handle, \
+            mmap.mmap(handle.fileno(), 0, mmap.MAP_SHARED) as other:   # as QEMU maps it
+        assert other[MIB:MIB + 4096] != bytes(4096)
+        zero_range(ram_file, MIB, 4 * 4096)
+        assert other[MIB:MIB + 4 * 4096] == bytes(4 * 4096)
+        assert other[64 * MIB - 4096:] != bytes(4096)                # outside: kept
+
+
+def test_zero_range_needs_whole_pages(ram_file):
+    with pytest.raises(ValueError, match="page-aligned"):
+        zero_range(ram_file, 100, 4096)
