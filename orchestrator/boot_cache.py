@@ -15,7 +15,9 @@ An entry is checked before its first use in a process (sizes, CRC-32s, the
 QEMU magic: :meth:`Snapshot.verify`); a damaged one is moved aside, removed
 and reported (``discarded``), and the caller boots cold and saves it again.
 Entries are never removed by their users: snapshots made here do not own
-their files (``owned=False``).
+their files (``owned=False``). Saving an entry removes the entries of the
+same guest config name and accelerator made with another image or QEMU, so
+rebuilt images do not pile up states.
 """
 
 from __future__ import annotations
@@ -133,10 +135,27 @@ class BootCache:
 
         self._verified.pop(key, None)
         folder = cached_folder(self.root, key, COMPLETE, fill)
+        self._prune_superseded(key, json.loads((folder / META_FILE).read_text()))
         snapshot = self._open(folder, vm.config, vm.image, vm.accelerator)
         snapshot.verify()
         self._verified[key] = snapshot
         return snapshot
+
+    def _prune_superseded(self, key: str, meta: dict) -> None:
+        """Remove entries of the same guest config name and accelerator made with
+        another image or QEMU (an image rebuilt after a change): each holds the
+        guest's touched RAM (100-250 MiB), and they would pile up."""
+        for folder in self.root.iterdir():
+            if folder.name == key or not (folder / COMPLETE).exists():
+                continue
+            try:
+                other = json.loads((folder / META_FILE).read_text())
+            except (OSError, ValueError):
+                continue
+            if (other.get("config"), other.get("accelerator")) == (
+                    meta["config"], meta["accelerator"]) and (
+                    other.get("image"), other.get("qemu")) != (meta["image"], meta["qemu"]):
+                self._discard(folder.name)
 
     def _open(self, folder: Path, config: GuestConfig, image: "GuestImage",
               accelerator: str) -> Snapshot:

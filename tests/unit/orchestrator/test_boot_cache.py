@@ -88,3 +88,17 @@ def test_a_damaged_entry_is_removed_and_reported(tmp_path, fake_image, config, d
     assert cache.lookup(config, image, "tcg") is None
     assert len(cache.discarded) == 1 and cache.discarded[0]
     assert not folder.exists() and not list(cache.root.glob(".discard-*"))
+
+
+def test_saving_removes_the_states_of_older_images_of_the_same_guest(tmp_path, fake_image,
+                                                                      config):
+    image = fake_image("")
+    old_image = dataclasses.replace(image, digest="0" * 64)
+    cache = BootCache(tmp_path / "cache")
+    old = make_entry(cache, config, old_image)
+    other_guest = make_entry(cache, dataclasses.replace(config, name="q35-1g", machine="q35"),
+                             old_image)
+    new = make_entry(cache, config, image)
+    meta = json.loads((new / META_FILE).read_text())
+    cache._prune_superseded(new.name, meta)
+    assert new.exists() and other_guest.exists() and not old.exists()
