@@ -47,3 +47,22 @@ def test_restored_guests_carry_the_saved_state_and_run_beside_the_original(
     assert snapshot.closed and not snapshot.path.exists()
     with pytest.raises(ConfigError, match="closed"):
         vm_factory(load_guest_config("pc-256m"), restore_from=snapshot)
+
+
+def test_a_save_leaves_ram_out_of_the_state_unless_full(vm_factory):
+    """x-ignore-shared: the state holds devices and CPUs, RAM goes to a sparse copy
+    beside it; full=True puts RAM in the stream. Both restore the saved guest."""
+    original = vm_factory("pc-256m")
+    token = secrets.token_hex(8)
+    original.run_checked(f"echo {token} > /tmp/state")
+    with original.save() as light, original.save(full=True) as full:
+        assert light.ram_file is not None and light.ram_file.is_file()
+        assert light.path.stat().st_size < 8 << 20 < full.path.stat().st_size
+        assert light.ram_file.stat().st_size == original.config.memory
+        assert light.ram_file.stat().st_blocks * 512 < original.config.memory  # holes kept
+        assert full.ram_file is None
+        for snapshot in (light, full):
+            restored = vm_factory("pc-256m", restore_from=snapshot)
+            assert restored.run_checked("cat /tmp/state") == f"{token}\n"
+            restored.close()
+    assert not light.path.exists() and not light.ram_file.exists()
