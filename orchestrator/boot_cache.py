@@ -10,7 +10,8 @@ and every later guest of that key, in this run or the next, restores from it.
 
 Safety: an entry is written into a scratch folder and renamed into place
 under the key's lock (``guest_images.cache.cached_folder``), so two runs on
-one machine never see half an entry and only one of them boots to fill it.
+one machine never see half an entry; and a cold boot to fill it happens under
+the key's boot lock (:meth:`BootCache.boot_lock`), so only one of them boots.
 An entry is checked before its first use in a process (sizes, CRC-32s, the
 QEMU magic: :meth:`Snapshot.verify`); a damaged one is moved aside, removed
 and reported (``discarded``), and the caller boots cold and saves it again.
@@ -22,6 +23,7 @@ rebuilt images do not pile up states.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -31,7 +33,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from orchestrator.guest_config import GuestConfig
 from orchestrator.qemu_command import DEFAULT_QEMU
@@ -48,6 +50,7 @@ log = logging.getLogger(__name__)
 FORMAT = 1           # bump when what an entry holds changes
 META_FILE = "meta.json"
 COMPLETE = ".complete"
+BOOT_LOCK_SUFFIX = "-boot"
 
 
 @functools.lru_cache(maxsize=None)
@@ -116,6 +119,18 @@ class BootCache:
             return None
         self._verified[key] = snapshot
         return snapshot
+
+    @contextlib.contextmanager
+    def boot_lock(self, config: GuestConfig, image: "GuestImage", accelerator: str
+                  ) -> Iterator[None]:
+        """Held while a guest of this key boots cold to be saved: another run wanting
+        the same key waits here, then finds the state saved (one cold boot per key on
+        a machine). Its own lock file, apart from the entry's (which ``store`` takes):
+        a second ``flock`` of one file in one process would wait for itself."""
+        from guest_images.cache import exclusive
+
+        with exclusive(self.root, self.key(config, image, accelerator) + BOOT_LOCK_SUFFIX):
+            yield
 
     def store(self, vm: "VM") -> Snapshot:
         """Save the running ``vm`` (just booted, module loaded, no device) as the

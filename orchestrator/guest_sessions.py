@@ -166,29 +166,34 @@ class GuestSessions:
         dma_mask, segment_align = settings
         options = dict(dma_mask=dma_mask, segment_align=segment_align, fault_plan=plan,
                        boot_timeout=self.boot_timeout)
-        if self.fast:
-            session = self._restore(guest, config, image, options)
-            if session is not None:
+        if not self.fast:
+            return self._boot(guest, DmaSession(config, image, **options))
+        from orchestrator.kvm_probe import choose_accelerator
+
+        accelerator = choose_accelerator(config.accelerator, kernel=image.kernel)
+        session = self._restore(guest, config, image, accelerator, options)
+        if session is not None:
+            return session
+        with self.boot_cache.boot_lock(config, image, accelerator):   # one cold boot a key
+            session = self._restore(guest, config, image, accelerator, options)
+            if session is not None:   # another run saved it while we waited
                 return session
+            return self._boot(guest, DmaSession(config, image, plug_device=True,
+                                                on_guest_up=self._save_post_boot, **options))
+
+    def _boot(self, guest: str, session: "DmaSession") -> "DmaSession":
         self.progress(f"booting {guest}")
         started = time.monotonic()
-        if self.fast:
-            session = DmaSession(config, image, plug_device=True,
-                                 on_guest_up=self._save_post_boot, **options)
-        else:
-            session = DmaSession(config, image, **options)
         session.start()
         seconds = time.monotonic() - started
         self._event(guest, "boot", seconds, session.vm.accelerator or "")
         self.progress(f"booted {guest} ({session.vm.accelerator}) in {seconds:.1f} s")
         return session
 
-    def _restore(self, guest: str, config: GuestConfig, image: "GuestImage",
+    def _restore(self, guest: str, config: GuestConfig, image: "GuestImage", accelerator: str,
                  options: dict) -> "DmaSession | None":
         from orchestrator.dma_session import DmaSession
-        from orchestrator.kvm_probe import choose_accelerator
 
-        accelerator = choose_accelerator(config.accelerator, kernel=image.kernel)
         snapshot = self.boot_cache.lookup(config, image, accelerator)
         if snapshot is None:
             return None

@@ -102,3 +102,29 @@ def test_saving_removes_the_states_of_older_images_of_the_same_guest(tmp_path, f
     meta = json.loads((new / META_FILE).read_text())
     cache._prune_superseded(new.name, meta)
     assert new.exists() and other_guest.exists() and not old.exists()
+
+
+def test_a_second_run_waits_for_the_boot_of_the_same_key(tmp_path, fake_image, config):
+    """The boot lock: while one run boots a key to save it, another wanting the same
+    key waits (then finds the state); another key does not wait."""
+    import threading
+
+    image = fake_image("")
+    first, second = BootCache(tmp_path / "cache"), BootCache(tmp_path / "cache")
+    got, other_key = threading.Event(), threading.Event()
+
+    def want(cache, key_config, event):
+        with cache.boot_lock(key_config, image, "tcg"):
+            event.set()
+
+    with first.boot_lock(config, image, "tcg"):
+        same = threading.Thread(target=want, args=(second, config, got))
+        other = threading.Thread(target=want, args=(second, dataclasses.replace(
+            config, memory=512 << 20), other_key))
+        same.start()
+        other.start()
+        assert other_key.wait(30)
+        assert not got.wait(0.3)      # still booting: the same key waits
+    assert got.wait(30)
+    same.join()
+    other.join()
