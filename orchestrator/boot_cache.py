@@ -194,13 +194,14 @@ class BootCache:
 
     def _discard(self, key: str) -> None:
         """Move a damaged entry aside (atomically, under its lock) and remove it."""
-        from guest_images.cache import exclusive
+        from guest_images.cache import BUILD_PREFIX, exclusive
 
         self._verified.pop(key, None)
         with exclusive(self.root, key):
             folder = self.root / key
             if not folder.exists():
                 return
-            aside = make_private_dir(f".discard-{key[:16]}-", self.root)
+            # a scratch name: if this process dies here, the next BootCache sweeps it
+            aside = make_private_dir(f"{BUILD_PREFIX}{key[:16]}-", self.root)
             os.rename(folder, aside / key)
             remove_tree(aside)

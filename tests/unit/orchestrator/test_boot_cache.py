@@ -87,7 +87,7 @@ def test_a_damaged_entry_is_removed_and_reported(tmp_path, fake_image, config, d
         (folder / META_FILE).write_text("{not json")
     assert cache.lookup(config, image, "tcg") is None
     assert len(cache.discarded) == 1 and cache.discarded[0]
-    assert not folder.exists() and not list(cache.root.glob(".discard-*"))
+    assert not folder.exists() and not list(cache.root.glob(".build-*"))
 
 
 def test_saving_removes_the_states_of_older_images_of_the_same_guest(tmp_path, fake_image,
