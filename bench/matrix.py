@@ -40,7 +40,7 @@ from orchestrator.boot_cache import BootCache
 from orchestrator.guest_config import DEFAULT_GUEST, load_guest_config
 from orchestrator.guest_sessions import GuestSessions
 from orchestrator.kvm_probe import choose_accelerator
-from orchestrator.vm import VM
+from orchestrator.vm import RESTORED_RUNNING, VM
 from orchestrator.warm_reset import warm_reset
 
 WARM_RESET_TARGET_S = 0.050
@@ -71,18 +71,24 @@ def cold_boots(config, image, count: int) -> tuple[list[float], list[float]]:
     return to_agent, to_device
 
 
-def restores(config, image, cache: BootCache, count: int) -> tuple[list[float], list[float]]:
-    """Seconds of restores to the first agent command (no device), and to the device
-    ready as GuestSessions makes a new guest."""
+def restores(config, image, cache: BootCache, count: int
+             ) -> tuple[list[float], list[float], list[float]]:
+    """Seconds of restores to a running guest (RAM copied, state loaded), to the first
+    agent command (no device), and to the device ready as GuestSessions makes a new guest."""
     accelerator = choose_accelerator(config.accelerator, kernel=image.kernel)
     with GuestSessions(image_for=lambda recipe: image, boot_cache=cache) as guests:
         guests.acquire_device(config.name)        # saves the post-boot state if missing
     snapshot = cache.lookup(config, image, accelerator)
     assert snapshot is not None, "the post-boot state was not saved"
-    to_agent, to_device = [], []
+    to_running, to_agent, to_device = [], [], []
     for _ in range(count):
         began = time.perf_counter()
-        with VM(config, image, restore_from=snapshot) as vm:
+
+        def step(text: str, began: float = began) -> None:
+            if text.endswith(RESTORED_RUNNING):
+                to_running.append(time.perf_counter() - began)
+
+        with VM(config, image, restore_from=snapshot, progress=step) as vm:
             AgentClient(vm).version()
             to_agent.append(time.perf_counter() - began)
     with GuestSessions(image_for=lambda recipe: image, boot_cache=cache) as guests:
@@ -93,7 +99,7 @@ def restores(config, image, cache: BootCache, count: int) -> tuple[list[float], 
             to_device.append(time.perf_counter() - began)
             assert guests.events[-1].kind == "restore", guests.events[-1]
             guests.release((shared.guest, shared.settings))
-    return to_agent, to_device
+    return to_running, to_agent, to_device
 
 
 def warm_resets(config, image, cache: BootCache, count: int) -> tuple[list[float], list[float]]:
@@ -145,24 +151,30 @@ def main() -> int:
     config = load_guest_config(args.config)
     cache = BootCache()
     cold_agent, cold_device = cold_boots(config, image, args.cold)
-    restore_agent, restore_device = restores(config, image, cache, args.restores)
+    restore_running, restore_agent, restore_device = restores(config, image, cache,
+                                                              args.restores)
     resets, resets_agent = warm_resets(config, image, cache, args.resets)
     cold = median(cold_device)
-    rows = [
-        ("cold boot to first agent command", median(cold_agent), None, f"median of {args.cold}"),
-        ("cold boot to device ready", cold, None, f"median of {args.cold}; the reference"),
+    rows = [   # (what, seconds, target, how, compared with the cold boot)
+        ("cold boot to first agent command", median(cold_agent), None,
+         f"median of {args.cold}", False),
+        ("cold boot to device ready", cold, None, f"median of {args.cold}; the reference",
+         False),
+        ("restore to a running guest", median(restore_running), None,
+         f"median of {args.restores}; RAM copy, QEMU start, state load", True),
         ("restore to first agent command", median(restore_agent), RESTORE_AGENT_TARGET_S,
-         f"median of {args.restores}"),
+         f"median of {args.restores}", True),
         ("restore to device ready", median(restore_device), RESTORE_DEVICE_TARGET_S,
-         f"median of {args.restores}"),
-        ("warm reset", median(resets), WARM_RESET_TARGET_S, f"median of {args.resets}"),
-        ("warm reset + agent info", median(resets_agent), None, f"median of {args.resets}"),
+         f"median of {args.restores}", True),
+        ("warm reset", median(resets), WARM_RESET_TARGET_S, f"median of {args.resets}", True),
+        ("warm reset + agent info", median(resets_agent), None, f"median of {args.resets}",
+         True),
     ]
     print(f"guest {config.name}, image {image.name} {image.digest[:12]}, "
           f"accelerator {choose_accelerator(config.accelerator, kernel=image.kernel)}")
     missed = False
-    for name, seconds, target, how in rows:
-        ratio = "" if seconds == cold else f", {cold / seconds:6.1f}x faster than a cold boot"
+    for name, seconds, target, how, compared in rows:
+        ratio = f", {cold / seconds:.1f}x faster than a cold boot" if compared else ""
         goal = ""
         if target is not None:
             goal = f"; target {target * 1000:.0f} ms: {verdict(seconds, target)}"

@@ -66,6 +66,7 @@ RAM_FILE = "ram"
 QEMU_LOG = "qemu.log"
 CONSOLE_LOG = "console.log"
 _names = itertools.count(1)
+RESTORED_RUNNING = "the restored guest runs; logging in"   # a progress step (bench/matrix.py)
 
 
 def read_initrd_addr_max(kernel: Path) -> int:
@@ -365,6 +366,7 @@ class VM(GuestMachine):
             self._say("restoring the saved guest")
             load_state(host.qmp, snapshot.path, timeout=max(1.0, deadline - time.monotonic()),
                        ignore_shared=snapshot.ram_file is not None)
+            self._say(RESTORED_RUNNING)
         else:
             self._wait_for_ready_marker(deadline)
         if snapshot is None:
