@@ -16,8 +16,8 @@ An entry is checked before its first use in a process (sizes, CRC-32s, the
 QEMU magic: :meth:`Snapshot.verify`); a damaged one is moved aside, removed
 and reported (``discarded``), and the caller boots cold and saves it again.
 Entries are never removed by their users: snapshots made here do not own
-their files (``owned=False``). Saving an entry removes the entries of the
-same guest config name and accelerator made with another image or QEMU, so
+their files (``owned=False``). Saving an entry removes the other entries of
+the same guest config name and accelerator (another image, QEMU or wiring), so
 rebuilt images do not pile up states.
 """
 
@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from orchestrator.guest_config import GuestConfig
-from orchestrator.qemu_command import DEFAULT_QEMU
+from orchestrator.qemu_command import DEFAULT_QEMU, build_qemu_argv
 from orchestrator.snapshot import STATE_FILE, Snapshot
 from wdfhil.errors import ConfigError, SnapshotCorrupted
 from wdfhil.private_dirs import cache_dir, make_private_dir, remove_tree
@@ -70,13 +70,18 @@ def qemu_identity(binary: str = DEFAULT_QEMU) -> str:
 def entry_key(config: GuestConfig, image: "GuestImage", accelerator: str,
               qemu_binary: str = DEFAULT_QEMU) -> str:
     """The key of a post-boot state: image digest, the guest config as QEMU and the
-    guest see it (not its name or description), accelerator, QEMU build."""
+    guest see it (not its name or description), the QEMU command line it gives (with
+    placeholders for what differs per run: a change to the wiring is a new key),
+    accelerator, QEMU build."""
     shape = dataclasses.asdict(config)
     for unseen in ("name", "description", "source", "field_lines"):
         shape.pop(unseen, None)
+    argv = build_qemu_argv(config, image, accelerator=accelerator, ram_file=Path("RAM"),
+                           console_fd=-1, qmp_fd=-1, name="NAME", incoming=True,
+                           qemu_binary=qemu_binary)
     text = json.dumps({"format": FORMAT, "image": image.digest, "config": shape,
-                       "accelerator": accelerator, "qemu": qemu_identity(qemu_binary)},
-                      sort_keys=True, default=str)
+                       "argv": argv, "accelerator": accelerator,
+                       "qemu": qemu_identity(qemu_binary)}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:40]
 
 
@@ -157,9 +162,9 @@ class BootCache:
         return snapshot
 
     def _prune_superseded(self, key: str, meta: dict) -> None:
-        """Remove entries of the same guest config name and accelerator made with
-        another image or QEMU (an image rebuilt after a change): each holds the
-        guest's touched RAM (100-250 MiB), and they would pile up."""
+        """Remove the other entries of the same guest config name and accelerator
+        (another image, QEMU or wiring: an image rebuilt after a change): each holds
+        the guest's touched RAM (100-250 MiB), and they would pile up."""
         for folder in self.root.iterdir():
             if folder.name == key or not (folder / COMPLETE).exists():
                 continue
@@ -168,8 +173,7 @@ class BootCache:
             except (OSError, ValueError):
                 continue
             if (other.get("config"), other.get("accelerator")) == (
-                    meta["config"], meta["accelerator"]) and (
-                    other.get("image"), other.get("qemu")) != (meta["image"], meta["qemu"]):
+                    meta["config"], meta["accelerator"]):
                 self._discard(folder.name)
 
     def _open(self, folder: Path, config: GuestConfig, image: "GuestImage",
