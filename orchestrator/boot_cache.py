@@ -12,9 +12,11 @@ Safety: an entry is written into a scratch folder and renamed into place
 under the key's lock (``guest_images.cache.cached_folder``), so two runs on
 one machine never see half an entry; and a cold boot to fill it happens under
 the key's boot lock (:meth:`BootCache.boot_lock`), so only one of them boots.
-An entry is checked before its first use in a process (sizes, CRC-32s, the
-QEMU magic: :meth:`Snapshot.verify`); a damaged one is moved aside, removed
-and reported (``discarded``), and the caller boots cold and saves it again.
+An entry is checked before its first use in a process (sizes, the state
+file's CRC-32, the QEMU magic: :meth:`Snapshot.verify`; the RAM copy's CRC-32
+as the first restore copies it, :meth:`Snapshot.copy_ram`); a damaged one is
+moved aside, removed and reported (``discarded``), and the caller boots cold
+and saves it again.
 Entries are never removed by their users: snapshots made here do not own
 their files (``owned=False``). Saving an entry removes the other entries of
 the same guest config name and accelerator (another image, QEMU or wiring), so
@@ -114,7 +116,10 @@ class BootCache:
             return None
         try:
             snapshot = self._open(folder, config, image, accelerator)
-            snapshot.check_compatible(config, image)
+            # the RAM copy's CRC-32 is checked as the first restore copies it (one read
+            # of 120-250 MiB, not two): a damaged one fails that restore, and
+            # GuestSessions then discards the entry and boots cold
+            snapshot.check_compatible(config, image, ram_crc=False)
         except (SnapshotCorrupted, ConfigError, OSError, ValueError, KeyError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             log.warning("the saved post-boot state %s is unusable (%s); it is removed and "
@@ -157,7 +162,7 @@ class BootCache:
         folder = cached_folder(self.root, key, COMPLETE, fill)
         self._prune_superseded(key, json.loads((folder / META_FILE).read_text()))
         snapshot = self._open(folder, vm.config, vm.image, vm.accelerator)
-        snapshot.verify()
+        snapshot.verify(ram_crc=False)   # the RAM copy's as the first restore copies it
         self._verified[key] = snapshot
         return snapshot
 

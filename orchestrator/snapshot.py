@@ -143,7 +143,7 @@ class Snapshot:
             self.ram_size, self.ram_crc32 = info.st_size, sparse_crc32(self.ram_file)
             self._checked_ram_stat = _stat_key(info)
 
-    def _verify_ram(self) -> None:
+    def _verify_ram(self, crc: bool) -> None:
         assert self.ram_file is not None
         where = str(self.ram_file)
         try:
@@ -155,16 +155,38 @@ class Snapshot:
                                                   and info.st_size != self.ram_size):
             raise SnapshotCorrupted(f"the snapshot's RAM copy has {info.st_size} bytes, not the "
                                     f"guest's {self.config.memory}", file=where)
-        if self.ram_crc32 is None or _stat_key(info) == self._checked_ram_stat:
-            return
-        crc = sparse_crc32(self.ram_file)
+        if crc and self._ram_unchecked():
+            self._check_ram_crc(sparse_crc32(self.ram_file), info)
+
+    def _ram_unchecked(self) -> bool:
+        """The RAM copy's CRC-32 is known and its file changed since it was checked."""
+        assert self.ram_file is not None
+        return self.ram_crc32 is not None and (
+            _stat_key(self.ram_file.stat()) != self._checked_ram_stat)
+
+    def _check_ram_crc(self, crc: int, info: os.stat_result) -> None:
         if crc != self.ram_crc32:
             raise SnapshotCorrupted(f"the snapshot's RAM copy is corrupted: CRC-32 {crc:08x}, "
-                                    f"{self.ram_crc32:08x} when saved", file=where)
+                                    f"{self.ram_crc32:08x} when saved", file=str(self.ram_file))
         self._checked_ram_stat = _stat_key(info)
 
-    def verify(self) -> None:
-        """SnapshotCorrupted unless the file is whole and unchanged since the save."""
+    def copy_ram(self, target: Path) -> None:
+        """Copy the RAM copy into ``target`` (a new VM's RAM file, before QEMU starts).
+        Its CRC-32 is checked in the same pass when the file changed since it was last
+        checked (SnapshotCorrupted: the caller removes ``target``): a restore reads the
+        file once, not twice (:meth:`check_compatible` leaves that check to here)."""
+        assert self.ram_file is not None
+        info = self.ram_file.stat()
+        if not self._ram_unchecked():
+            copy_sparse(self.ram_file, target)
+            return
+        crc = copy_sparse(self.ram_file, target, checksum=True)
+        assert crc is not None
+        self._check_ram_crc(crc, info)
+
+    def verify(self, *, ram_crc: bool = True) -> None:
+        """SnapshotCorrupted unless the files are whole and unchanged since the save
+        (``ram_crc`` False: the RAM copy's size only; :meth:`copy_ram` checks the rest)."""
         try:
             info = self.path.stat()
             with open(self.path, "rb") as handle:
@@ -181,7 +203,7 @@ class Snapshot:
             raise SnapshotCorrupted(f"not a QEMU saved state (starts {head!r}, not "
                                     f"{MIGRATION_MAGIC!r})", file=where)
         if self.ram_file is not None:
-            self._verify_ram()
+            self._verify_ram(ram_crc)
         stat_key = _stat_key(info)
         if self.crc32 is None or stat_key == self._checked_stat:
             return
@@ -191,9 +213,11 @@ class Snapshot:
                                     f"{self.crc32:08x} when saved", file=where)
         self._checked_stat = stat_key
 
-    def check_compatible(self, config: GuestConfig, image: "GuestImage") -> None:
+    def check_compatible(self, config: GuestConfig, image: "GuestImage", *,
+                         ram_crc: bool = True) -> None:
         """Refuse to restore into a different machine, image, a closed snapshot
-        or a file that is not whole (SnapshotCorrupted)."""
+        or a file that is not whole (SnapshotCorrupted); ``ram_crc`` as for
+        :meth:`verify`."""
         if self.closed or not self.path.is_file():
             raise ConfigError(f"the snapshot {self.path} is closed or its file is gone")
         if config != self.config:
@@ -204,7 +228,7 @@ class Snapshot:
         if image.digest != self.image_digest:
             raise ConfigError(f"the snapshot was taken with image {self.image_digest[:12]}, not "
                               f"{image.name} {image.digest[:12]}", field="image")
-        self.verify()
+        self.verify(ram_crc=ram_crc)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else str(self.path)

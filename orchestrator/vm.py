@@ -49,7 +49,6 @@ from orchestrator.qmp_session import QmpSession
 from orchestrator.ram_layout import DEFAULT_INITRD_ADDR_MAX, read_ram_layout
 from orchestrator.serial_console import ConsoleWait, SerialConsole
 from orchestrator.snapshot import Snapshot, load_state, save_state
-from orchestrator.sparse_file import copy_sparse
 from orchestrator.ssh_session import (DEFAULT_COMMAND_TIMEOUT, CommandResult, SshSession,
                                       wait_for_ssh_banner)
 from wdfhil.errors import ConfigError, LaunchError, WdfhilError
@@ -325,7 +324,8 @@ class VM(GuestMachine):
         self.image.verify()   # a truncated kernel is named here, not as "QEMU exited early"
         snapshot = self.restore_from
         if snapshot is not None:
-            snapshot.check_compatible(self.config, self.image)
+            # the RAM copy's CRC is checked as it is copied (snapshot.copy_ram below)
+            snapshot.check_compatible(self.config, self.image, ram_crc=False)
             self.accelerator = snapshot.accelerator
         else:
             if accelerator is None and requested_accelerator(self.config.accelerator) != "tcg":
@@ -339,7 +339,7 @@ class VM(GuestMachine):
         create_private_files(host.run_dir, RAM_FILE, QEMU_LOG, CONSOLE_LOG)  # 0600, not 0644
         if snapshot is not None and snapshot.ram_file is not None:
             self._say("copying the saved guest's RAM")
-            copy_sparse(snapshot.ram_file, host.run_dir / RAM_FILE)  # QEMU maps it as it is
+            snapshot.copy_ram(host.run_dir / RAM_FILE)  # QEMU maps it as it is
         console_ours, console_theirs = socket.socketpair()
         qmp_ours, qmp_theirs = socket.socketpair()
         host.sockets += [console_ours, console_theirs, qmp_ours, qmp_theirs]

@@ -15,6 +15,7 @@ from orchestrator.boot_cache import COMPLETE, META_FILE, BootCache, entry_key
 from orchestrator.guest_config import load_guest_config
 from orchestrator.snapshot import MIGRATION_MAGIC, STATE_FILE, Snapshot, file_crc32
 from orchestrator.sparse_file import sparse_crc32
+from wdfhil.errors import SnapshotCorrupted
 
 
 @pytest.fixture
@@ -65,19 +66,46 @@ def test_the_key_follows_what_the_guest_sees_not_names(fake_image, config):
                 entry_key(config, image, "kvm")}) == 4
 
 
-@pytest.mark.parametrize("damage", ["ram byte", "ram truncated", "state byte", "meta"])
+def test_a_damaged_ram_copy_is_refused_as_a_restore_copies_it(tmp_path, fake_image, config):
+    """Its CRC-32 is checked in the copy's own pass (one read of the file, not two)."""
+    image = fake_image("")
+    cache = BootCache(tmp_path / "cache")
+    folder = make_entry(cache, config, image)
+    target = tmp_path / "ram"
+    snapshot = cache.lookup(config, image, "tcg")
+    snapshot.copy_ram(target)                                   # whole: copied, checked
+    assert target.read_bytes() == snapshot.ram_file.read_bytes()
+    with open(folder / "vm.state.ram", "r+b") as handle:
+        handle.seek((16 << 20) + 77)
+        byte = handle.read(1)
+        handle.seek((16 << 20) + 77)
+        handle.write(bytes([byte[0] ^ 0x10]))
+    again = BootCache(tmp_path / "cache").lookup(config, image, "tcg")   # a new run
+    assert again is not None                                     # size and state are fine
+    with pytest.raises(SnapshotCorrupted, match="RAM copy is corrupted"):
+        again.copy_ram(target)
+    with pytest.raises(SnapshotCorrupted, match="RAM copy is corrupted"):
+        snapshot.copy_ram(target)                                # its file changed too
+
+
+def test_a_written_hole_in_the_ram_copy_is_refused_too(tmp_path, fake_image, config):
+    image = fake_image("")
+    cache = BootCache(tmp_path / "cache")
+    folder = make_entry(cache, config, image)
+    with open(folder / "vm.state.ram", "r+b") as handle:   # same size, one more data page
+        handle.seek(100 << 20)
+        handle.write(b"\1")
+    with pytest.raises(SnapshotCorrupted, match="RAM copy is corrupted"):
+        cache.lookup(config, image, "tcg").copy_ram(tmp_path / "ram")
+
+
+@pytest.mark.parametrize("damage", ["ram truncated", "state byte", "meta"])
 def test_a_damaged_entry_is_removed_and_reported(tmp_path, fake_image, config, damage):
     image = fake_image("")
     cache = BootCache(tmp_path / "cache")
     folder = make_entry(cache, config, image)
     ram = folder / "vm.state.ram"
-    if damage == "ram byte":
-        with open(ram, "r+b") as handle:
-            handle.seek((16 << 20) + 77)
-            byte = handle.read(1)
-            handle.seek((16 << 20) + 77)
-            handle.write(bytes([byte[0] ^ 0x10]))
-    elif damage == "ram truncated":
+    if damage == "ram truncated":
         os.truncate(ram, config.memory - 4096)
     elif damage == "state byte":
         with open(folder / STATE_FILE, "r+b") as handle:

@@ -33,9 +33,12 @@ def allocated(path) -> int:
 def test_the_copy_has_the_same_bytes_and_stays_sparse(ram_file, tmp_path):
     target = tmp_path / "copy"
     target.write_bytes(b"old contents that must go" * 1000)
-    copied = copy_sparse(ram_file, target)
+    assert copy_sparse(ram_file, target) is None
     assert target.read_bytes() == ram_file.read_bytes()
-    assert copied < 2 * MIB and allocated(target) < 2 * MIB   # not 64 MiB
+    assert allocated(target) < 2 * MIB   # not 64 MiB
+    other = tmp_path / "checked"
+    assert copy_sparse(ram_file, other, checksum=True) == sparse_crc32(ram_file)
+    assert other.read_bytes() == ram_file.read_bytes() and allocated(other) < 2 * MIB
 
 
 def test_extents_cover_exactly_the_data(ram_file):
