@@ -26,7 +26,7 @@ from device_model.descriptors import FULL_DMA_MASK
 from device_model.faults import FaultPlan
 from orchestrator.guest_config import GuestConfig, load_guest_config
 from orchestrator.scenario import Scenario, plain
-from orchestrator.warm_reset import WarmResetFailed, scrub_pool_window, warm_reset
+from orchestrator.warm_reset import WarmResetFailed, scrub_reserved_windows, warm_reset
 from wdfhil.errors import ConfigError, WdfhilError
 
 if TYPE_CHECKING:
@@ -217,7 +217,7 @@ class GuestSessions:
         a failure to save costs only speed."""
         started = time.monotonic()
         try:
-            scrub_pool_window(vm)   # saved as a warm reset leaves it: zeros
+            scrub_reserved_windows(vm)   # saved as a warm reset leaves them: zeros
             self.boot_cache.store(vm)
         except (WdfhilError, OSError) as exc:
             log.warning("could not save the post-boot state of %s: %s", vm.config.name, exc)

@@ -8,7 +8,8 @@ what a scenario may have changed is put back:
   (queued work dropped, header rewritten, rings zeroed, personality and the
   request ring reset) plus its data memory zeroed, counters cleared and the
   next scenario's fault plan (:meth:`DeviceCore.reset_for_next_user`);
-- the pool window (where the framework's pools live) scrubbed: a hole
+- the pool window (where the framework's pools live) and the low DMA window
+  (map registers, common buffers below 4 GiB) scrubbed: holes
   punched in the shared RAM file, so it reads as zeros for the guest, QEMU and
   the device without a page touched;
 - in the guest, one shell command of builtins but for what it finds to
@@ -102,11 +103,15 @@ def check_health(stdout: str, exit_code: int, command: str, *, agent_info: bool)
                               exit_code=exit_code, stdout=stdout)
 
 
-def scrub_pool_window(vm: "VM") -> None:
-    """Zeros in the guest's pool window (reserved RAM the guest kernel never uses; it
-    holds whatever was there before the kernel reserved it), through the RAM file."""
-    base, size = vm.config.pool.window
-    zero_range(vm.ram_file, vm.config.ram_split.file_offset(base, size), size)
+def scrub_reserved_windows(vm: "VM") -> None:
+    """Zeros in the guest's reserved windows, the pool window and the low DMA window
+    (RAM the guest kernel never uses; they hold whatever was there before the kernel
+    reserved them, then what the last scenario's framework and devices put there),
+    through the RAM file."""
+    config = vm.config
+    for window in (config.pool, config.low_dma_window):
+        base, size = window.window
+        zero_range(vm.ram_file, config.ram_split.file_offset(base, size), size)
 
 
 def warm_reset(session: "DmaSession", plan: FaultPlan | None = None, *,
@@ -124,9 +129,9 @@ def warm_reset(session: "DmaSession", plan: FaultPlan | None = None, *,
         raise WarmResetFailed(f"the device is {device.status.name} after its reset "
                               f"(errors: {device.errors[:3]})")
     try:
-        scrub_pool_window(vm)
+        scrub_reserved_windows(vm)
     except OSError as exc:
-        raise WarmResetFailed(f"could not scrub the pool window: {exc}") from exc
+        raise WarmResetFailed(f"could not scrub the reserved windows: {exc}") from exc
     node = agent.device or DEFAULT_DEVICE_NODE
     argv = f"{shlex.quote(agent.agent_path)} --dev {shlex.quote(node)}" if agent_info else None
     command = guest_reset_command(node, argv)

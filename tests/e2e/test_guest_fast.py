@@ -2,7 +2,9 @@
 from the saved post-boot state gives the next scenario the pristine guest (the
 guest's own view: a file and a pool-window marker of the previous user are gone)
 with a working device (a DMA round trip verified in the guest and through QMP);
-a damaged saved state is refused and saved anew; ``fast=False`` boots cold."""
+a damaged saved state is refused and saved anew; ``fast=False`` boots cold.
+(The markers: a /tmp file, and bytes at the start of the pool window and of the
+low DMA window, reserved RAM the framework and devices use.)"""
 
 from __future__ import annotations
 
@@ -32,28 +34,34 @@ def sessions(image, root: Path, **options) -> GuestSessions:
     return GuestSessions(image_for=lambda recipe: image, boot_cache=BootCache(root), **options)
 
 
-def leave_marks(session: DmaSession) -> bytes:
-    """What a scenario might leave: a file, and bytes written by the guest into the
-    pool window through /dev/mem; returns the pool bytes."""
+def reserved_bases(session: DmaSession) -> list[int]:
+    """The pool window's and the low DMA window's first addresses."""
+    config = session.vm.config
+    return [config.pool.base, config.low_dma_window.base]
+
+
+def leave_marks(session: DmaSession) -> None:
+    """What a scenario might leave: a file, and bytes written by the guest through
+    /dev/mem at the start of the pool window and of the low DMA window."""
     token = secrets.token_hex(8)
-    base, _size = session.vm.config.pool.window
-    session.vm.run_checked(f"echo {token} > {MARKER_FILE}; printf {token} | "
-                           f"dd of=/dev/mem bs=1 seek={base} conv=notrunc 2>/dev/null")
-    assert guest_pool_head(session, len(token)) == token.encode()
-    return token.encode()
+    writes = "; ".join(f"printf {token} | dd of=/dev/mem bs=1 seek={base} conv=notrunc "
+                       f"2>/dev/null" for base in reserved_bases(session))
+    session.vm.run_checked(f"echo {token} > {MARKER_FILE}; {writes}")
+    for base in reserved_bases(session):
+        assert guest_bytes(session, base, len(token)) == token.encode()
 
 
-def guest_pool_head(session: DmaSession, length: int) -> bytes:
-    """The first bytes of the pool window as the guest reads them (/dev/mem)."""
-    base, _size = session.vm.config.pool.window
-    text = session.vm.run_checked(f"dd if=/dev/mem bs=1 skip={base} count={length} "
+def guest_bytes(session: DmaSession, gpa: int, length: int) -> bytes:
+    """Guest-physical bytes as the guest reads them (/dev/mem)."""
+    text = session.vm.run_checked(f"dd if=/dev/mem bs=1 skip={gpa} count={length} "
                                   f"2>/dev/null | od -An -v -tx1")
     return bytes.fromhex("".join(text.split()))
 
 
 def assert_pristine_and_working(session: DmaSession, seed: int) -> None:
     assert session.vm.run(f"test -e {MARKER_FILE}").exit_code == 1, "the file marker survived"
-    assert guest_pool_head(session, 16) == bytes(16), "the pool-window marker survived"
+    for base in reserved_bases(session):
+        assert guest_bytes(session, base, 16) == bytes(16), f"the marker at {base:#x} survived"
     trip = echo_roundtrip(session, size=3 * 4096 + 123, seed=seed, source_offset=77,
                           target_offset=1000)
     assert trip.guest_verify.match and trip.host_target_bytes == trip.expected
