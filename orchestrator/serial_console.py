@@ -34,7 +34,9 @@ class ConsoleWait(enum.Enum):
 class SerialConsole:
     """Reader of a console socket; ``text()`` is everything read so far."""
 
-    def __init__(self, sock: socket.socket, log_path: Path) -> None:
+    def __init__(self, sock: socket.socket, log_path: Path, *, history: str = "") -> None:
+        """``history``: console text from before this QEMU (a restored guest's boot),
+        already in ``log_path``; ``text()`` starts with it."""
         self._sock = sock
         self.log_path = Path(log_path)
         self._chunks: list[str] = []
@@ -45,6 +47,7 @@ class SerialConsole:
         self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._read_loop, name="wdfhil-console",
                                         daemon=True)
+        self._append(history)
 
     def start(self) -> "SerialConsole":
         self._thread.start()

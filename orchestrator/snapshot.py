@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 
 STATE_FILE = "vm.state"
 RAM_COPY_SUFFIX = ".ram"  # the RAM copy sits beside the state file: vm.state.ram
+CONSOLE_SUFFIX = ".console"  # the saved guest's console text so far (for diagnostics)
 IGNORE_SHARED = "x-ignore-shared"
 MIGRATION_TIMEOUT = 300.0
 _UNLIMITED_BANDWIDTH = 1 << 40  # bytes/s; the default (128 MiB/s) would throttle the save
@@ -89,6 +90,9 @@ class Snapshot:
                  ram_file: Path | None = None, owned: bool = True) -> None:
         self.path = Path(path)
         self.ram_file = Path(ram_file) if ram_file is not None else None  # x-ignore-shared save
+        # what the guest had printed on its console when saved (its boot): a restored
+        # VM's console log starts with it, so reports and errors show the boot
+        self.console_file = self.console_path(self.path)
         self.config = config
         self.image_digest = image_digest
         self.accelerator = accelerator
@@ -99,7 +103,7 @@ class Snapshot:
         self.ram_crc32: int | None = None
         self._checked_stat: tuple[int, int, int] | None = None
         self._checked_ram_stat: tuple[int, int, int] | None = None
-        files = (self.path,) + ((self.ram_file,) if self.ram_file else ())
+        files = (self.path, self.console_file) + ((self.ram_file,) if self.ram_file else ())
         remove = (lambda p=files, f=folder: _remove_snapshot_files(p, f)) if owned else _keep
         self._finalizer = track(self, remove)
 
@@ -112,6 +116,18 @@ class Snapshot:
         folder = make_private_dir(f"wdfhil-snap-{os.getpid()}-", folder_parent())
         create_private_files(folder, STATE_FILE)  # `cat >` keeps its 0600
         return folder / STATE_FILE, folder
+
+    @staticmethod
+    def console_path(state_path: Path) -> Path:
+        """Where the console text of the state file ``state_path`` goes."""
+        return state_path.with_name(state_path.name + CONSOLE_SUFFIX)
+
+    def console_history(self) -> str:
+        """The saved guest's console text ("" when none was kept)."""
+        try:
+            return self.console_file.read_bytes().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
 
     @staticmethod
     def ram_path(state_path: Path) -> Path:

@@ -340,6 +340,12 @@ class VM(GuestMachine):
         if snapshot is not None and snapshot.ram_file is not None:
             self._say("copying the saved guest's RAM")
             snapshot.copy_ram(host.run_dir / RAM_FILE)  # QEMU maps it as it is
+        history = ""
+        if snapshot is not None:   # the saved guest's boot, then what this QEMU adds
+            history = snapshot.console_history()
+            if history:
+                history += f"\n[wdfhil: the guest above was saved; restored into {self.name}]\n"
+                (host.run_dir / CONSOLE_LOG).write_text(history, errors="replace")
         console_ours, console_theirs = socket.socketpair()
         qmp_ours, qmp_theirs = socket.socketpair()
         host.sockets += [console_ours, console_theirs, qmp_ours, qmp_theirs]
@@ -356,7 +362,8 @@ class VM(GuestMachine):
             raise LaunchError(f"cannot run {self.qemu_binary}: {exc.strerror}") from None
         console_theirs.close()  # QEMU has its copies; EOF on ours now means QEMU is gone
         qmp_theirs.close()
-        host.console = SerialConsole(console_ours, host.run_dir / CONSOLE_LOG).start()
+        host.console = SerialConsole(console_ours, host.run_dir / CONSOLE_LOG,
+                                     history=history).start()
         host.watch = watch = GuestWatch(host.process, host.console, name=f"VM {self.name}")
         host.qmp = QmpSession(self.name)
         host.qmp.connect(qmp_ours, timeout=max(1.0, deadline - time.monotonic()))
@@ -461,6 +468,8 @@ class VM(GuestMachine):
                             ram_file=ram_copy, owned=owned)
         try:
             create_private_files(target.parent, target.name)   # `cat >` keeps 0600
+            create_private_files(target.parent, snapshot.console_file.name)
+            snapshot.console_file.write_text(self.console_text(), errors="replace")
             if ram_copy is not None:
                 create_private_files(ram_copy.parent, ram_copy.name)
             save_state(self.qmp, target,

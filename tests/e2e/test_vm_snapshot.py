@@ -25,6 +25,9 @@ def test_restored_guests_carry_the_saved_state_and_run_beside_the_original(
 
         first = vm_factory("pc-256m", restore_from=snapshot)
         assert first.run_checked("cat /tmp/state") == f"{token}\n"
+        # its console starts with the saved guest's boot (reports, error tails)
+        assert guest_image.ready_marker in first.console_text()
+        assert guest_image.ready_marker in (first.run_dir / "console.log").read_text()
         assert original.run_checked("cat /tmp/state") == "changed-after-save\n"
         # two VMs at once, nothing shared
         assert first.ssh_port != original.ssh_port
