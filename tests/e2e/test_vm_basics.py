@@ -64,13 +64,19 @@ def iomem_entries(text: str) -> list[tuple[int, int, str]]:
 
 
 def test_guest_iomem_shows_the_pool_window_reserved(shared_vm):
-    base, size = shared_vm.config.pool.window
+    """The pool window and the low DMA window are Reserved in the guest's own view (one
+    Reserved line may hold both when they touch) and no System RAM overlaps them."""
     entries = iomem_entries(shared_vm.run_checked("cat /proc/iomem"))
-    assert (base, base + size - 1, "Reserved") in entries
-    for start, end, name in entries:
-        if name == "System RAM":
-            assert end < base or start >= base + size, "the kernel uses part of the pool"
-    assert f"memmap=64M${base:#x}" in shared_vm.run_checked("cat /proc/cmdline")
+    cmdline = shared_vm.run_checked("cat /proc/cmdline")
+    for window in (shared_vm.config.pool.window, shared_vm.config.low_dma_window.window):
+        base, size = window
+        last = base + size - 1
+        assert any(name == "Reserved" and start <= base and end >= last
+                   for start, end, name in entries), f"{base:#x}+{size:#x} not Reserved"
+        for start, end, name in entries:
+            if name == "System RAM":
+                assert end < base or start > last, "the kernel uses part of a reserved window"
+        assert f"memmap={size >> 20}M${base:#x}" in cmdline
 
 
 def test_the_ram_file_is_guest_memory(shared_vm):
