@@ -44,6 +44,7 @@ class SerialConsole:
         self._dropped = 0  # characters dropped from the front to bound memory
         self._closed = False
         self._panic_at: int | None = None
+        self._recent = ""  # the last characters read, for a marker split across reads
         self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._read_loop, name="wdfhil-console",
                                         daemon=True)
@@ -75,7 +76,11 @@ class SerialConsole:
         if not text:
             return
         with self._changed:
-            overlap = "".join(self._chunks[-2:])[-len(PANIC_MARKER):]
+            # The marker can straddle any number of chunks (under load QEMU's serial
+            # output arrives a few characters per recv): the last len(marker) - 1
+            # characters read are kept apart rather than taken from the last chunks.
+            overlap = self._recent
+            self._recent = (overlap + text)[-(len(PANIC_MARKER) - 1):]
             self._chunks.append(text)
             self._length += len(text)
             if self._panic_at is None:

@@ -39,6 +39,22 @@ def test_panic_ends_the_wait_at_once(console):
     assert reader.panicked
 
 
+def test_panic_found_when_it_arrives_a_character_at_a_time(tmp_path):
+    """Under load QEMU's serial output reaches us a few characters per read: a marker
+    spread over more than two reads was missed (a panic then read as a plain exit)."""
+    ours, theirs = socket.socketpair()
+    reader = SerialConsole(ours, tmp_path / "console.log")   # not started: we feed it
+    try:
+        for char in "WDFHIL-READY\n[ 2.4] Kernel panic - not syncing: sysrq\n":
+            reader._append(char)
+        assert reader.panicked
+        assert reader.wait_for("WDFHIL-READY", 0) is ConsoleWait.FOUND
+        assert reader.wait_for("sysrq", 0) is ConsoleWait.PANIC   # printed after the panic
+    finally:
+        theirs.close()
+        reader.close()
+
+
 def test_marker_printed_before_a_panic_still_counts(console):
     reader, qemu = console
     qemu.sendall(b"WDFHIL-READY\nKernel panic - later\n")
