@@ -2,7 +2,8 @@
 
 On a terminal: one live line (boots, scenarios done / left, elapsed) under the
 verdict lines; elsewhere (CI logs, pipes) plain lines, no escape codes. The
-live line itself is :class:`guest_images.progress.StatusLine`.
+live line itself is :class:`guest_images.progress.StatusLine`, whose ticker keeps the
+counts and the elapsed clock moving during a long boot.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from orchestrator.scenario_result import ScenarioResult
 class RunProgress:
     def __init__(self, total: int, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stdout
-        self.status = StatusLine(self.stream)
+        self.status = StatusLine(self.stream, ticker=lambda: f"[{self._counts()}] ")
         self.total = total
         self.done = 0
         self.failed = 0
@@ -34,7 +35,7 @@ class RunProgress:
 
     def event(self, text: str) -> None:
         """A boot or another long wait: on the live line, or a plain line."""
-        self.status(f"[{self._counts()}] {text}")
+        self.status(text)
 
     def result(self, result: ScenarioResult) -> None:
         self.done += 1
@@ -45,7 +46,7 @@ class RunProgress:
         if not result.passed:
             self.status.notice(result.explain())
         if self.done < self.total and self.status.live:
-            self.status(f"[{self._counts()}] running")
+            self.status("running")
 
     def close(self) -> None:
         self.status.clear()
