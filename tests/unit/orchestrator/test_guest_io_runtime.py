@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 
 from device_model.abi import NTSTATUS, IoMajor, IoType, RequestEntry
-from framework_emu import NT_SUCCESS, WDF_DRIVER_CONFIG, WDF_IO_QUEUE_CONFIG_INIT_DEFAULT_QUEUE, \
-    WdfIoQueueDispatchParallel
 from orchestrator.guest_io_runtime import GuestIoRuntime, no_driver
 from samples.echo import IOCTL_ECHO_REVERSE, EchoDriver
 from wdfhil.physical_memory import InProcessMemory
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "device"))
 from request_ring_helpers import io_device, page_entry  # noqa: E402
+
+from driver_io_drivers import HoldingDriver  # noqa: E402  (tests/: shared with the e2e tests)
 
 MIB = 1 << 20
 OK = NTSTATUS["STATUS_SUCCESS"]
@@ -35,30 +35,6 @@ def memory() -> InProcessMemory:
 
 def pattern(n: int, seed: int = 1) -> bytes:
     return bytes((i * 31 + seed * 7 + (i >> 8)) & 0xFF for i in range(n))
-
-
-class HoldingDriver:
-    """Keeps every read and never completes it (the bug the report must name)."""
-
-    fx = None
-
-    def __init__(self) -> None:
-        self.held = []
-
-    def DriverEntry(self, DriverObject, RegistryPath):
-        return self.fx.WdfDriverCreate(DriverObject, RegistryPath, None,
-                                       WDF_DRIVER_CONFIG(EvtDriverDeviceAdd=self.EvtDriverDeviceAdd))[0]
-
-    def EvtDriverDeviceAdd(self, Driver, DeviceInit):
-        status, device = self.fx.WdfDeviceCreate(DeviceInit, None)
-        if not NT_SUCCESS(status):
-            return status
-        config = WDF_IO_QUEUE_CONFIG_INIT_DEFAULT_QUEUE(WdfIoQueueDispatchParallel)
-        config.EvtIoRead = self.EvtIoRead
-        return self.fx.WdfIoQueueCreate(device, config, None)[0]
-
-    def EvtIoRead(self, Queue, Request, Length):
-        self.held.append(Request)
 
 
 def wait_until(predicate, timeout: float = 10.0) -> None:
@@ -167,7 +143,7 @@ def test_a_request_never_completed_is_reported_and_the_guest_let_go(tmp_path, me
         assert ring.request(RequestEntry(4, FILE, IoMajor.CLOSE)).status == OK
     (never,) = report.never_completed
     assert never.request_id == 2 and never.major == "READ"
-    assert "EvtIoRead" in never.presented_in and "test_guest_io_runtime.py" in never.presented_in
+    assert "EvtIoRead" in never.presented_in and "driver_io_drivers.py" in never.presented_in
     assert report.files_left_open == 1
     assert any(f.rule == "RequestNeverCompleted" for f in report.findings)
 
