@@ -1,7 +1,8 @@
-"""Drivers the guest I/O tests run (the end-to-end tests and the runtime's unit test; written against framework_emu as a driver
-developer would): the echo sample with one echo IOCTL per transfer method and a record of
-the MDLs it was given, a driver storing by byte offset on a parallel or sequential queue,
-drivers with bugs (a request held forever, a leak, a buffer touched after completion)."""
+"""Drivers the guest I/O tests run (the end-to-end tests and the runtime's unit test),
+written against framework_emu as a driver developer would: the echo sample with one echo
+IOCTL per transfer method and a record of the MDLs it was given, a driver storing by byte
+offset on a parallel or sequential queue, drivers with bugs (a request held forever, a
+leak, a buffer touched after completion)."""
 
 from __future__ import annotations
 
