@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from wdfhil.physical_memory import PhysicalMemory
+
 from framework_emu import (IRP_MJ_DEVICE_CONTROL, IRP_MJ_READ, IRP_MJ_WRITE, PAGE_SHIFT, PAGE_SIZE, InProcessMemory,
                            IoManager, IoOperation, OpenFile, SystemBuffer, UserPages)
 
@@ -20,12 +22,14 @@ MIB = 1 << 20
 
 class InProcessGuest:
     """Guest RAM of ``memory_size`` bytes; the framework's pools take the top ``pool_size`` bytes,
-    guest buffers come from below (from 1 MiB up)."""
+    guest buffers come from below (from 1 MiB up). ``memory``: the RAM to use instead of a new
+    InProcessMemory (a bench puts GuestRam there, the runtime's memory on a VM)."""
 
     _next_user_va = 0x7FF6_1000_0000   # each user buffer its own caller address (the next one's)
 
-    def __init__(self, memory_size: int = 64 * MIB, pool_size: int = 32 * MIB) -> None:
-        self.memory = InProcessMemory(memory_size)
+    def __init__(self, memory_size: int = 64 * MIB, pool_size: int = 32 * MIB, *,
+                 memory: PhysicalMemory | None = None) -> None:
+        self.memory = memory if memory is not None else InProcessMemory(memory_size)
         self.iom = IoManager(self.memory, pool_window=(memory_size - pool_size, pool_size))
         self._next_frame = MIB >> PAGE_SHIFT
         self._limit = (memory_size - pool_size) >> PAGE_SHIFT
