@@ -84,6 +84,9 @@ class GuestRam(PhysicalMemory):
         self.layout = layout
         self.path = path
         self._ranges = [(r.gpa, r.end) for r in layout.ranges]
+        # (start, end, file offset - gpa) per range: view() runs several times per guest I/O
+        # request, so it finds the range without attribute lookups or a call to the layout
+        self._spans = tuple((r.gpa, r.end, r.file_offset - r.gpa) for r in layout.ranges)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], layout: RamLayout) -> "GuestRam":
@@ -112,10 +115,16 @@ class GuestRam(PhysicalMemory):
         return list(self._ranges)
 
     def view(self, gpa: int, length: int) -> memoryview:
-        if self._whole is None:
+        whole = self._whole
+        if whole is None:
             raise PhysicalMemoryError(f"guest RAM {self.path} is closed")
-        offset = self.layout.file_offset(gpa, length)
-        return self._whole[offset:offset + length]
+        if length >= 0:
+            end = gpa + length
+            for start, stop, delta in self._spans:
+                if start <= gpa and end <= stop:
+                    return whole[gpa + delta:end + delta]
+        offset = self.layout.file_offset(gpa, length)    # raises: not inside one range
+        return whole[offset:offset + length]
 
     @property
     def closed(self) -> bool:
