@@ -268,11 +268,12 @@ class DeviceRequest(Request):
 
     own_mdl: Mdl | None = None
 
-    def _map_data(self) -> bool:
-        """MmGetSystemAddressForMdlSafe on first use; False if the mapping fails."""
+    def _map_data(self, site: CallSite | None = None) -> bool:
+        """MmGetSystemAddressForMdlSafe on first use, the mapping made at the driver's ``site``
+        (None: looked up); False if the mapping fails."""
         if self.data_buffer or self.mdl is None:
             return True
-        va = self.fx.MmGetSystemAddressForMdlSafe(self.mdl)
+        va = self.fx._system_address_for_mdl(self.mdl, site)
         if not va:
             return False
         self.data_buffer = va
@@ -282,13 +283,13 @@ class DeviceRequest(Request):
             self.mapping_size = self.mdl.ByteCount
         return True
 
-    def input_buffer(self) -> tuple[int, int, int, bool]:
-        if self.mdl is not None and not self.is_ioctl and not self._map_data():
+    def input_buffer(self, site: CallSite | None = None) -> tuple[int, int, int, bool]:
+        if self.mdl is not None and not self.is_ioctl and not self._map_data(site):
             return NTSTATUS.STATUS_INSUFFICIENT_RESOURCES, 0, 0, False
         return Request.input_buffer(self)
 
-    def output_buffer(self) -> tuple[int, int, int, bool]:
-        if self.mdl is not None and self.io.output_length and not self._map_data():
+    def output_buffer(self, site: CallSite | None = None) -> tuple[int, int, int, bool]:
+        if self.mdl is not None and self.io.output_length and not self._map_data(site):
             return NTSTATUS.STATUS_INSUFFICIENT_RESOURCES, 0, 0, False
         return Request.output_buffer(self)
 

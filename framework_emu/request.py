@@ -223,8 +223,9 @@ class Request(FxObject):
 
     # -- what the framework hands to the driver (FxRequest::GetMemoryObject) ------------
 
-    def input_buffer(self) -> tuple[int, int, int, bool]:
-        """(status, va, length, read_only) of the input buffer (m_SystemBuffer)."""
+    def input_buffer(self, site: CallSite | None = None) -> tuple[int, int, int, bool]:
+        """(status, va, length, read_only) of the input buffer (m_SystemBuffer). ``site``: the
+        driver's call, for a subclass that maps its buffer on first use."""
         io = self.io
         if self.is_ioctl:
             length = io.input_length
@@ -240,8 +241,9 @@ class Request(FxObject):
         va = self.data_buffer if io.direct else self.system_buffer
         return NTSTATUS.STATUS_SUCCESS, va, length, io.major == IRP_MJ_WRITE
 
-    def output_buffer(self) -> tuple[int, int, int, bool]:
-        """(status, va, length, read_only) of an IOCTL's output (m_OutputBuffer)."""
+    def output_buffer(self, site: CallSite | None = None) -> tuple[int, int, int, bool]:
+        """(status, va, length, read_only) of an IOCTL's output (m_OutputBuffer); ``site``: as
+        input_buffer's."""
         io = self.io
         length = io.output_length
         if length == 0:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..bugcheck import DRIVER_PAGE_FAULT_IN_FREED_SPECIAL_POOL, PAGE_FAULT_IN_NONPAGED_AREA, BugCheck
-from ..callsite import driver_site, format_site
+from ..callsite import CallSite, driver_site, format_site
 from ..errors import ArgumentError
 from ..mdl import (MAX_MDL_LENGTH, MDL_MAPPED_TO_SYSTEM_VA, MDL_PARTIAL, MDL_PARTIAL_HAS_BEEN_MAPPED,
                    MDL_SOURCE_IS_NONPAGED_POOL, ADDRESS_AND_SIZE_TO_SPAN_PAGES, Mdl)
@@ -86,7 +86,11 @@ class MdlApi:
         mapping of its pages. Physically contiguous pages of framework memory map through
         the direct map; scattered pages (and every MDL over a guest caller's frames) get a
         system-PTE mapping (system_ptes.py), as the memory manager gives one."""
-        mdl = self._mdl(Mdl)
+        return self._system_address_for_mdl(self._mdl(Mdl), None)
+
+    def _system_address_for_mdl(self, mdl: Any, site: CallSite | None) -> int | None:
+        """MmGetSystemAddressForMdlSafe for the framework itself: ``site`` is the driver call the
+        mapping is made for, when the caller knows it (None: looked up, only if one is made)."""
         if mdl.MdlFlags & (MDL_MAPPED_TO_SYSTEM_VA | MDL_SOURCE_IS_NONPAGED_POOL):
             return mdl.MappedSystemVa
         pfns = mdl.pfn_array()
@@ -94,7 +98,8 @@ class MdlApi:
             return None
         first = pfns[0]
         if getattr(mdl, "caller_frames", False) or any(pfns[i] != first + i for i in range(1, mdl.pages)):
-            base = self._system_ptes.map(pfns.tolist(), f"system mapping of MDL 0x{mdl.address:x}", driver_site())
+            base = self._system_ptes.map(pfns.tolist(), f"system mapping of MDL 0x{mdl.address:x}",
+                                        site or driver_site())
             mdl.MappedSystemVa = base + mdl.ByteOffset
             mdl.MdlFlags |= MDL_MAPPED_TO_SYSTEM_VA
             mdl.store()

@@ -6,7 +6,7 @@ from typing import Any
 
 from ..bugcheck import (WDF_REQUEST_FATAL_ERROR, WDF_REQUEST_FATAL_ERROR_INFORMATION_LENGTH_MISMATCH,
                         WDF_VERIFIER_FATAL_ERROR, WDF_VIOLATION, BugCheck, wdf_violation)
-from ..callsite import driver_site, format_site
+from ..callsite import CallSite, driver_site, format_site
 from ..core import OUT
 from ..errors import ArgumentError
 from ..mdl import Mdl
@@ -87,11 +87,12 @@ class RequestApi:
             bugcheck=(WDF_VIOLATION, (WDF_VERIFIER_FATAL_ERROR, request.handle, 0, 0)))
         return NTSTATUS.STATUS_INTERNAL_ERROR
 
-    def _buffer_of(self, request: Request, which: str, call: str,
-                   rule_prefix: str) -> tuple[int, int, int, bool, str]:
+    def _buffer_of(self, request: Request, which: str, call: str, rule_prefix: str,
+                   site: CallSite | None = None) -> tuple[int, int, int, bool, str]:
         """(status, va, length, read_only, slot): fxrequestapi.cpp refuses a read's input and a
         write's output (STATUS_INVALID_DEVICE_REQUEST) first; then GetMemoryObject (a read's
-        output too) or, for an IOCTL's output, GetDeviceControlOutputMemoryObject."""
+        output too) or, for an IOCTL's output, GetDeviceControlOutputMemoryObject. ``site``: the
+        driver's call site if the caller has it (a direct request's mapping is made there)."""
         major = request.io.major
         if (which == "input" and major == IRP_MJ_READ) or (which == "output" and major == IRP_MJ_WRITE):
             return NTSTATUS.STATUS_INVALID_DEVICE_REQUEST, 0, 0, False, "system"
@@ -99,20 +100,25 @@ class RequestApi:
         if status:
             return status, 0, 0, False, "system"
         if which == "output" and request.is_ioctl:
-            return (*request.output_buffer(), "output")
-        return (*request.input_buffer(), "system")
+            return (*request.output_buffer(site), "output")
+        return (*request.input_buffer(site), "system")
 
-    def _memory_handle(self, request: Request, found: tuple[int, int, int, bool, str]) -> tuple[int, int | None]:
+    def _memory_handle(self, request: Request, found: tuple[int, int, int, bool, str],
+                       site: CallSite | None = None) -> tuple[int, int | None]:
         status, va, length, read_only, slot = found
         if status:
             return status, None
         label = "output" if slot == "output" or request.io.major == IRP_MJ_READ else "input"
-        mem = request.memory_object(slot, label, va, length, read_only, driver_site())
+        mem = request.memory_object(slot, label, va, length, read_only, site or driver_site())
         return NTSTATUS.STATUS_SUCCESS, mem.handle
 
     def _retrieve_memory(self, handle: int, memory_out: Any, call: str, which: str) -> tuple[int, int | None]:
         request = self._request_for_buffer(handle, memory_out, "Memory", call)
-        return self._memory_handle(request, self._buffer_of(request, which, call, "MemAfterReqCompleted"))
+        # the driver's site, found once (two frames up) for the memory object and a direct
+        # request's mapping both, rather than walked again from deep inside the mapping
+        site = driver_site()
+        return self._memory_handle(request, self._buffer_of(request, which, call, "MemAfterReqCompleted", site),
+                                   site)
 
     def WdfRequestRetrieveInputMemory(self, Request: int, *, Memory: Any = OUT) -> tuple[int, int | None]:
         """-> (status, memory). A read has no input (STATUS_INVALID_DEVICE_REQUEST)."""
