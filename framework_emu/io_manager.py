@@ -27,7 +27,7 @@ from typing import Any, Callable
 from wdfhil.physical_memory import PAGE_SHIFT, PAGE_SIZE, PhysicalMemory
 
 from .api.driver_api import DRIVER_OBJECT
-from .callsite import CallSite, driver_site, format_site
+from .callsite import CallSite, caller_site, driver_site, format_site
 from .core import default_pool_window
 from .device import Device, DeviceStack, FileObject, WDFDEVICE_INIT
 from .driver import WDF_DRIVER_CONFIG
@@ -378,7 +378,7 @@ class IoManager:
             input_length, output_length = length, 0
         self._check_buffers(major, method, ioctl_code, input_length, output_length, system_buffer, user_pages,
                             input_pages)
-        site = driver_site()
+        site = caller_site()   # the submitter's frame: one probe, no walk through this one
         op = IoOperation(major, file, site)
         irp = Irp(major, originator=op)
         irp.template = IoRequest(major, input_length, output_length, ioctl_code if ioctl else 0,

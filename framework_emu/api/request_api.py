@@ -6,7 +6,7 @@ from typing import Any
 
 from ..bugcheck import (WDF_REQUEST_FATAL_ERROR, WDF_REQUEST_FATAL_ERROR_INFORMATION_LENGTH_MISMATCH,
                         WDF_VERIFIER_FATAL_ERROR, WDF_VIOLATION, BugCheck, wdf_violation)
-from ..callsite import CallSite, driver_site, format_site
+from ..callsite import CallSite, caller_site, driver_site, format_site
 from ..core import OUT
 from ..errors import ArgumentError
 from ..mdl import Mdl
@@ -112,21 +112,21 @@ class RequestApi:
         mem = request.memory_object(slot, label, va, length, read_only, site or driver_site())
         return NTSTATUS.STATUS_SUCCESS, mem.handle
 
-    def _retrieve_memory(self, handle: int, memory_out: Any, call: str, which: str) -> tuple[int, int | None]:
+    def _retrieve_memory(self, handle: int, memory_out: Any, call: str, which: str,
+                         site: CallSite) -> tuple[int, int | None]:
+        """``site``: the driver's call, found once by the entry point for the memory object and a
+        direct request's mapping both, rather than walked again from deep inside the mapping."""
         request = self._request_for_buffer(handle, memory_out, "Memory", call)
-        # the driver's site, found once (two frames up) for the memory object and a direct
-        # request's mapping both, rather than walked again from deep inside the mapping
-        site = driver_site()
         return self._memory_handle(request, self._buffer_of(request, which, call, "MemAfterReqCompleted", site),
                                    site)
 
     def WdfRequestRetrieveInputMemory(self, Request: int, *, Memory: Any = OUT) -> tuple[int, int | None]:
         """-> (status, memory). A read has no input (STATUS_INVALID_DEVICE_REQUEST)."""
-        return self._retrieve_memory(Request, Memory, "WdfRequestRetrieveInputMemory", "input")
+        return self._retrieve_memory(Request, Memory, "WdfRequestRetrieveInputMemory", "input", caller_site())
 
     def WdfRequestRetrieveOutputMemory(self, Request: int, *, Memory: Any = OUT) -> tuple[int, int | None]:
         """-> (status, memory). A write has no output (STATUS_INVALID_DEVICE_REQUEST)."""
-        return self._retrieve_memory(Request, Memory, "WdfRequestRetrieveOutputMemory", "output")
+        return self._retrieve_memory(Request, Memory, "WdfRequestRetrieveOutputMemory", "output", caller_site())
 
     def _retrieve_buffer(self, handle: int, minimum: int, buffer_out: Any, call: str,
                          which: str) -> tuple[int, int | None, int | None]:
@@ -186,13 +186,13 @@ class RequestApi:
 
     def WdfRequestComplete(self, Request: int, Status: int) -> None:
         request = self._object(Request, FX_TYPE_REQUEST)
-        self._complete(request, Status, request.io.information)
+        self._complete(request, Status, request.io.information, caller_site())
 
     def WdfRequestCompleteWithInformation(self, Request: int, Status: int, Information: int) -> None:
         request = self._object(Request, FX_TYPE_REQUEST)
-        self._complete(request, Status, check_size(Information, "Information"))
+        self._complete(request, Status, check_size(Information, "Information"), caller_site())
 
-    def _complete(self, request: Request, status: int, information: int) -> None:
+    def _complete(self, request: Request, status: int, information: int, site: CallSite | None = None) -> None:
         """WdfRequestComplete* in the framework's order (fxrequestapi.cpp VerifyRequestComplete,
         fxrequest.cpp FxRequest::CompleteInternal) [S]:
 
@@ -205,9 +205,12 @@ class RequestApi:
         4. the request's children are disposed and destroyed (EarlyDispose, DestroyChildren);
         5. only then, references still held on its buffers: 0x10D/0x3 (P2 request, P3 count);
         6. the IRP completes: the originator gets the data, the buffers go back (to the
-           verifier's quarantine first)."""
+           verifier's quarantine first).
+
+        ``site``: the driver's call if the entry point found it (caller_site(): one probe while
+        the driver called it directly; a walk materialises a frame object per frame)."""
         self._check_dispatch("WdfRequestComplete")
-        site = driver_site()
+        site = site or driver_site()
         if request.completed:
             if self._verifier_on:
                 self._log(f"WdfRequestComplete: {request.describe()} is not owned by the driver (completed),"
