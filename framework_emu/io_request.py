@@ -186,7 +186,6 @@ class DeviceRequest(Request):
         self.irp = irp
         self.device = device
         self.file = file
-        self.completion_hook = self._completed
 
     @property
     def completion_params(self) -> WDF_REQUEST_COMPLETION_PARAMS:
@@ -370,6 +369,10 @@ class DeviceRequest(Request):
             self.sender_fx._write(back, fx._read(pool_va, min(length, self.io.information)))
             self.sender_fx._pool.free(pool_va)
         fx.io_manager._request_completed(self, site)
+
+    # WdfRequestComplete's hook, bound when called: a bound method stored in every request
+    # would be one more object and a reference cycle for the collector, per guest I/O request
+    completion_hook = _completed
 
     system_buffer_saved: tuple[int, int] | None = None
     sender_fx: Any = None

@@ -193,7 +193,12 @@ class IoQueue(FxObject):
         elif not self._posted:
             self._posted = True
             level = PASSIVE_LEVEL if self.execution_level == WdfExecutionLevelPassive else self.fx._irql.current
-            dispatcher.post(self._posted_dispatch, level, f"dispatch {self.describe()}")
+            what = self._dispatch_what
+            if what is None:   # posted once per request when it completes in a callback: made once
+                what = self._dispatch_what = f"dispatch {self.describe()}"
+            dispatcher.post(self._posted_dispatch, level, what)
+
+    _dispatch_what: str | None = None
 
     def _posted_dispatch(self) -> None:
         self._posted = False
