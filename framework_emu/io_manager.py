@@ -405,62 +405,65 @@ class IoManager:
     def _check_buffers(self, major: int, method: str, ioctl_code: int, input_length: int, output_length: int,
                        system_buffer: SystemBuffer | None, user_pages: UserPages | None,
                        input_pages: UserPages | None = None) -> None:
-        def need_system(size: int) -> None:
-            if size and system_buffer is None:
-                raise ArgumentError(f"a {method} request of {size} bytes needs system_buffer", field="system_buffer",
-                                    value=None)
-            if system_buffer is not None:
-                if system_buffer.size < size:
-                    raise ArgumentError(f"system_buffer holds {system_buffer.size} bytes, the request {size}",
-                                        field="system_buffer.size", value=system_buffer.size)
-                if not self.memory.contains(system_buffer.gpa, system_buffer.size):
-                    raise ArgumentError("system_buffer is not guest RAM", field="system_buffer.gpa",
-                                        value=system_buffer.gpa)
-
-        def need_pages(size: int, user_pages: UserPages | None = user_pages, name: str = "user_pages",
-                       optional: bool = False) -> None:
-            if size and user_pages is None and not optional:
-                raise ArgumentError(f"a direct request of {size} bytes needs {name}", field=name, value=None)
-            if user_pages is not None:
-                if user_pages.length != size:
-                    raise ArgumentError(f"{name} describes {user_pages.length} bytes, the request {size}",
-                                        field=f"{name}.length", value=user_pages.length)
-                if not 0 <= user_pages.offset < PAGE_SIZE:
-                    raise ArgumentError(f"{name}.offset is an offset into the first page",
-                                        field=f"{name}.offset", value=user_pages.offset)
-                pages = (user_pages.offset + size + PAGE_SIZE - 1) >> PAGE_SHIFT
-                if len(user_pages.pfns) < pages:
-                    raise ArgumentError(f"{size} bytes at offset {user_pages.offset} span {pages} pages;"
-                                        f" {name} lists {len(user_pages.pfns)} frames", field=f"{name}.pfns",
-                                        value=len(user_pages.pfns))
-                bad = self.system_ptes.first_not_ram(user_pages.pfns[:pages])
-                if bad is not None:
-                    raise ArgumentError(f"frame 0x{bad:x} is not guest RAM", field=f"{name}.pfns", value=bad)
-
-        def none_of(what: Any, name: str) -> None:
-            if what is not None:
-                raise ArgumentError(f"a {method} request takes no {name}", field=name, value=what)
-
+        # the checks are methods, not closures made on every call: this runs for every request
+        need_system, need_pages, none_of = self._need_system, self._need_pages, self._none_of
         if major in (IRP_MJ_READ, IRP_MJ_WRITE):
             size = output_length if major == IRP_MJ_READ else input_length
             if method == "direct":
-                need_pages(size)
-                none_of(system_buffer, "system_buffer")
+                need_pages(size, user_pages)
+                none_of(method, system_buffer, "system_buffer")
             else:
-                need_system(size)
-                none_of(user_pages, "user_pages")
+                need_system(method, system_buffer, size)
+                none_of(method, user_pages, "user_pages")
         elif method == "buffered":
-            need_system(max(input_length, output_length))
-            none_of(user_pages, "user_pages")
+            need_system(method, system_buffer, max(input_length, output_length))
+            none_of(method, user_pages, "user_pages")
         elif method == "direct":
-            need_system(input_length)
-            need_pages(output_length)
+            need_system(method, system_buffer, input_length)
+            need_pages(output_length, user_pages)
         else:
-            none_of(system_buffer, "system_buffer")
-            need_pages(output_length, optional=True)
+            none_of(method, system_buffer, "system_buffer")
+            need_pages(output_length, user_pages, optional=True)
             need_pages(input_length, input_pages, "input_pages", optional=True)
         if method != "neither":
-            none_of(input_pages, "input_pages")
+            none_of(method, input_pages, "input_pages")
+
+    def _need_system(self, method: str, system_buffer: SystemBuffer | None, size: int) -> None:
+        if size and system_buffer is None:
+            raise ArgumentError(f"a {method} request of {size} bytes needs system_buffer", field="system_buffer",
+                                value=None)
+        if system_buffer is not None:
+            if system_buffer.size < size:
+                raise ArgumentError(f"system_buffer holds {system_buffer.size} bytes, the request {size}",
+                                    field="system_buffer.size", value=system_buffer.size)
+            if not self.memory.contains(system_buffer.gpa, system_buffer.size):
+                raise ArgumentError("system_buffer is not guest RAM", field="system_buffer.gpa",
+                                    value=system_buffer.gpa)
+
+    def _need_pages(self, size: int, user_pages: UserPages | None, name: str = "user_pages",
+                    optional: bool = False) -> None:
+        if size and user_pages is None and not optional:
+            raise ArgumentError(f"a direct request of {size} bytes needs {name}", field=name, value=None)
+        if user_pages is not None:
+            if user_pages.length != size:
+                raise ArgumentError(f"{name} describes {user_pages.length} bytes, the request {size}",
+                                    field=f"{name}.length", value=user_pages.length)
+            if not 0 <= user_pages.offset < PAGE_SIZE:
+                raise ArgumentError(f"{name}.offset is an offset into the first page",
+                                    field=f"{name}.offset", value=user_pages.offset)
+            pages = (user_pages.offset + size + PAGE_SIZE - 1) >> PAGE_SHIFT
+            if len(user_pages.pfns) < pages:
+                raise ArgumentError(f"{size} bytes at offset {user_pages.offset} span {pages} pages;"
+                                    f" {name} lists {len(user_pages.pfns)} frames", field=f"{name}.pfns",
+                                    value=len(user_pages.pfns))
+            bad = self.system_ptes.first_not_ram(user_pages.pfns[:pages])
+            if bad is not None:
+                raise ArgumentError(f"frame 0x{bad:x} is not guest RAM", field=f"{name}.pfns", value=bad)
+
+    @staticmethod
+    def _none_of(method: str, what: Any, name: str) -> None:
+        if what is not None:
+            raise ArgumentError(f"a {method} request takes no {name}", field=name, value=what)
 
     def cancel(self, op: IoOperation) -> None:
         """IoCancelIrp: the request is cancelled wherever it is (queued: completed with
