@@ -146,10 +146,19 @@ class IoQueue(FxObject):
             return lock.level
         return self.fx._irql.current
 
+    _callbacks_of: "dict[str, CallbackOf] | None" = None
+
     def _invoke(self, name: str, callback: Callable[..., Any], args: tuple) -> Any:
+        # "EvtIoRead of this queue": its parts do not change, so one per callback name (made
+        # into text only when a message shows it), not one per presented request
+        whats = self._callbacks_of
+        if whats is None:
+            whats = self._callbacks_of = {}
+        what = whats.get(name)
+        if what is None:
+            what = whats[name] = CallbackOf(name, self)
         dispatcher = self.fx.io_manager.dispatcher
-        return dispatcher.invoke(self.fx, callback, args, self.callback_level(), CallbackOf(name, self),
-                                 self.callback_lock())
+        return dispatcher.invoke(self.fx, callback, args, self.callback_level(), what, self.callback_lock())
 
     def _can_call_now(self) -> bool:
         """False where the framework would defer: our lock is held, or passive work above PASSIVE."""

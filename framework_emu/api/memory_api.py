@@ -200,8 +200,8 @@ class MemoryApi:
 
     def _check_memory_and_buffer(self, mem: Any, offset: int, buffer: Any, length: int, call: str) -> None:
         """BufAfterReqCompleted for a copy: the raw buffer, and a wrapper of a request's buffer."""
-        if isinstance(buffer, int):
-            self._check_request_buffer(buffer, length, f"{call} copies")
+        if isinstance(buffer, int) and self._verifier.quarantined(buffer, length) is not None:
+            self._check_request_buffer(buffer, length, f"{call} copies")   # the message only for a finding
         if mem.request is None or getattr(mem.request, "borrowed_buffers", False):
             va = mem.buffer + offset
             if self._verifier.quarantined(va, length) is not None:   # the message only for a finding
