@@ -16,7 +16,7 @@ was and where it went away.
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from wdfhil.physical_memory import PAGE_SHIFT, PAGE_SIZE, PhysicalMemory
 
@@ -38,10 +38,12 @@ class PteMapping:
     what: str
     mapped_at: CallSite | None
     unmapped_at: CallSite | None = None
+    # where the range ends: base and frames never change, and every access through the
+    # mapping compares against it (twice per 4 KiB read), so it is a field, not a property
+    end: int = field(init=False, repr=False, compare=False)
 
-    @property
-    def end(self) -> int:
-        return self.base + (len(self.pfns) << PAGE_SHIFT)
+    def __post_init__(self) -> None:
+        self.end = self.base + (len(self.pfns) << PAGE_SHIFT)
 
 
 class SystemPteSpace:
