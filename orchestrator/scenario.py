@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from device_model.abi import ErrorReason, Opcode
-from device_model.faults import FaultKind
+from device_model.faults import STRUCTURE_FAULTS, FaultKind, FaultTarget
 from framework_emu import NTSTATUS, PoolType
 from orchestrator.guest_config import DEFAULT_GUEST
 from orchestrator.scenario_driver import check_driver, resolve_code
@@ -266,6 +266,8 @@ FRAMEWORK_STEPS: dict[str, Obj] = {
 
 STEPS = {**AGENT_STEPS, **FRAMEWORK_STEPS}
 
+_STRUCTURE_KINDS = tuple(sorted(k.value for k in STRUCTURE_FAULTS))
+
 _FAULT_RULE = Obj({
     "kind": _req(Str(choices=tuple(k.value for k in FaultKind))),
     "request_ids": _opt(List(Int(minimum=0, maximum=(1 << 64) - 1), min_items=1)),
@@ -274,7 +276,16 @@ _FAULT_RULE = Obj({
     "max_count": _opt(Int(minimum=0)),
     "delay_us": _opt(Int(minimum=0, maximum=600_000_000), 1000),
     "fraction": _opt(Number(minimum=0.0, maximum=0.999999), 0.5),
-}, description="One fault rule (device_model.faults.FaultRule).")
+    "target": _opt(Str(choices=tuple(t.value for t in FaultTarget), description="Which DMA "
+                       "access it hits: data (the transfer), or the bus-master's descriptor "
+                       "fetch or completion write-back (bit_flip and short_transfer only)."),
+                   FaultTarget.DATA.value),
+}, description="One fault rule (device_model.faults.FaultRule).",
+    rules=((lambda d: d["target"] == FaultTarget.DATA.value or d["kind"] in _STRUCTURE_KINDS,
+            "a descriptor or completion fault is one of " + ", ".join(_STRUCTURE_KINDS), "target"),),
+    schema_extra={"if": {"properties": {"target": {"not": {"const": FaultTarget.DATA.value}}},
+                         "required": ["target"]},
+                  "then": {"properties": {"kind": {"enum": list(_STRUCTURE_KINDS)}}}})
 
 _DEVICE = Obj({
     "personality": _opt(Str(choices=("echo", "busmaster"), description="echo: the guest's "
@@ -294,7 +305,11 @@ _DEVICE = Obj({
     }, description="Seeded fault injection.")),
 }, description="The device the guest gets at boot.",
     rules=((lambda d: not d["remapping"] or d["personality"] == "busmaster",
-            "remapping is for the busmaster personality", "remapping"),),
+            "remapping is for the busmaster personality", "remapping"),
+           (lambda d: d["personality"] == "busmaster" or all(
+               rule["target"] == FaultTarget.DATA.value for rule in (d.get("faults") or {}).get("rules", [])),
+            "descriptor and completion faults are for the busmaster personality (the echo "
+            "device fetches nothing by DMA)", "faults"),),
     schema_extra={"if": {"properties": {"remapping": {"const": True}}, "required": ["remapping"]},
                   "then": {"properties": {"personality": {"const": "busmaster"}},
                            "required": ["personality"]}})

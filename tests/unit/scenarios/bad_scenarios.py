@@ -119,6 +119,17 @@ BAD = [
     ("segment-align-not-power-of-two",
      "description: x\ndevice:\n  segment_align: 12\nsteps:\n  - device_info: {}\n",
      3, "device.segment_align", "not one of", True),
+    ("fault-target-unknown",
+     "description: x\ndevice:\n  personality: busmaster\n  faults:\n    rules:\n"
+     "      - {kind: bit_flip, target: doorbell}\ndriver: {class: samples.dma_busmaster:DmaBusMasterDriver}\n"
+     "steps:\n  - device_info: {}\n", 6, "device.faults.rules[0].target", "not one of", True),
+    ("fault-target-kind",
+     "description: x\ndevice:\n  personality: busmaster\n  faults:\n    rules:\n"
+     "      - {kind: drop_interrupt, target: descriptor}\ndriver: {class: samples.dma_busmaster:DmaBusMasterDriver}\n"
+     "steps:\n  - device_info: {}\n", 6, "device.faults.rules[0].target", "bit_flip, short_transfer", True),
+    ("fault-target-on-echo",
+     "description: x\ndevice:\n  faults:\n    rules:\n      - {kind: bit_flip, target: completion}\n"
+     "steps:\n  - device_info: {}\n", 3, "device.faults", "busmaster personality", False),
     ("bad-fault-kind",
      "description: x\ndevice:\n  faults:\n    rules:\n      - {kind: explode}\nsteps:\n"
      "  - device_info: {}\n", 5, "device.faults.rules[0].kind", "not one of", True),

@@ -102,3 +102,18 @@ def test_resolve_names_folders_and_files(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no \\*.scenario.yaml file"):
         resolve_scenarios([tmp_path / "empty"])
+
+
+def test_a_fault_rule_target_reaches_the_busmaster_fault_plan(tmp_path):
+    from device_model.faults import FaultKind, FaultTarget
+    from orchestrator.guest_sessions import fault_plan
+
+    path = tmp_path / "ring.scenario.yaml"
+    path.write_text("description: x\ndevice:\n  personality: busmaster\n  faults:\n    seed: 4\n"
+                    "    rules:\n      - {kind: short_transfer, target: completion, max_count: 1}\n"
+                    "      - {kind: bit_flip}\n"
+                    "driver: {class: samples.dma_busmaster:DmaBusMasterDriver}\n"
+                    "steps:\n  - device_info: {}\n")
+    plan = fault_plan(load_scenario(path))
+    assert [(r.kind, r.target) for r in plan.rules] == [
+        (FaultKind.SHORT_TRANSFER, FaultTarget.COMPLETION), (FaultKind.BIT_FLIP, FaultTarget.DATA)]
