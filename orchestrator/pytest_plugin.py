@@ -29,6 +29,7 @@ ScenarioResult).
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
 SUFFIX = ".scenario.yaml"         # orchestrator.scenario.SUFFIX, kept here to import nothing
 DEFAULT_GUEST = "pc-256m"
 _sessions_key = pytest.StashKey["GuestSessions"]()
+_results_key = pytest.StashKey[list["ScenarioResult"]]()   # what this process ran, in full
+_report_key = pytest.StashKey[Path]()                       # where --wdfhil-report wrote it
 
 
 def guest_marker(guest: str) -> str:
@@ -57,6 +60,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--wdfhil-bundles", metavar="DIR",
                     help="write a reproduction bundle of each failing scenario here "
                          "(wdfhil replay reruns it; docs/reports.md)")
+    group.addoption("--wdfhil-report", metavar="DIR",
+                    help="write the scenario items' report folder here (results.json, "
+                         "junit.xml, report.html, bundles of failures; docs/reports.md); "
+                         "under pytest-xdist each worker writes DIR/<worker id>: join them "
+                         "with wdfhil report merge")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -66,14 +74,15 @@ def pytest_configure(config: pytest.Config) -> None:
                                        "fixtures of this test use")
     for guest in _guest_names(config):
         config.addinivalue_line("markers", f"{guest_marker(guest)}: runs on guest config {guest}")
-    config.pluginmanager.register(VerdictTable(), "wdfhil-verdict-table")
+    config.pluginmanager.register(VerdictTable(config), "wdfhil-verdict-table")
 
 
 class VerdictTable:
     """The verdict table at the end of the run, made from the items' reports (their
     JUnit properties), so it also works when pytest-xdist workers ran the items."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
         self.rows: list[dict[str, Any]] = []
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -92,6 +101,9 @@ class VerdictTable:
                                           seconds=float(row["seconds"]),
                                           brief=row.get("summary", "")))
         terminalreporter.write_line(format_table(results))
+        if _report_key in self.config.stash:
+            from orchestrator.report_command import describe_report
+            terminalreporter.write_line(describe_report(self.config.stash[_report_key]))
 
 
 def _guest_names(config: pytest.Config) -> list[str]:
@@ -158,6 +170,7 @@ class ScenarioItem(pytest.Item):
 
         result = run_scenario(self.scenario, self.guest, _sessions(self.config))
         self.result = result
+        self.config.stash.setdefault(_results_key, []).append(result)
         self.user_properties += [("scenario", self.scenario.name), ("guest", self.guest),
                                  ("verdict", result.verdict), ("seconds", f"{result.seconds:.3f}")]
         self.user_properties.append(("summary", result.summary()))
@@ -212,8 +225,27 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    if _sessions_key in session.config.stash:
-        session.config.stash[_sessions_key].close()
+    """The report folder (``--wdfhil-report``), then the guests go. The terminal summary,
+    which names the folder, comes after every sessionfinish hook."""
+    try:
+        _write_report(session.config)
+    finally:
+        if _sessions_key in session.config.stash:
+            session.config.stash[_sessions_key].close()
+
+
+def _write_report(config: pytest.Config) -> None:
+    """The run's report folder, from the full results this process ran (with their
+    evidence); under pytest-xdist one folder per worker."""
+    folder = config.getoption("wdfhil_report", None)
+    results = config.stash.get(_results_key, [])
+    if not folder or not results:
+        return
+    from orchestrator.report_command import write_run_report
+
+    worker = getattr(config, "workerinput", {}).get("workerid")   # pytest-xdist
+    folder = Path(folder).resolve()
+    config.stash[_report_key] = write_run_report(results, folder / worker if worker else folder)
 
 
 # -- fixtures for your own tests -------------------------------------------------------

@@ -5,6 +5,7 @@ tests/e2e/test_scenarios.py runs the same path on a real guest."""
 
 from __future__ import annotations
 
+import json
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -121,3 +122,29 @@ def test_with_xdist_items_are_grouped_per_guest_for_loadgroup(pytester):
     result = pytester.runpytest("--co", "-q", "-s", "-p", "xdist", "-n", "0")
     assert "GROUP both[pc-256m] [('pc-256m',)]" in result.outlines
     assert "GROUP both[q35-1g] [('q35-1g',)]" in result.outlines
+
+
+def test_wdfhil_report_writes_the_items_report_folder(pytester):
+    pytester.makeconftest(CANNED_RUNNER)
+    scenario(pytester, "good")
+    scenario(pytester, "bad")
+    result = pytester.runpytest("-q", "--wdfhil-report", "rep")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    folder = pytester.path / "rep"
+    result.stdout.fnmatch_lines(["1 passed, 1 failed", f"report: {folder / 'report.html'}*"])
+    results = json.loads((folder / "results.json").read_text())
+    verdicts = {r["scenario"]: r["verdict"] for r in results["results"]}
+    assert verdicts == {"good": "PASS", "bad": "FAIL"}
+    suite = ET.parse(folder / "junit.xml").getroot()
+    assert "bad" in ET.tostring(suite, encoding="unicode")
+    html = (folder / "report.html").read_text()
+    assert "MemAfterReqCompletedWriteA" in html and "good" in html
+    assert oct(folder.stat().st_mode & 0o777) == "0o700"
+
+
+def test_without_wdfhil_report_no_folder_is_written(pytester):
+    pytester.makeconftest(CANNED_RUNNER)
+    scenario(pytester, "good")
+    assert pytester.runpytest("-q").ret == 0
+    assert not (pytester.path / "wdfhil-reports").exists()
+    assert [p.name for p in pytester.path.iterdir() if p.is_dir() and p.name.startswith("rep")] == []
