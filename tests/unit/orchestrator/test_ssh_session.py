@@ -25,8 +25,8 @@ def _copy_out(stream, send) -> None:
     try:
         for chunk in iter(lambda: stream.read1(65536), b""):
             send(chunk)
-    except OSError:
-        pass  # the client closed the channel; the process is being killed
+    except (OSError, EOFError):
+        pass  # the client closed the channel or dropped the connection (paramiko: EOFError)
 
 
 class _ShellServer(paramiko.ServerInterface):
