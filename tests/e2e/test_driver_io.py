@@ -11,8 +11,6 @@ report is clean unless the test expects otherwise.
 
 from __future__ import annotations
 
-import json
-import shlex
 import struct
 import time
 
@@ -31,6 +29,7 @@ from samples.internal_ioctl import IOCTL_INTERNAL_SENSOR_READ, SensorDriver, Sen
 from samples.neither import IOCTL_NEITHER_IN_PLACE, IOCTL_NEITHER_REVERSE, NeitherDriver
 from wdfhil.errors import GuestError
 
+from background_agent import agent_answer, start_agent
 from driver_io_drivers import (HoldingDriver, LeakyEchoDriver, MethodEchoDriver, OffsetStoreDriver,
                                UseAfterCompleteDriver)
 
@@ -91,25 +90,6 @@ def wait_until(predicate, what: str, timeout: float = WAIT_S) -> None:
     while not predicate():
         assert time.monotonic() < deadline, f"{what} not reached within {timeout} s"
         time.sleep(0.1)
-
-
-def start_agent(session, *steps: str, output: str) -> int:
-    """An agent process in the background (its JSON answer goes to ``output``); its pid.
-    One step: that command; several: ``run`` them in one process."""
-    args = shlex.quote(steps[0]) if len(steps) == 1 else "run " + shlex.quote("; ".join(steps))
-    started = session.vm.run(f"rm -f {output}; setsid /usr/bin/wdfhil-agent {args} "
-                             f">{output} 2>&1 </dev/null & echo $!").check()
-    return int(started.split()[-1])
-
-
-def agent_answer(session, output: str, timeout: float = WAIT_S) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        text = session.vm.run(f"cat {output} 2>/dev/null").stdout.strip()
-        if text:
-            return json.loads(text.splitlines()[-1])
-        assert time.monotonic() < deadline, f"no answer in {output}"
-        time.sleep(0.2)
 
 
 def hexdump(result: dict) -> bytes:

@@ -10,8 +10,6 @@ sysfs counters show nothing stays pinned.
 
 from __future__ import annotations
 
-import json
-import shlex
 import time
 
 import pytest
@@ -21,6 +19,8 @@ from device_model.request_echo import IOCTL_ECHO, IOCTL_STATUS, EchoIoHandler
 from device_model.request_ring import GuestIoRequest, RequestEndpoint
 from orchestrator.agent_client import IoResult, Step, Verification, pattern_bytes
 from orchestrator.dma_session import DmaSession
+
+from background_agent import agent_answer, start_agent
 
 pytestmark = pytest.mark.e2e
 
@@ -78,23 +78,6 @@ def wait_guest_counter(session, name: str, value: int, timeout: float = WAIT_S) 
     deadline = time.monotonic() + timeout
     while (now := guest_counter(session, name)) != value:
         assert time.monotonic() < deadline, f"{name} is {now}, expected {value}"
-        time.sleep(0.2)
-
-
-def start_agent(session, step: str, output: str) -> int:
-    """An agent process in the background (its JSON answer goes to ``output``); its pid."""
-    started = session.vm.run(f"rm -f {output}; setsid /usr/bin/wdfhil-agent {shlex.quote(step)} "
-                             f">{output} 2>&1 </dev/null & echo $!").check()
-    return int(started.split()[-1])
-
-
-def agent_answer(session, output: str, timeout: float = WAIT_S) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        text = session.vm.run(f"cat {output} 2>/dev/null").stdout.strip()
-        if text:
-            return json.loads(text.splitlines()[-1])
-        assert time.monotonic() < deadline, f"no answer in {output}"
         time.sleep(0.2)
 
 
@@ -161,7 +144,7 @@ def test_several_in_flight_at_once_from_threads_and_processes(io):
     handler = io.recorder.handler
     handler.hold = {IoMajor.WRITE}
     pids = [start_agent(io, Step.io_stress(3, 1, 10_000, page_offset=7 + k, offset=k << 20),
-                        f"/tmp/inflight{k}.json") for k in range(2)]
+                        output=f"/tmp/inflight{k}.json") for k in range(2)]
     io.endpoint.wait_for(lambda: len(handler.held) == 6, WAIT_S, "six WRITEs held")
     assert guest_counter(io, "io_in_flight") == 6
     assert guest_counter(io, "io_pinned_pages") == 6 * 3
@@ -177,10 +160,10 @@ def test_a_killed_program_leaves_nothing_pinned_and_every_request_ends_on_the_ho
     handler.hold = {IoMajor.WRITE, IoMajor.DEVICE_CONTROL}
     handler.complete_on_cancel = False        # a slow driver: completion comes later
     pids = [
-        start_agent(io, Step.io_stress(4, 1, 70_000, page_offset=5), "/tmp/kill-rw.json"),
+        start_agent(io, Step.io_stress(4, 1, 70_000, page_offset=5), output="/tmp/kill-rw.json"),
         start_agent(io, Step.io_stress(4, 1, 70_000, page_offset=9, mode="ioctl",
                                        code=IOCTL_ECHO[TransferMethod.OUT_DIRECT]),
-                    "/tmp/kill-ioctl.json"),
+                    output="/tmp/kill-ioctl.json"),
     ]
     io.endpoint.wait_for(lambda: len(handler.held) == 8, WAIT_S, "eight requests held")
     held = list(handler.held)
@@ -275,7 +258,7 @@ def test_guest_io_follows_a_device_reset_with_nothing_in_flight(io):
 def test_with_every_slot_taken_nonblocking_calls_say_eagain_and_poll_waits(io):
     handler = io.recorder.handler
     handler.hold = {IoMajor.WRITE}
-    start_agent(io, Step.io_stress(256, 1, 1), "/tmp/full.json")
+    start_agent(io, Step.io_stress(256, 1, 1), output="/tmp/full.json")
     io.endpoint.wait_for(lambda: len(handler.held) == 256, WAIT_S, "256 WRITEs held")
     results = io.agent.run(Step.io_open(nonblock=True), Step.io_poll(timeout_ms=10),
                            Step.alloc("b", 10), Step.io_write("b"))
