@@ -29,13 +29,12 @@ from samples.internal_ioctl import IOCTL_INTERNAL_SENSOR_READ, SensorDriver, Sen
 from samples.neither import IOCTL_NEITHER_IN_PLACE, IOCTL_NEITHER_REVERSE, NeitherDriver
 from wdfhil.errors import GuestError
 
-from background_agent import agent_answer, start_agent
+from guest_helpers import agent_answer, guest_counter, start_agent, wait_guest_counter
 from driver_io_drivers import (HoldingDriver, LeakyEchoDriver, MethodEchoDriver, OffsetStoreDriver,
                                UseAfterCompleteDriver)
 
 pytestmark = pytest.mark.e2e
 
-SYSFS = "/sys/class/wdfhil/wdfhil0"
 WAIT_S = 120.0
 CANCELLED = NTSTATUS["STATUS_CANCELLED"]
 INVALID_DEVICE_REQUEST = NTSTATUS["STATUS_INVALID_DEVICE_REQUEST"]
@@ -72,17 +71,6 @@ def drive(session):
     for was_checked, report in zip(checked, reports):
         assert was_checked or report.clean, str(report)
     session.endpoint.set_io_type(IoType.DIRECT)
-
-
-def guest_counter(session, name: str) -> int:
-    return int(session.vm.run(f"cat {SYSFS}/{name}").check().strip())
-
-
-def wait_guest_counter(session, name: str, value: int, timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while (now := guest_counter(session, name)) != value:
-        assert time.monotonic() < deadline, f"{name} is {now}, expected {value}"
-        time.sleep(0.2)
 
 
 def wait_until(predicate, what: str, timeout: float = WAIT_S) -> None:

@@ -10,7 +10,6 @@ sysfs counters show nothing stays pinned.
 
 from __future__ import annotations
 
-import time
 
 import pytest
 
@@ -20,11 +19,10 @@ from device_model.request_ring import GuestIoRequest, RequestEndpoint
 from orchestrator.agent_client import IoResult, Step, Verification, pattern_bytes
 from orchestrator.dma_session import DmaSession
 
-from background_agent import agent_answer, start_agent
+from guest_helpers import SYSFS, agent_answer, guest_counter, start_agent, wait_guest_counter
 
 pytestmark = pytest.mark.e2e
 
-SYSFS = "/sys/class/wdfhil/wdfhil0"
 CANCELLED = NTSTATUS["STATUS_CANCELLED"]
 WAIT_S = 120.0
 
@@ -68,17 +66,6 @@ def io(session):
     wait_guest_counter(session, "io_in_flight", 0)
     assert guest_counter(session, "io_pinned_pages") == 0
     session.endpoint.wait_for(lambda: not session.endpoint.in_flight, WAIT_S, "nothing in flight")
-
-
-def guest_counter(session, name: str) -> int:
-    return int(session.vm.run(f"cat {SYSFS}/{name}").check().strip())
-
-
-def wait_guest_counter(session, name: str, value: int, timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while (now := guest_counter(session, name)) != value:
-        assert time.monotonic() < deadline, f"{name} is {now}, expected {value}"
-        time.sleep(0.2)
 
 
 def test_the_module_offers_a_guest_io_node(io):

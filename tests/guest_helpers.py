@@ -1,6 +1,7 @@
-"""Guest agent processes in the background, for the guest-I/O end-to-end tests: start one
-(its JSON answer goes to a file in the guest) and wait for that answer. Shared by
-``tests/e2e/test_guest_io.py`` and ``tests/e2e/test_driver_io.py``."""
+"""Guest-side helpers of the guest-I/O end-to-end tests (``tests/e2e/test_guest_io.py`` and
+``tests/e2e/test_driver_io.py``): the guest module's sysfs counters, and guest agent
+processes in the background (start one, its JSON answer going to a file in the guest, and
+wait for that answer)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,18 @@ import shlex
 import time
 
 WAIT_S = 120.0
+SYSFS = "/sys/class/wdfhil/wdfhil0"     # the guest module's counters
+
+
+def guest_counter(session, name: str) -> int:
+    return int(session.vm.run(f"cat {SYSFS}/{name}").check().strip())
+
+
+def wait_guest_counter(session, name: str, value: int, timeout: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while (now := guest_counter(session, name)) != value:
+        assert time.monotonic() < deadline, f"{name} is {now}, expected {value}"
+        time.sleep(0.2)
 
 
 def start_agent(session, *steps: str, output: str) -> int:
