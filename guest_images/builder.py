@@ -52,6 +52,10 @@ MODULE_GUEST_PATH = "/lib/modules/wdfhil/wdfhil_pci.ko"
 HOST_KEY_GUEST_PATH = "/etc/dropbear/dropbear_ed25519_host_key"
 BOOT_MODULES_GUEST_PATH = "/etc/wdfhil/boot-modules"
 IMAGE_CONF_GUEST_PATH = "/etc/wdfhil/image.conf"
+# The command relay (agent relay.c) on the guest's second serial port, which the
+# orchestrator adds as an isa-serial for images whose manifest names it
+RELAY_TTY = "/dev/ttyS1"
+RELAY_READY_GUEST_PATH = "/run/wdfhil-relay.ready"
 
 Progress = Callable[[str], None]
 
@@ -234,6 +238,7 @@ class ImageBuild:
                 "boot_modules": [m.guest_path for m in boot_modules],
                 "init_failed_marker": INIT_FAILED_MARKER,
                 "ssh_port": SSH_PORT,
+                "command_relay": RELAY_TTY,
                 "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             })
         image.with_file_records().write_manifest()
@@ -318,6 +323,8 @@ class ImageBuild:
             "WDFHIL_READY_MARKER": READY_MARKER,
             "WDFHIL_AGENT": AGENT_GUEST_PATH,
             "WDFHIL_MODULE": MODULE_GUEST_PATH,
+            "WDFHIL_RELAY_TTY": RELAY_TTY,
+            "WDFHIL_RELAY_READY": RELAY_READY_GUEST_PATH,
         }
         tree.add_file(IMAGE_CONF_GUEST_PATH,
                       "".join(f"{key}='{value}'\n" for key, value in settings.items()).encode())

@@ -106,6 +106,12 @@ class GuestImage:
                             folder=self.folder, file=path.name)
 
     @property
+    def command_relay(self) -> str:
+        """The guest's serial port of the command relay (``/dev/ttyS1``), or '' for an
+        image built without one (the host then runs commands over SSH only)."""
+        return str(self.details.get("command_relay", ""))
+
+    @property
     def folder(self) -> Path:
         return self.kernel.parent
 

@@ -79,7 +79,7 @@ def entry_key(config: GuestConfig, image: "GuestImage", accelerator: str,
     for unseen in ("name", "description", "source", "field_lines"):
         shape.pop(unseen, None)
     argv = build_qemu_argv(config, image, accelerator=accelerator, ram_file=Path("RAM"),
-                           console_fd=-1, qmp_fd=-1, name="NAME", incoming=True,
+                           console_fd=-1, qmp_fd=-1, relay_fd=-1, name="NAME", incoming=True,
                            qemu_binary=qemu_binary)
     text = json.dumps({"format": FORMAT, "image": image.digest, "config": shape,
                        "argv": argv, "accelerator": accelerator,

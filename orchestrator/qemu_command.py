@@ -5,8 +5,10 @@ unit-tested in one place:
 
 - guest RAM is a ``memory-backend-file`` with ``share=on`` in the run
   folder, so the device model can map the very pages the guest uses;
-- the serial console and QMP are sockets QEMU inherits (``fd=N``), one end
-  of a socket pair each: nothing to race for or clean up in the file system;
+- the serial console, QMP and (for images that have it) the command relay's
+  second serial port (an ``isa-serial``: no PCI device, so no ACPI routing at
+  boot) are sockets QEMU inherits (``fd=N``), one end of a socket pair each:
+  nothing to race for or clean up in the file system;
 - SSH is forwarded from a port the host picks (``hostfwd=...:0-:22``) and
   read back from ``info usernet`` (:func:`parse_hostfwd_port`), so two VMs
   never collide on a port; that forward is *all* the network the guest
@@ -35,6 +37,7 @@ DEFAULT_QEMU = "qemu-system-x86_64"
 RAM_BACKEND_ID = "ram0"
 CONSOLE_ID = "wdfhil-console"
 QMP_ID = "wdfhil-qmp"
+RELAY_ID = "wdfhil-relay"
 NETDEV_ID = "n0"
 HOTPLUG_ROOT_PORT = "wdfhil-rp0"
 # Room the port's bridge window keeps for a hot-plugged device's 64-bit
@@ -59,8 +62,10 @@ def user_netdev(netdev_id: str) -> str:
 def build_qemu_argv(config: GuestConfig, image: "GuestImage", *, accelerator: str,
                     ram_file: Path, console_fd: int, qmp_fd: int, name: str = "wdfhil",
                     extra_args: Sequence[str] = (), incoming: bool = False,
-                    qemu_binary: str = DEFAULT_QEMU) -> list[str]:
-    """The full argv of a QEMU that runs ``config`` with ``image``."""
+                    qemu_binary: str = DEFAULT_QEMU, relay_fd: int | None = None) -> list[str]:
+    """The full argv of a QEMU that runs ``config`` with ``image``; ``relay_fd``: the
+    socket of the guest's command relay port (its second serial port), needed when the
+    image has a relay (``image.command_relay``) and ignored otherwise."""
     if accelerator not in ("kvm", "tcg"):
         raise ValueError(f"accelerator must be kvm or tcg, got {accelerator!r}")
     machine = [config.machine, f"memory-backend={RAM_BACKEND_ID}"]
@@ -93,6 +98,11 @@ def build_qemu_argv(config: GuestConfig, image: "GuestImage", *, accelerator: st
         "-chardev", f"socket,id={QMP_ID},fd={qmp_fd}",
         "-mon", f"chardev={QMP_ID},mode=control",
     ]
+    if image.command_relay:
+        if relay_fd is None:
+            raise ValueError(f"image {image.name} has a command relay: relay_fd is needed")
+        argv += ["-chardev", f"socket,id={RELAY_ID},fd={relay_fd}",
+                 "-device", f"isa-serial,chardev={RELAY_ID},index=1"]
     if config.iommu == "intel":
         argv += ["-device", "intel-iommu,intremap=on"]
     if config.machine == "q35":

@@ -11,8 +11,11 @@ run folder, no RAM file. What it wires together:
   this process dies; the accelerator chosen by probing KVM
   (:mod:`orchestrator.kvm_probe`);
 - the serial console reader, which fails the boot at once on a kernel panic
-  or QEMU exiting; QMP (``vm.qmp``); SSH over one long-lived shell channel
-  (``vm.run``), with SFTP (``vm.put`` / ``vm.get``);
+  or QEMU exiting; QMP (``vm.qmp``); commands (``vm.run``) on one long-lived
+  shell, over the image's command relay on a second serial port
+  (:mod:`orchestrator.serial_shell`: a restored guest needs no login) or, for
+  an image without one, over SSH; SSH with SFTP (``vm.put`` / ``vm.get``),
+  logged into when first needed;
 - a :class:`~orchestrator.guest_watch.GuestWatch` consulted by every wait
   (boot and commands), so a guest that panics, whose QEMU exits or whose
   run state turns fatal (``internal-error``) is reported at once: a
@@ -48,6 +51,7 @@ from orchestrator.qemu_process import QemuProcess, tail_of_file
 from orchestrator.qmp_session import QmpSession
 from orchestrator.ram_layout import DEFAULT_INITRD_ADDR_MAX, read_ram_layout
 from orchestrator.serial_console import ConsoleWait, SerialConsole
+from orchestrator.serial_shell import SerialShell
 from orchestrator.snapshot import Snapshot, load_state, save_state
 from orchestrator.ssh_session import (DEFAULT_COMMAND_TIMEOUT, CommandResult, SshSession,
                                       wait_for_ssh_banner)
@@ -65,7 +69,7 @@ RAM_FILE = "ram"
 QEMU_LOG = "qemu.log"
 CONSOLE_LOG = "console.log"
 _names = itertools.count(1)
-RESTORED_RUNNING = "the restored guest runs; logging in"   # a progress step (bench/matrix.py)
+RESTORED_RUNNING = "the restored guest runs"   # a progress step (bench/matrix.py)
 
 
 def read_initrd_addr_max(kernel: Path) -> int:
@@ -93,6 +97,9 @@ class _HostResources:
         self.console: SerialConsole | None = None
         self.qmp: QmpSession | None = None
         self.ssh: SshSession | None = None
+        self.relay: SerialShell | None = None
+        self.ram: GuestRam | None = None      # the relay's view of guest RAM
+        self._ram_lock = threading.Lock()
         self.watch: GuestWatch | None = None
         self.sockets: list[socket.socket] = []
         self._lock = threading.Lock()
@@ -105,6 +112,8 @@ class _HostResources:
             self._released = True
         steps = [
             ("SSH", lambda: self.ssh and self.ssh.close()),
+            ("command relay", lambda: self.relay and self.relay.close()),
+            ("guest RAM view", lambda: self.ram and self.ram.close()),
             ("QEMU", lambda: self._stop_qemu(graceful)),
             ("QMP", lambda: self.qmp and self.qmp.close()),
             ("console", lambda: self.console and self.console.close()),
@@ -165,7 +174,7 @@ class VM(GuestMachine):
         self.progress = progress  # told each step of a start (a StatusLine on a terminal)
         self.accelerator: str | None = None
         self.ssh_port: int | None = None
-        self.start_seconds: float | None = None  # launch to first SSH login
+        self.start_seconds: float | None = None  # launch to ready for commands
         self._host = _HostResources()
         self._finalizer = track(self, self._host.release_last_resort)
         self._state = "new"
@@ -186,7 +195,13 @@ class VM(GuestMachine):
 
     @property
     def ssh(self) -> SshSession:
-        return self._need(self._host.ssh, "SSH session")
+        """The SSH session, logged into now if this is its first use."""
+        host = self._host
+        if host.ssh is None:
+            if self._state not in ("starting", "running"):
+                self._need(None, "SSH session")
+            host.ssh = self._login(time.monotonic() + self.boot_timeout)
+        return host.ssh
 
     @property
     def qemu_pid(self) -> int | None:
@@ -215,6 +230,13 @@ class VM(GuestMachine):
 
     # -- guest access -------------------------------------------------------
     def run(self, command: str, timeout: float = DEFAULT_COMMAND_TIMEOUT) -> CommandResult:
+        """Run ``command`` on the guest's long-lived shell (over the command relay when
+        the image has one, else over SSH)."""
+        relay = self._host.relay
+        if relay is not None:
+            if self._state not in ("running", "starting"):
+                self._need(None, "command relay")
+            return relay.run(command, timeout)
         return self.ssh.run(command, timeout)
 
     def run_exec(self, command: str, timeout: float = DEFAULT_COMMAND_TIMEOUT) -> CommandResult:
@@ -349,22 +371,31 @@ class VM(GuestMachine):
         console_ours, console_theirs = socket.socketpair()
         qmp_ours, qmp_theirs = socket.socketpair()
         host.sockets += [console_ours, console_theirs, qmp_ours, qmp_theirs]
+        relay_ours = relay_theirs = None
+        if self.image.command_relay:
+            relay_ours, relay_theirs = socket.socketpair()
+            host.sockets += [relay_ours, relay_theirs]
+        theirs = [sock for sock in (console_theirs, qmp_theirs, relay_theirs) if sock]
         argv = build_qemu_argv(
             self.config, self.image, accelerator=self.accelerator,
             ram_file=host.run_dir / RAM_FILE, console_fd=console_theirs.fileno(),
             qmp_fd=qmp_theirs.fileno(), name=self.name, extra_args=self.extra_qemu_args,
-            incoming=snapshot is not None, qemu_binary=self.qemu_binary)
+            incoming=snapshot is not None, qemu_binary=self.qemu_binary,
+            relay_fd=relay_theirs.fileno() if relay_theirs else None)
         host.process = QemuProcess(argv, log_path=host.run_dir / QEMU_LOG,
-                                   pass_fds=(console_theirs.fileno(), qmp_theirs.fileno()))
+                                   pass_fds=tuple(sock.fileno() for sock in theirs))
         try:
             host.process.start()
         except OSError as exc:
             raise LaunchError(f"cannot run {self.qemu_binary}: {exc.strerror}") from None
-        console_theirs.close()  # QEMU has its copies; EOF on ours now means QEMU is gone
-        qmp_theirs.close()
+        for sock in theirs:   # QEMU has its copies; EOF on ours now means QEMU is gone
+            sock.close()
         host.console = SerialConsole(console_ours, host.run_dir / CONSOLE_LOG,
                                      history=history).start()
         host.watch = watch = GuestWatch(host.process, host.console, name=f"VM {self.name}")
+        if relay_ours is not None:
+            host.relay = SerialShell(relay_ours, f"VM {self.name}", health=watch,
+                                     read_memory=self._read_guest_ram)
         host.qmp = QmpSession(self.name)
         host.qmp.connect(qmp_ours, timeout=max(1.0, deadline - time.monotonic()))
         watch.qmp = host.qmp
@@ -376,9 +407,32 @@ class VM(GuestMachine):
             self._say(RESTORED_RUNNING)
         else:
             self._wait_for_ready_marker(deadline)
-        if snapshot is None:
-            # A restored guest's server was listening when it was saved (a VM is saved
-            # only once running): no banner to wait for, that is one fork less.
+        if host.relay is None:   # commands need SSH: log in now
+            host.ssh = self._login(deadline, wait_for_server=snapshot is None)
+        if snapshot is not None:
+            self._set_guest_clock()   # the windows were checked before the save, same config
+        else:
+            # the guest really reserved the windows, and its kernel does not run in them
+            check_reserved_windows_in_iomem(
+                self.config, self.run("cat /proc/iomem",
+                                      max(5.0, deadline - time.monotonic())).check())
+
+    def _read_guest_ram(self, gpa: int, length: int) -> bytes:
+        """Guest RAM bytes for the relay's ring output (the RAM file, mapped on first use)."""
+        host = self._host
+        with host._ram_lock:
+            if host.ram is None:
+                host.ram = GuestRam.open(self.ram_file, read_ram_layout(self.qmp))
+            return bytes(host.ram.view(gpa, length))
+
+    def _login(self, deadline: float, *, wait_for_server: bool = False) -> SshSession:
+        """An SSH session to the guest. The ready marker comes only once dropbear listens,
+        and a restored guest's server was listening when it was saved, so the banner is
+        waited for only where asked (``wait_for_server``: the boot of an image without
+        the relay, as before it)."""
+        watch = self._host.watch
+        assert watch is not None and self.ssh_port is not None
+        if wait_for_server:
             self._say("waiting for the guest's SSH server")
             banner = wait_for_ssh_banner(SSH_HOST, self.ssh_port, deadline - time.monotonic(),
                                          alive=lambda: watch.failure() is None)
@@ -386,15 +440,10 @@ class VM(GuestMachine):
                 self._raise_if_dead()
                 raise LaunchError(f"the guest's SSH server did not answer on {SSH_HOST}:"
                                   f"{self.ssh_port} within {self.boot_timeout:g} s")
-        host.ssh = SshSession.connect(
+        return SshSession.connect(
             SSH_HOST, self.ssh_port, user=self.image.ssh_user, client_key=self.image.client_key,
             host_key=self.image.host_key, timeout=max(5.0, deadline - time.monotonic()),
             health=watch)
-        if snapshot is not None:
-            self._set_guest_clock()   # the windows were checked before the save, same config
-        else:
-            # the guest really reserved the windows, and its kernel does not run in them
-            check_reserved_windows_in_iomem(self.config, host.ssh.run_checked("cat /proc/iomem"))
 
     def _raise_if_dead(self, grace: float = 0.0) -> None:
         """LaunchError naming the run state / exit / panic if the guest died while booting."""
@@ -428,7 +477,7 @@ class VM(GuestMachine):
 
     def _set_guest_clock(self) -> None:
         """A restored guest's clock stands where it was saved; set it to now."""
-        self.ssh.run_checked(f"date -s @{int(time.time())} >/dev/null")
+        self.run(f"date -s @{int(time.time())} >/dev/null").check()
 
     def _launch_error(self, message: str, run_state: str | None = None) -> LaunchError:
         """A LaunchError with everything that explains a failed start (read

@@ -3,8 +3,9 @@
 #
 # Brings up what the orchestrator needs and nothing else: the kernel file
 # systems, the NIC's modules (in dependency order, listed by the image
-# builder), eth0 with the address of QEMU's user-mode network, and dropbear
-# on the SSH port. It prints the ready marker on the console only once
+# builder), eth0 with the address of QEMU's user-mode network, the command
+# relay on the second serial port, and dropbear on the SSH port. It prints
+# the ready marker on the console only once the relay waits for commands and
 # dropbear LISTENS (hostfwd accepts connections before that), then stays
 # alive reaping orphans; QEMU ends the guest. On a failure it prints
 # "WDFHIL-INIT-FAILED: <why>" so the host need not wait for a timeout.
@@ -50,6 +51,14 @@ else
 	failed "no eth0 (is the NIC a virtio-net-pci?)"
 fi
 
+# The host's command channel (wdfhil-agent relay, relay.c): in a saved guest it is
+# already waiting on its serial port, so a restored guest runs commands without an
+# SSH login. Without the host's second serial port it cannot open the port and ends;
+# the host then uses SSH (it adds the port only for images that have the relay).
+rm -f "$WDFHIL_RELAY_READY"
+"$WDFHIL_AGENT" relay "$WDFHIL_RELAY_TTY" "$WDFHIL_RELAY_READY" 2>>/var/log/wdfhil-relay.log &
+relay=$!
+
 # -F foreground (a child of init), -E log to stderr (kept in a file, not the
 # console), -s no password logins; the key is the image's pinned host key.
 dropbear -F -E -s -p "$WDFHIL_SSH_PORT" -r "$WDFHIL_HOST_KEY" 2>>/var/log/dropbear.log &
@@ -66,12 +75,20 @@ listening() {
 	done
 	return 1
 }
+relay_settled() {
+	[ -e "$WDFHIL_RELAY_READY" ] || ! kill -0 "$relay" 2>/dev/null
+}
 tries=0
-until listening; do
+until listening && relay_settled; do
 	tries=$((tries + 1))
 	if [ $tries -gt 3000 ]; then
-		failed "dropbear is not listening on port $WDFHIL_SSH_PORT"
-		cat /var/log/dropbear.log
+		if relay_settled; then
+			failed "dropbear is not listening on port $WDFHIL_SSH_PORT"
+			cat /var/log/dropbear.log
+		else
+			failed "the command relay did not open $WDFHIL_RELAY_TTY"
+			cat /var/log/wdfhil-relay.log
+		fi
 		break
 	fi
 	usleep 10000

@@ -11,6 +11,8 @@
  *                                     DIR/response (for callers that can
  *                                     only run short commands)
  *   wdfhil-agent call DIR 'CMD'       one request to a FIFO server
+ *   wdfhil-agent relay TTY READY      the host's command channel on a serial
+ *                                     port (relay.c), started by init
  * Exit status: 0 when every command succeeded, 1 when one failed, 2 on bad usage.
  */
 #include <errno.h>
@@ -39,6 +41,7 @@ static void usage(void)
 	      "       wdfhil-agent [--dev PATH] run 'COMMAND ARGS; COMMAND ARGS; ...'\n"
 	      "       wdfhil-agent [--dev PATH] serve [--fifo DIR]\n"
 	      "       wdfhil-agent call DIR 'COMMAND ARGS' [--timeout MS]\n"
+	      "       wdfhil-agent relay TTY READY_FILE\n"
 	      "       wdfhil-agent help   (lists the commands as JSON)\n", stderr);
 }
 
@@ -420,6 +423,13 @@ int main(int argc, char **argv)
 			return serve_fifo(argv[i + 2]);
 		usage();
 		return 2;
+	}
+	if (strcmp(argv[i], "relay") == 0) {
+		if (i + 3 != argc) {
+			usage();
+			return 2;
+		}
+		return relay_main(argv[i + 1], argv[i + 2]);
 	}
 	if (strcmp(argv[i], "call") == 0) {
 		int timeout_ms = CALL_TIMEOUT_MS;

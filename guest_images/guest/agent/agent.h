@@ -138,4 +138,7 @@ int io_stress(unsigned threads, uint64_t count, uint64_t size, uint64_t page_off
 /* Runs one command line; writes one JSON object (the result or the error). 0 on success. */
 int command_run_line(const char *line, struct json *out);
 
+/* relay.c: the host's command channel on a serial port (never returns unless it fails) */
+int relay_main(const char *device, const char *ready_file);
+
 #endif
