@@ -62,7 +62,9 @@ _INPUT_PIECE = 16 << 10               # stdin bytes a frame
 # so every write is padded with zeros (not a magic: the relay skips them) to a multiple.
 RX_TRIGGER = 14
 _GUEST_TYPES = (b"S", b"B", b"O", b"E", b"o", b"e", b"Z", b"F")
-SYNC_BULK = 1                          # relay.c RELAY_SYNC_BULK
+SYNC_BULK = 1                          # relay.c RELAY_SYNC_*: output through the ring,
+SYNC_ADOPT = 2                         # the next exec adopts the relay's idle shell,
+SYNC_CLOCK = 4                         # the guest's clock set to the host's
 PAGE = 4096
 ReadMemory = Callable[[int, int], bytes]   # (guest-physical address, length) -> bytes
 
@@ -163,13 +165,15 @@ class RelayLink:
     """The host's end of the relay: a socket (QEMU's chardev), a thread reading frames."""
 
     def __init__(self, sock: socket.socket, description: str, *,
-                 read_memory: ReadMemory | None = None) -> None:
+                 read_memory: ReadMemory | None = None, set_clock: bool = False) -> None:
         self.description = description
+        self._set_clock = set_clock
         self._read_memory = read_memory
         self._ring: list[int] = []            # guest-physical address of each ring page
         self._ring_size = 0
         self._consumed = 0                    # ring bytes read
         self._acknowledged = 0                # of which told to the relay ('A' frames)
+        self.ring_bytes = 0                   # output received through the ring, in all
         self._sock = sock
         sock.setblocking(False)
         self.changed = threading.Condition()
@@ -181,6 +185,7 @@ class RelayLink:
         self.lost: str | None = None
         self._synced = False
         self._cut = False                     # a frame was sent only in part
+        self._ever_synced = False
         self._thread = threading.Thread(target=self._read_loop, name="wdfhil-relay",
                                         daemon=True)
         self._thread.start()
@@ -204,8 +209,19 @@ class RelayLink:
                 # after a frame cut short, zeros finish it in the relay (which then skips
                 # them looking for a magic) so that the sync frame is read as one
                 padding = bytes(HEADER.size + _INPUT_PIECE) if self._cut else b""
-                flags = SYNC_BULK if self._read_memory is not None else 0
-                self._nonce = os.urandom(16) + struct.pack("<I", flags)
+                # The link's first sync adopts the shell a saved guest kept (idle: it is
+                # saved between commands), sparing a restored guest a fork and an exec
+                # through TCG's empty translation cache; later syncs follow a cut frame,
+                # after which that shell's state is unknown. The clock goes with every
+                # sync: a restored guest's stands where it was saved.
+                flags = (SYNC_CLOCK if self._set_clock else 0) \
+                    | (SYNC_BULK if self._read_memory is not None else 0)
+                if not self._ever_synced:
+                    flags |= SYNC_ADOPT
+                self._ever_synced = True
+                now = time.time_ns()
+                self._nonce = os.urandom(16) + struct.pack("<IQI", flags, now // 10**9,
+                                                           now % 10**9)
                 self._synced, self._cut = True, False
                 self._ring, self._ring_size = [], 0
                 self._consumed = self._acknowledged = 0
@@ -342,6 +358,7 @@ class RelayLink:
             self._lose(f"cannot read the relay's ring in guest RAM: {exc}")
             return b""
         self._consumed += len(data)
+        self.ring_bytes += len(data)
         return bytes(data)
 
     def _lose(self, why: str) -> None:
@@ -379,10 +396,19 @@ class SerialShell(ShellCommands):
 
     def __init__(self, sock: socket.socket, description: str, *,
                  health: GuestHealth | None = None,
-                 read_memory: ReadMemory | None = None) -> None:
+                 read_memory: ReadMemory | None = None, set_clock: bool = False) -> None:
+        """``read_memory``: guest RAM, for output through the relay's ring (else all of
+        it crosses the serial line); ``set_clock``: the guest's clock is set to the
+        host's as the stream starts (a restored guest's stands where it was saved)."""
         super().__init__(health)
         self.description = f"{description}'s serial relay"
-        self._link = RelayLink(sock, self.description, read_memory=read_memory)
+        self._link = RelayLink(sock, self.description, read_memory=read_memory,
+                               set_clock=set_clock)
+
+    @property
+    def ring_bytes(self) -> int:
+        """Output bytes that came through the relay's ring rather than the serial line."""
+        return self._link.ring_bytes
 
     @property
     def lost(self) -> str | None:

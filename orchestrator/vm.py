@@ -395,7 +395,7 @@ class VM(GuestMachine):
         host.watch = watch = GuestWatch(host.process, host.console, name=f"VM {self.name}")
         if relay_ours is not None:
             host.relay = SerialShell(relay_ours, f"VM {self.name}", health=watch,
-                                     read_memory=self._read_guest_ram)
+                                     read_memory=self._read_guest_ram, set_clock=True)
         host.qmp = QmpSession(self.name)
         host.qmp.connect(qmp_ours, timeout=max(1.0, deadline - time.monotonic()))
         watch.qmp = host.qmp
@@ -410,7 +410,10 @@ class VM(GuestMachine):
         if host.relay is None:   # commands need SSH: log in now
             host.ssh = self._login(deadline, wait_for_server=snapshot is None)
         if snapshot is not None:
-            self._set_guest_clock()   # the windows were checked before the save, same config
+            # the windows were checked before the save, same config; the relay sets the
+            # clock as its stream starts (with the first command)
+            if host.relay is None:
+                self._set_guest_clock()
         else:
             # the guest really reserved the windows, and its kernel does not run in them
             check_reserved_windows_in_iomem(

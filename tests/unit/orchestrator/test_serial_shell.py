@@ -31,6 +31,38 @@ def agent_path(tmp_path_factory) -> str:
     return str(compile_agent(AGENT_SOURCES, build, build / "wdfhil-agent"))
 
 
+class ProcessMemory:
+    """The relay process's memory by physical address (its pagemap: we are root), as the
+    host reads a guest's RAM: the ring's pages are locked in the relay, so their frames
+    stay put."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._frames: dict[int, int] = {}
+
+    def _lookup(self, frame: int) -> int:
+        if frame not in self._frames:
+            with open(f"/proc/{self.pid}/maps") as maps, \
+                    open(f"/proc/{self.pid}/pagemap", "rb") as pagemap:
+                for line in maps:
+                    start, end = (int(x, 16) for x in line.split()[0].split("-"))
+                    if end - start > 64 << 20:
+                        continue
+                    pagemap.seek(start // 4096 * 8)
+                    entries = pagemap.read((end - start) // 4096 * 8)
+                    for index in range(len(entries) // 8):
+                        entry = int.from_bytes(entries[index * 8:index * 8 + 8], "little")
+                        if entry >> 63:
+                            self._frames[entry & ((1 << 55) - 1)] = start + index * 4096
+        return self._frames[frame]
+
+    def read(self, gpa: int, length: int) -> bytes:
+        virtual = self._lookup(gpa // 4096) + gpa % 4096
+        with open(f"/proc/{self.pid}/mem", "rb") as mem:
+            mem.seek(virtual)
+            return mem.read(length)
+
+
 class Line:
     """A relay on a pty and the host's socket end, copied to and from the pty by a
     thread (what QEMU's serial chardev does); ``inject`` puts bytes on the host's side."""
@@ -133,6 +165,7 @@ def test_a_command_that_ends_the_shell_gives_its_status_and_the_next_gets_a_new_
 def test_output_larger_than_a_frame_arrives_whole(shell):
     out = shell.run_checked("head -c 300000 /dev/zero | tr '\\0' x")
     assert out == "x" * 300000
+    assert shell.ring_bytes == 0     # no guest memory to read: all of it on the line
 
 
 def test_a_command_past_its_timeout_is_a_timeout_and_the_shell_is_replaced(shell):
@@ -154,6 +187,38 @@ def test_a_second_link_on_the_same_relay_syncs_past_leftovers(line, agent_path):
         assert second.run_checked("echo two").strip() == "two"
     finally:
         second.close()
+
+
+def test_a_new_link_adopts_the_idle_shell_a_saved_guest_kept(line):
+    first = SerialShell(line.connect(), "saved guest")
+    first.run_checked("KEPT=yes")
+    line.disconnect()    # saved between two commands: this host vanishes, the shell stays
+    second = SerialShell(line.connect(), "restored guest")
+    try:
+        assert second.run_checked("echo ${KEPT:-new shell}").strip() == "yes"
+        assert second.run("exit 4").exit_code == 4        # ... and it ends as any shell
+        assert second.run_checked("echo ${KEPT:-new shell}").strip() == "new shell"
+    finally:
+        second.close()
+        first.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the relay's page frames need root")
+def test_output_through_the_ring_arrives_whole_and_in_order(line):
+    """Bulk output: the relay's ring (256 KiB) wraps several times and waits for the
+    host's acknowledgements; stdout and stderr pieces stay apart and in order."""
+    session = SerialShell(line.connect(), "test guest",
+                          read_memory=ProcessMemory(line.process.pid).read)
+    try:
+        command = ("i=0; while [ $i -lt 300 ]; do echo out$i; echo err$i >&2; i=$((i+1)); "
+                   "done; head -c 1500000 /dev/zero | tr '\\0' y")
+        result = session.run(command, timeout=60)
+        assert result.stdout == "".join(f"out{i}\n" for i in range(300)) + "y" * 1500000
+        assert result.stderr == "".join(f"err{i}\n" for i in range(300))
+        assert session.ring_bytes >= len(result.stdout) + len(result.stderr)
+        assert session.run_checked("echo small").strip() == "small"
+    finally:
+        session.close()
 
 
 def test_a_lost_line_is_an_error_not_a_hang(line):
