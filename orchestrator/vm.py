@@ -51,6 +51,7 @@ from orchestrator.qemu_process import QemuProcess, tail_of_file
 from orchestrator.qmp_session import QmpSession
 from orchestrator.ram_layout import DEFAULT_INITRD_ADDR_MAX, read_ram_layout
 from orchestrator.serial_console import ConsoleWait, SerialConsole
+from orchestrator.guest_shell import ShellCommands
 from orchestrator.serial_shell import SerialShell
 from orchestrator.snapshot import Snapshot, load_state, save_state
 from orchestrator.ssh_session import (DEFAULT_COMMAND_TIMEOUT, CommandResult, SshSession,
@@ -204,6 +205,13 @@ class VM(GuestMachine):
         return host.ssh
 
     @property
+    def commands(self) -> ShellCommands:
+        """What ``run`` uses: the command relay (:class:`~orchestrator.serial_shell.
+        SerialShell`) when the image has one, else the SSH session."""
+        relay = self._host.relay
+        return relay if relay is not None else self.ssh
+
+    @property
     def qemu_pid(self) -> int | None:
         process = self._host.process
         return process.pid if process else None
@@ -232,12 +240,9 @@ class VM(GuestMachine):
     def run(self, command: str, timeout: float = DEFAULT_COMMAND_TIMEOUT) -> CommandResult:
         """Run ``command`` on the guest's long-lived shell (over the command relay when
         the image has one, else over SSH)."""
-        relay = self._host.relay
-        if relay is not None:
-            if self._state not in ("running", "starting"):
-                self._need(None, "command relay")
-            return relay.run(command, timeout)
-        return self.ssh.run(command, timeout)
+        if self._state not in ("running", "starting"):
+            self._need(None, "command channel")
+        return self.commands.run(command, timeout)
 
     def run_exec(self, command: str, timeout: float = DEFAULT_COMMAND_TIMEOUT) -> CommandResult:
         """Run a command on a fresh SSH exec channel (slow; the benchmark's reference)."""
