@@ -6,12 +6,14 @@ with its clock set to now."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import time
 
 import pytest
 
 from orchestrator.serial_shell import SerialShell
+from orchestrator.ssh_session import SshSession
 
 pytestmark = pytest.mark.e2e
 
@@ -54,3 +56,15 @@ def test_a_restored_guest_answers_in_the_shell_it_kept_with_its_clock_set(vm_fac
         assert abs(int(clock) - time.time()) < 600     # set to now, not 2 h behind
         assert restored.run("exit 3").exit_code == 3
         assert restored.run_checked("echo ${KEPT:-a new shell}") == "a new shell\n"
+
+
+def test_without_the_relay_port_the_guest_boots_and_commands_go_over_ssh(vm_factory,
+                                                                         guest_image):
+    """An image whose manifest names no relay gets no second serial port: the relay
+    cannot open it and ends, init still reports ready, and SSH carries the commands."""
+    details = {key: value for key, value in guest_image.details.items()
+               if key != "command_relay"}
+    machine = vm_factory("pc-256m", image=dataclasses.replace(guest_image, details=details))
+    assert isinstance(machine.commands, SshSession)
+    assert machine.run_checked("echo over ssh") == "over ssh\n"
+    assert "ttyS1" in machine.run_checked("cat /var/log/wdfhil-relay.log")

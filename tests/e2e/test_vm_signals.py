@@ -57,6 +57,11 @@ def test_ctrl_c_at_any_moment_of_a_cli_boot_exits_cleanly(delay):
     time.sleep(delay)
     child.send_signal(signal.SIGINT)
     _, err = child.communicate(timeout=120)
+    if child.returncode == 1 and "init_import_site" in err:
+        # on a loaded host the signal can land while the interpreter itself is still
+        # starting (importing `site`), before any wdfhil code runs: CPython's own exit
+        assert not qemu_children(child.pid) and not owned_folders(child.pid)
+        return
     assert child.returncode in (0, 130), err  # 0: it finished before the signal
     assert "Traceback" not in err and "Task was destroyed" not in err, err
     assert not qemu_children(child.pid) and not owned_folders(child.pid)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,16 @@ def test_forwarded_port_is_read_from_info_usernet():
         parse_hostfwd_port(USERNET, guest_port=80)
     with pytest.raises(ValueError):
         parse_hostfwd_port("Hub -1 (n0):\r\n")
+
+
+def test_an_image_with_a_command_relay_gets_its_serial_port(fake_image):
+    plain = fake_image("")
+    assert not plain.command_relay
+    assert not any("isa-serial" in arg for arg in argv_for("pc-256m", plain, relay_fd=9))
+    relayed = dataclasses.replace(plain, details={"command_relay": "/dev/ttyS1"})
+    for config in ("pc-256m", "q35-1g"):
+        argv = argv_for(config, relayed, relay_fd=9)
+        assert "socket,id=wdfhil-relay,fd=9" in value_after(argv, "-chardev")
+        assert "isa-serial,chardev=wdfhil-relay,index=1" in value_after(argv, "-device")
+    with pytest.raises(ValueError, match="relay_fd"):
+        argv_for("pc-256m", relayed)
