@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 RELAY_DEVICE = "/dev/ttyS1"          # the guest's end (the second serial port)
 MAGIC = ord("W")
+MAGIC_BYTE = b"W"
 HEADER = struct.Struct("<BcII")       # magic, type, shell id, payload length
 PAYLOAD_MAX = 1 << 20                 # relay.c RELAY_PAYLOAD_MAX
 _INPUT_PIECE = 16 << 10               # stdin bytes a frame
@@ -297,7 +298,10 @@ class RelayLink:
             while len(pending) - at >= HEADER.size:
                 magic, kind, shell_id, length = HEADER.unpack_from(pending, at)
                 if magic != MAGIC or kind not in _GUEST_TYPES or length > PAYLOAD_MAX:
-                    at += 1          # not a frame: resynchronise on the next magic
+                    # not a frame: resynchronise on the next magic (found by bytes.find,
+                    # so a guest sending garbage costs the host little)
+                    found = pending.find(MAGIC_BYTE, at + 1)
+                    at = found if found >= 0 else len(pending)
                     continue
                 if len(pending) - at < HEADER.size + length:
                     break

@@ -185,6 +185,8 @@ def test_a_second_link_on_the_same_relay_syncs_past_leftovers(line, agent_path):
         line.inject(HEADER.pack(MAGIC, b"O", 5, 100) + b"partial")
         line.inject(HEADER.pack(MAGIC, b"S", 0, 16) + bytes(16) + b"W\x00garbage")
         assert second.run_checked("echo two").strip() == "two"
+        line.inject(b"not a frame " * 10000 + b"W")     # garbage between two commands
+        assert second.run_checked("echo three").strip() == "three"
     finally:
         second.close()
 
