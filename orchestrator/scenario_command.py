@@ -261,12 +261,23 @@ def _matrix_parallel(matrix, limit: int, args: argparse.Namespace) -> int:
                     child.kill()
                     child.wait()
                 log.close()
+        results = in_matrix_order(results, matrix)
         print(format_table(results), flush=True)
         _outputs(results, "", args.json, args.report_dir, args.junitxml,
                  bundles_from=Path(folder) / "bundles")
     if failed_children:
         print(f"guest configs whose run failed: {', '.join(failed_children)}", flush=True)
     return 0 if results and not failed_children and all(r.passed for r in results) else 1
+
+
+def in_matrix_order(results: list, matrix) -> list:
+    """``results`` in the order of the matrix's cells (guest by guest, as written),
+    not in the order the parallel children happened to finish: the same matrix
+    then always gives the same report; results of no cell go last."""
+    ordered = [c for cells in matrix.by_guest().values() for c in cells]
+    order = {(str(c.scenario.path.resolve()), c.guest): i for i, c in enumerate(ordered)}
+    return sorted(results, key=lambda r: order.get((str(Path(r.path).resolve()), r.guest),
+                                                   len(order)))
 
 
 def _shard_only(matrix, guest: str, args: argparse.Namespace) -> list[str]:
