@@ -34,6 +34,7 @@ from orchestrator.guest_config import list_guest_configs, load_guest_config
 from orchestrator.scenario import Scenario, load_scenario, resolve_scenarios
 from orchestrator.scenario_schema import Field, List, Obj, Place, Str
 from wdfhil.errors import ConfigError
+from wdfhil.units import format_size
 from wdfhil.yamlfile import load_yaml_mapping
 
 DEFAULT_MATRIX = Path("ci/matrix.yaml")
@@ -261,6 +262,13 @@ def emit_gitlab(matrix: Matrix, *, job: str = "wdfhil-scenarios",
 
 
 # -- running N guests at once ---------------------------------------------------------
+# Beyond its RAM (a file the size of the guest's memory), each guest at once costs
+# its QEMU (device models, TCG's code cache) and the child wdfhil driving it: about
+# 0.2 GiB resident for pc-256m under TCG, rounded up.
+GUEST_OVERHEAD = 256 << 20
+MEMORY_SHARE = 0.8            # of the available memory, the rest for the host and the tests
+
+
 def available_memory() -> int:
     """MemAvailable of /proc/meminfo in bytes (0 when unknown)."""
     try:
@@ -273,16 +281,68 @@ def available_memory() -> int:
     return 0
 
 
-def parallel_limit(requested: int, guest_memory: list[int]) -> int:
-    """How many guests to run at once: at most ``requested``, the cores, and as many
-    of the largest guests as fit in 80 % of the available memory; at least one."""
-    cores = os.cpu_count() or 1
-    limit = max(1, min(requested, cores))
-    free = available_memory()
-    if free and guest_memory:
-        largest = max(guest_memory)
-        limit = min(limit, max(1, int(free * 0.8) // max(largest, 1)))
-    return limit
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a container or
+    ``taskset`` can give fewer than the machine has)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Parallelism:
+    """How many guests run at once, and why fewer than asked (one line each)."""
+
+    jobs: int
+    reasons: tuple[str, ...] = ()
+
+    def describe(self, requested: int) -> str:
+        """The line ``wdfhil matrix`` prints when it runs fewer guests than ``-j``."""
+        if not self.reasons:
+            return ""
+        return f"-j {requested} lowered to {self.jobs}: " + "; ".join(self.reasons)
+
+
+def parallel_limit(requested: int, guest_memory: list[int], *, cores: int | None = None,
+                   available: int | None = None) -> Parallelism:
+    """How many guests to run at once: at most ``requested``, one a core, one a
+    guest config (``guest_memory``: each config's RAM, one child runs each), and as
+    many as fit in MEMORY_SHARE of the available memory when the largest ones run
+    together (each its RAM plus GUEST_OVERHEAD); at least one. ``cores`` and
+    ``available`` default to this machine's (available 0: unknown, not bounded)."""
+    cores = usable_cores() if cores is None else cores
+    available = available_memory() if available is None else available
+    jobs, reasons = max(1, requested), []
+    if cores < jobs:
+        jobs = max(1, cores)
+        reasons.append(f"this machine has {cores} core{'s' * (cores != 1)} for it")
+    if guest_memory and len(guest_memory) < jobs:
+        jobs = len(guest_memory)
+        reasons.append(f"the cells to run are on {len(guest_memory)} guest config"
+                       f"{'s' * (len(guest_memory) != 1)} (one child runs each)")
+    if available and guest_memory:
+        budget = int(available * MEMORY_SHARE)
+        largest = sorted(guest_memory, reverse=True)
+        fit = 0
+        while fit < jobs and sum(m + GUEST_OVERHEAD for m in largest[:fit + 1]) <= budget:
+            fit += 1
+        if fit < jobs:
+            need = sum(m + GUEST_OVERHEAD for m in largest[:fit + 1])
+            sizes = ", ".join(format_size(m) for m in largest[:fit + 1])
+            room = f"{MEMORY_SHARE:.0%} of the {_gib(available)} of memory available"
+            if fit:
+                reasons.append(f"{fit + 1} guests at once ({sizes} of RAM, {_gib(need)} with "
+                               f"QEMU) would not fit in {room}")
+            else:
+                reasons.append(f"the largest guest alone ({sizes} of RAM, {_gib(need)} with "
+                               f"QEMU) exceeds {room}: one at a time")
+            jobs = max(1, fit)
+    return Parallelism(jobs, tuple(reasons))
+
+
+def _gib(size: int) -> str:
+    return f"{size / (1 << 30):.2f} GiB"
 
 
 def guest_memory(guests: list[str], guests_dirs: tuple[str, ...] = ()) -> list[int]:
@@ -296,5 +356,5 @@ def describe(matrix: Matrix) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Cell", "Matrix", "emit_github", "emit_gitlab", "github_matrix", "load_matrix",
+__all__ = ["Cell", "Matrix", "Parallelism", "emit_github", "emit_gitlab", "github_matrix", "load_matrix",
            "parallel_limit", "parse_only", "parse_shard", "shard"]

@@ -186,9 +186,11 @@ def _matrix(args: argparse.Namespace) -> int:
             print(f"{cell.guest:16} {cell.scenario.name}")
         return 0
     jobs = _positive(args.jobs)
-    limit = mx.parallel_limit(jobs, mx.guest_memory(matrix.guests, tuple(args.guests_dir)))
-    if limit > 1 and len(matrix.guests) > 1:
-        return _matrix_parallel(matrix, limit, args)
+    parallel = mx.parallel_limit(jobs, mx.guest_memory(matrix.guests, tuple(args.guests_dir)))
+    if parallel.reasons:
+        print(parallel.describe(jobs), flush=True)
+    if parallel.jobs > 1:
+        return _matrix_parallel(matrix, parallel.jobs, args)
     from orchestrator.scenario_runner import plan_runs
 
     pairs = []

@@ -135,14 +135,60 @@ def test_example_workflows_parse_and_run_the_matrix():
     assert "parallel" in str(gitlab) and "--only guest=$WDFHIL_GUEST" in str(gitlab)
 
 
-def test_parallel_limit_is_bounded_by_cores_and_memory(monkeypatch):
-    monkeypatch.setattr(mx.os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(mx, "available_memory", lambda: 4 << 30)
-    assert mx.parallel_limit(8, [256 << 20]) == 2
-    assert mx.parallel_limit(8, [3 << 30, 256 << 20]) == 1       # one 3 GiB guest fits in 80 %
-    assert mx.parallel_limit(1, [256 << 20]) == 1
-    monkeypatch.setattr(mx, "available_memory", lambda: 0)      # unknown: cores only
-    assert mx.parallel_limit(8, [3 << 30]) == 2
+GIB, MIB = 1 << 30, 1 << 20
+
+
+@pytest.mark.parametrize("requested, memory, cores, available, jobs, why", [
+    (2, [256 * MIB, GIB], 2, 24 * GIB, 2, None),                        # nothing lowers it
+    (8, [256 * MIB] * 4, 2, 24 * GIB, 2, "this machine has 2 cores for it"),
+    (1, [256 * MIB] * 4, 2, 24 * GIB, 1, None),
+    (4, [256 * MIB, GIB], 8, 24 * GIB, 2, "the cells to run are on 2 guest configs"),
+    # 3 GiB + 1 GiB + 2 x 0.25 GiB of QEMU = 4.5 GiB > 80 % of 5 GiB; 3.25 GiB fits
+    (2, [3 * GIB, GIB], 2, 5 * GIB, 1,
+     "2 guests at once (3G, 1G of RAM, 4.50 GiB with QEMU) would not fit in 80% of the "
+     "5.00 GiB of memory available"),
+    # the largest ones together: 1.25 + 1.25 + 0.5 GiB fit in 3.2 GiB, a fourth does not
+    (4, [GIB, 256 * MIB, GIB, 256 * MIB], 4, 4 * GIB, 3,
+     "4 guests at once (1G, 1G, 256M, 256M of RAM, 3.50 GiB with QEMU)"),
+    (2, [3 * GIB], 2, 4 * GIB, 1, "the largest guest alone (3G of RAM, 3.25 GiB with QEMU) "
+     "exceeds 80% of the 4.00 GiB of memory available: one at a time"),       # never 0
+    (8, [3 * GIB] * 4, 2, 0, 2, "2 cores"),                 # memory unknown: cores only
+])
+def test_parallel_limit_is_bounded_by_cores_guests_and_memory(requested, memory, cores,
+                                                              available, jobs, why):
+    got = mx.parallel_limit(requested, memory, cores=cores, available=available)
+    assert got.jobs == jobs
+    if why is None:
+        assert got.reasons == () and got.describe(requested) == ""
+    else:
+        assert why in got.describe(requested)
+        assert got.describe(requested).startswith(f"-j {requested} lowered to {jobs}: ")
+
+
+def test_parallel_limit_reads_this_machine(monkeypatch):
+    monkeypatch.setattr(mx.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    monkeypatch.setattr(mx, "available_memory", lambda: 64 * GIB)
+    assert mx.parallel_limit(8, [256 * MIB] * 8).jobs == 3
+    monkeypatch.setattr(mx, "available_memory", lambda: 2 * GIB)    # 0.8 x 2 GiB: three guests
+    assert mx.parallel_limit(8, [256 * MIB] * 8).jobs == 3
+    monkeypatch.setattr(mx, "available_memory", lambda: GIB)        # 0.8 GiB: one
+    assert mx.parallel_limit(8, [256 * MIB] * 8).jobs == 1
+
+
+def test_matrix_says_when_it_lowers_j(tmp_path, scenarios, capsys, monkeypatch):
+    """``wdfhil matrix -j 8`` prints why it runs fewer guests at once, and runs that many."""
+    from orchestrator import scenario_command
+
+    path = write_matrix(tmp_path, f"guests: [pc-256m, q35-1g]\nscenarios: [{scenarios}]\n")
+    monkeypatch.setattr(mx, "usable_cores", lambda: 2)
+    monkeypatch.setattr(mx, "available_memory", lambda: 24 * GIB)
+    ran = []
+    monkeypatch.setattr(scenario_command, "_matrix_parallel",
+                        lambda matrix, limit, args: ran.append(limit) or 0)
+    assert main(["matrix", str(path), "-j", "8"]) == 0
+    assert ran == [2]
+    assert capsys.readouterr().out.splitlines() == [
+        "-j 8 lowered to 2: this machine has 2 cores for it"]
 
 
 def test_matrix_cli_emits_and_lists(tmp_path, scenarios, capsys):
