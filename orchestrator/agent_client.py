@@ -404,5 +404,11 @@ class AgentSession:
     def __enter__(self) -> "AgentSession":
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        if kind is not None and not issubclass(kind, Exception):
+            # Ctrl-C or SIGTERM: the run stops and the guest goes with it. Asking it to
+            # quit would wait up to 20 + 30 s on the SSH session the interrupted command
+            # still holds, while the user waits for the prompt.
+            self.pid = None
+            return
         self.close()

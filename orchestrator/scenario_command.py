@@ -202,9 +202,14 @@ def _matrix(args: argparse.Namespace) -> int:
 def _matrix_parallel(matrix, limit: int, args: argparse.Namespace) -> int:
     """One child ``wdfhil matrix --only guest=G`` a guest config, ``limit`` at once;
     their results merged into one table. Children are stopped (SIGTERM: they close
-    their guests) if this process is interrupted."""
+    their guests) if this process is interrupted: by Ctrl-C, or by SIGTERM or
+    SIGHUP, which unwind here as they do around a VM (orchestrator.cleanup), so the
+    children and the temp folder never outlive it."""
+    from orchestrator.cleanup import install_sigterm_handler, signals_deferred
     from orchestrator.report_json import load_results
     from orchestrator.scenario_result import ScenarioResult, format_table
+
+    install_sigterm_handler()
 
     waiting = list(matrix.guests)
     running: dict[str, tuple[subprocess.Popen, Path, object]] = {}
@@ -254,15 +259,10 @@ def _matrix_parallel(matrix, limit: int, args: argparse.Namespace) -> int:
                             if not r.passed:
                                 print(r.explain(), flush=True)
         finally:
-            for guest, (child, _out, log) in running.items():
-                if child.poll() is None:
-                    child.send_signal(signal.SIGTERM)
-                try:
-                    child.wait(60)
-                except subprocess.TimeoutExpired:
-                    child.kill()
-                    child.wait()
-                log.close()
+            with signals_deferred():            # a second Ctrl-C must not orphan a child
+                _stop_children([child for child, _out, _log in running.values()])
+                for _child, _out, log in running.values():
+                    log.close()
         results = in_matrix_order(results, matrix)
         print(format_table(results), flush=True)
         _outputs(results, "", args.json, args.report_dir, args.junitxml,
@@ -270,6 +270,21 @@ def _matrix_parallel(matrix, limit: int, args: argparse.Namespace) -> int:
     if failed_children:
         print(f"guest configs whose run failed: {', '.join(failed_children)}", flush=True)
     return 0 if results and not failed_children and all(r.passed for r in results) else 1
+
+
+def _stop_children(children: list[subprocess.Popen], grace: float = 60.0) -> None:
+    """SIGTERM every child still running, then wait for all of them together (each
+    closes its guest meanwhile); SIGKILL those that took more than ``grace`` s."""
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for child in children:
+        try:
+            child.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
 
 
 def in_matrix_order(results: list, matrix) -> list:

@@ -470,8 +470,13 @@ class ScenarioRun:
         command = " ".join(shlex.quote(w) for w in [remote, *a["args"]])
         try:
             ran = vm.run(f"chmod 0755 {shlex.quote(remote)} && {command}", timeout=a["timeout_s"])
-        finally:
+        except Exception:
             vm.run(f"rm -f {shlex.quote(remote)}", timeout=30)
+            raise
+        # (Ctrl-C or SIGTERM: no more guest commands, the run stops and its guest goes;
+        # an rm here took 30 s on the SSH session the interrupted program still held,
+        # then replaced the interrupt by its timeout, and the run went on.)
+        vm.run(f"rm -f {shlex.quote(remote)}", timeout=30)
         said = f"stdout {ran.stdout[-300:]!r} stderr {ran.stderr[-300:]!r}"
         if ran.exit_code != a["exit_code"]:
             raise StepFailed(f"{local.name} exited {ran.exit_code}, expected {a['exit_code']}; "

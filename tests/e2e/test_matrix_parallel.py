@@ -3,7 +3,8 @@
 exactly once, its verdict, valid JUnit and the failing cell's bundle; the
 shards of the same matrix, merged by ``wdfhil report merge``, give the same
 cells and verdicts; merging overlapping reports is refused; and nothing (a
-QEMU process, a run folder, the parent's temp folder) outlives a run.
+QEMU process, a run folder, the parent's temp folder) outlives a run, even one
+stopped by Ctrl-C or SIGTERM while both guests are up.
 
 The matrix is written here: two guest configs x two short scenarios, less one
 cell (an ``exclude``) so that shard 2/2 spans both guests and runs them in
@@ -20,7 +21,11 @@ import io
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -53,6 +58,12 @@ guests: [pc-256m, q35-1g]
 scenarios: [ready.scenario.yaml, touch.scenario.yaml]
 exclude:
   - {guest: q35-1g, scenario: touch}
+"""
+SLEEPER = """\
+description: a guest program that sleeps until the run is stopped
+guests: [pc-256m, q35-1g]
+steps:
+  - guest_program: {path: sleep.sh, timeout_s: 900}
 """
 # The matrix's cells in its order (guest by guest), and their verdicts.
 CELLS = [("ready", "pc-256m"), ("touch", "pc-256m"), ("ready", "q35-1g")]
@@ -204,3 +215,69 @@ def test_nothing_outlives_the_runs(runs):
     _folder, _out, left_in_temp, orphaned = runs
     assert left_in_temp == []
     assert orphaned == set()
+
+
+def _sleeping_guests(parent: int) -> int:
+    """How many of ``parent``'s children have a guest running the sleeper: its
+    program writes SLEEPING to the guest's console, which QEMU logs in the
+    child's run folder (named with the child's pid)."""
+    children = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+                and _ppid(p) == parent]
+    count = 0
+    for child in children:
+        for log in folder_parent().glob(f"wdfhil-vm-{child}-*/console.log"):
+            try:
+                count += "WDFHIL-TEST-SLEEPING" in log.read_text(errors="replace")
+            except OSError:
+                pass
+    return count
+
+
+def _ppid(proc: Path) -> int | None:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_a_stopped_parallel_run_leaves_nothing(tmp_path, guest_image, how):
+    """Both guests running a guest program that sleeps: Ctrl-C (SIGINT to
+    the whole process group, as a terminal sends it) or SIGTERM to the parent
+    alone stops the run; the children close their guests, nothing is left."""
+    if mx.parallel_limit(2, mx.guest_memory(["pc-256m", "q35-1g"])).jobs < 2:
+        pytest.skip("this machine runs one guest at a time: nothing parallel to stop")
+    (tmp_path / "sleep.sh").write_text("#!/bin/sh\necho WDFHIL-TEST-SLEEPING > /dev/console\n"
+                                       "sleep 600\n")
+    (tmp_path / "sleeper.scenario.yaml").write_text(SLEEPER)
+    (tmp_path / "matrix.yaml").write_text("guests: [pc-256m, q35-1g]\n"
+                                          "scenarios: [sleeper.scenario.yaml]\n")
+    temp = tmp_path / "tmp"
+    temp.mkdir(mode=0o700)
+    before = _orphans()
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "matrix", str(tmp_path / "matrix.yaml"),
+         "-j", "2", "--report-dir", str(tmp_path / "report")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+        env={**os.environ, "TMPDIR": str(temp)}, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while _sleeping_guests(parent.pid) < 2:
+            assert parent.poll() is None, parent.communicate()[0]
+            assert time.monotonic() < deadline, "the guests did not come up in 600 s"
+            time.sleep(0.2)
+        if how == "ctrl-c":
+            os.killpg(parent.pid, signal.SIGINT)
+        else:
+            parent.send_signal(signal.SIGTERM)
+        stopping = time.monotonic()
+        printed = parent.communicate(timeout=300)[0]
+        print(f"{how}: the run stopped {time.monotonic() - stopping:.1f} s after the signal")
+    finally:
+        with contextlib.suppress(ProcessLookupError):     # whatever of the run is left (a
+            os.killpg(parent.pid, signal.SIGKILL)        # failed test) must not run on
+        parent.wait()
+    assert parent.returncode == 130, printed
+    assert "wdfhil: interrupted" in printed
+    assert sorted(p.name for p in temp.iterdir()) == []
+    assert _orphans() - before == set()

@@ -140,3 +140,37 @@ def test_only_a_missing_agent_points_at_the_image(client, tmp_path):
     with pytest.raises(GuestError) as info:
         crashed.version()
     assert "image current" not in str(info.value)
+
+
+class RecordingShell(LocalShell):
+    """LocalShell that keeps the commands it was given."""
+
+    def __init__(self) -> None:
+        self.commands: list[str] = []
+
+    def run(self, command: str, timeout: float = 60.0) -> CommandResult:
+        self.commands.append(command)
+        return super().run(command, timeout)
+
+
+def test_an_interrupt_sends_the_guest_no_more_commands(agent_path, tmp_path):
+    """Ctrl-C (or SIGTERM, a KeyboardInterrupt too) inside ``serve``: the run stops
+    and the guest goes, so no quit or kill is sent (each could wait tens of seconds
+    on the SSH session the interrupted command holds); an error still closes it."""
+    shell = RecordingShell()
+    client = AgentClient(shell, agent_path=agent_path, device=str(tmp_path / "wdfhil9"))
+    folder = tmp_path / "serve"
+    with pytest.raises(KeyboardInterrupt):
+        with client.serve(folder=str(folder)) as session:
+            pid, sent = session.pid, len(shell.commands)
+            raise KeyboardInterrupt
+    try:
+        assert len(shell.commands) == sent
+    finally:
+        LocalShell().run(f"kill {pid}; rm -rf {folder}")
+    with pytest.raises(ValueError):
+        with client.serve(folder=str(folder)) as session:
+            sent = len(shell.commands)
+            raise ValueError("a step failed")
+    assert any("quit" in c for c in shell.commands[sent:])
+    assert not folder.exists()
