@@ -10,6 +10,7 @@ object freed by dereference) is always raised.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 from wdfhil.errors import WdfhilError
@@ -75,21 +76,50 @@ WDF_P1_NAMES = {
 }
 
 
+@dataclass(frozen=True)
+class BadAccess:
+    """Where an offending CPU access went, for reports that draw it (the pool map
+    of orchestrator.report_html) rather than parse a message: ``length`` bytes at
+    kernel address ``address``; the object it touched or ran past (``what``, its
+    range ``start``..``end``); the bytes it must not have touched beyond that
+    object, if any (``redzone``: a guard page after a system mapping); ``site``
+    (not in ``to_json``: a report writes sites its own way)."""
+
+    address: int
+    length: int
+    write: bool | None                  # None: the call does not say (a copy's source or target)
+    what: str
+    start: int
+    end: int
+    redzone: tuple[int, int] | None = None
+    redzone_what: str = ""
+    site: tuple[str, int] | None = None  # the driver's line that made the access
+
+    def to_json(self) -> dict:
+        return {"address": self.address, "length": self.length, "write": self.write,
+                "object": {"what": self.what, "start": self.start, "end": self.end},
+                "redzone": ({"what": self.redzone_what, "start": self.redzone[0],
+                             "end": self.redzone[1]} if self.redzone else None)}
+
+
 class BugCheck(WdfhilError):
     """The emulated machine stopped: ``code`` and four ``params`` as KeBugCheckEx got them.
 
     ``violation`` is a one-line description; ``finding`` is the verifier
-    finding that caused it, when a rule did.
+    finding that caused it, when a rule did; ``access`` where a bad memory access
+    went (a page fault the emulator can place), else the finding's own.
     """
 
     def __init__(self, code: int, params: Sequence[int], violation: str,
-                 *, finding: "Finding | None" = None, details: str = "") -> None:
+                 *, finding: "Finding | None" = None, details: str = "",
+                 access: BadAccess | None = None) -> None:
         p = [int(x) & 0xFFFFFFFFFFFFFFFF for x in params]
         p = (p + [0, 0, 0, 0])[:4]
         self.code = code
         self.params = tuple(p)
         self.violation = violation
         self.finding = finding
+        self.access = access or (finding.access if finding is not None else None)
         self.details = details
         self.name = BUGCHECK_NAMES.get(code, f"BUGCHECK_0x{code:X}")
         head = f"{self.name} (0x{code:X}) P1=0x{p[0]:X} P2=0x{p[1]:X} P3=0x{p[2]:X} P4=0x{p[3]:X}"

@@ -16,7 +16,7 @@ from typing import Any
 from .api.validation import parent_to_resolve
 from .attributes import WDF_OBJECT_ATTRIBUTES, WdfExecutionLevelPassive, context_size
 from .bugcheck import (PAGE_FAULT_IN_NONPAGED_AREA, WDF_INVALID_HANDLE, WDF_REQUIRED_PARAMETER_IS_NULL, WDF_VIOLATION,
-                       WDF_VERIFIER_FATAL_ERROR, BugCheck, wdf_violation)
+                       WDF_VERIFIER_FATAL_ERROR, BadAccess, BugCheck, wdf_violation)
 from .callsite import CallSite, driver_site, format_site
 from .errors import ArgumentError, FrameworkStateError
 from .handles import HandleTable
@@ -323,8 +323,11 @@ class FrameworkCore:
         if entry is None:
             return
         request = entry.request
-        self._verifier.report(finding_for(
+        finding = finding_for(
             f"BufAfterReqCompleted{request.io.kind}A", "error",
             f"{action} 0x{va:x}+0x{length:x}, a buffer of {request.describe()}, after the request completed",
-            site or driver_site(), request), fatal=True,
-            bugcheck=(WDF_VIOLATION, (WDF_VERIFIER_FATAL_ERROR, request.handle, va, 0)))
+            site or driver_site(), request)
+        finding.access = BadAccess(va, length, None, f"buffer of {request.describe()} (completed)",
+                                   entry.start, entry.end, site=finding.site)
+        self._verifier.report(finding, fatal=True,
+                              bugcheck=(WDF_VIOLATION, (WDF_VERIFIER_FATAL_ERROR, request.handle, va, 0)))

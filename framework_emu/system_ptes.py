@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from wdfhil.physical_memory import PAGE_SHIFT, PAGE_SIZE, PhysicalMemory
 
-from .bugcheck import PAGE_FAULT_IN_NONPAGED_AREA, BugCheck
+from .bugcheck import PAGE_FAULT_IN_NONPAGED_AREA, BadAccess, BugCheck
 from .callsite import CallSite, driver_site, format_site
 from .errors import ArgumentError
 
@@ -109,24 +109,39 @@ class SystemPteSpace:
         mapping = self._live[self._starts[i]]
         return mapping if va < mapping.end else None
 
-    def _fault(self, va: int, length: int, write: bool) -> BugCheck:
+    def _fault(self, va: int, length: int, write: bool, start: int | None = None,
+               total: int | None = None) -> BugCheck:
+        """The page fault at ``va`` (``length`` bytes left) of an access of ``total``
+        bytes from ``start``; its BadAccess names the mapping the access ran past
+        (and its guard page) or the unmapped one it touched."""
         site = driver_site()
         gone = next((m for m in reversed(self._gone.values()) if m.base <= va < m.end), None)
         why = "not mapped"
+        start, total = (va, length) if start is None or total is None else (start, total)
+        access = None
         if gone is not None:
             why = (f"the {gone.what} mapped at {format_site(gone.mapped_at)}, unmapped at"
                    f" {format_site(gone.unmapped_at)}")
+            access = BadAccess(start, total, write, f"{gone.what} (unmapped)", gone.base, gone.end,
+                               site=site)
+        else:
+            before = self._find(va - PAGE_SIZE)          # the guard page after it holds va
+            if before is not None and before.end <= va < before.end + PAGE_SIZE:
+                why = f"past the end of the {before.what} (its guard page)"
+                access = BadAccess(start, total, write, before.what, before.base, before.end,
+                                   (before.end, before.end + PAGE_SIZE), "guard page", site)
         return BugCheck(PAGE_FAULT_IN_NONPAGED_AREA, (va, int(write), 0, 0),
                         f"{'write to' if write else 'read from'} 0x{va:x}+0x{length:x} in system-PTE space:"
-                        f" {why} (at {format_site(site)})")
+                        f" {why} (at {format_site(site)})", access=access)
 
     def segments(self, va: int, length: int, write: bool = False) -> list[tuple[int, int]]:
         """(gpa, length) pieces of ``[va, va+length)``, physically contiguous pieces merged."""
         out: list[tuple[int, int]] = []
+        start, total = va, length
         mapping = self._find(va)
         while length > 0:
             if mapping is None or not mapping.base <= va < mapping.end:
-                raise self._fault(va, length, write)
+                raise self._fault(va, length, write, start, total)
             index = (va - mapping.base) >> PAGE_SHIFT
             offset = va & (PAGE_SIZE - 1)
             n = min(PAGE_SIZE - offset, length)

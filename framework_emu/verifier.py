@@ -30,7 +30,7 @@ import collections
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from .bugcheck import WDF_VERIFIER_FATAL_ERROR, WDF_VIOLATION, BugCheck, wdf_violation
+from .bugcheck import WDF_VERIFIER_FATAL_ERROR, WDF_VIOLATION, BadAccess, BugCheck, wdf_violation
 from .callsite import CallSite, format_site
 from .pooltag import format_tag
 
@@ -53,6 +53,7 @@ class Finding:
     history: list[tuple[str, CallSite | None]] = field(default_factory=list)
     count: int = 1
     status: int | None = None          # what the call returned because of it, if anything
+    access: BadAccess | None = None    # where the offending memory access went, if one did
 
     def __str__(self) -> str:
         lines = [f"[{self.severity}] {self.rule} at {format_site(self.site)}: {self.message}"]

@@ -78,6 +78,26 @@ def finding_json(finding: Any, name: str | None = None) -> dict[str, Any]:
            "count": getattr(finding, "count", 1), "status": getattr(finding, "status", None)}
     if getattr(finding, "code", None) is not None:
         out["code"] = finding.code
+    access = getattr(finding, "access", None) or getattr(getattr(finding, "bugcheck", None),
+                                                         "access", None)
+    if access is not None:
+        out["access"] = access_json(access)
+        out["site"] = out["site"] or site_json(access.site)   # a page fault's only site
+    return out
+
+
+def access_json(access: Any) -> dict[str, Any]:
+    """Where an offending CPU access went (framework_emu.BadAccess) as plain data,
+    with the address space and, through the direct map (``va = kva_base + gpa``),
+    the guest-physical address, so the pool map can place it in the window too."""
+    from framework_emu.core import KVA_DIRECT_MAP_BASE
+    from framework_emu.system_ptes import SYSTEM_PTE_BASE, SystemPteSpace
+
+    out = access.to_json()
+    direct = KVA_DIRECT_MAP_BASE <= access.address < SYSTEM_PTE_BASE
+    out["space"] = ("direct map" if direct else "system-PTE space"
+                    if SystemPteSpace.holds(access.address) else "kernel address")
+    out["gpa"] = access.address - KVA_DIRECT_MAP_BASE if direct else None
     return out
 
 

@@ -9,7 +9,11 @@ one wall clock) and an SVG map of the pool window. The pool window is tens of
 MiB and a scenario's objects are bytes, so the map draws only the pages the
 run touched, one row a page (4 KiB across): objects, the pool header and
 slack around each (where a touch is an overrun: the redzones of this pool),
-and each device transfer into the window, the offending ones outlined.
+and each device transfer into the window, the offending ones outlined. An
+offending CPU access of the driver (a finding's ``access``: an overrun into a
+mapping's guard page, a buffer touched after its request completed) gets a
+byte-scale row of its own, drawn the same way: the object, its redzone, and
+where the access went, outlined; also on the page rows when it hit the window.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ COLORS = {"step": "#90a4ae", "step-failed": "#c62828", "to_device": "#1e88e5",
           "to_guest": "#43a047", "interrupt": "#6d4c41", "fault": "#fb8c00", "refused": "#8e24aa",
           "completion": "#546e7a", "finding": "#c62828", "alloc": "#64b5f6", "freed": "#cfd8dc",
           "header": "#ef9a9a", "slack": "#ffe0b2", "transfer": "#2e7d32", "offending": "#d50000",
-          "finding-object": "#6a1b9a", "leaked": "#1565c0"}
+          "finding-object": "#6a1b9a", "leaked": "#1565c0", "guard": "#ef9a9a"}
 
 
 def esc(value: Any) -> str:
@@ -103,7 +107,7 @@ def scenario_section(number: int, r: "ScenarioResult") -> str:
     out.append(findings_list(r))
     if ev is not None:
         out.append("<h3>Timeline</h3>" + timeline_svg(number, r) + timeline_legend())
-        out.append("<h3>Pool window</h3>" + pool_svg(number, ev.pool))
+        out.append("<h3>Pool window</h3>" + pool_svg(number, ev.pool, ev.findings))
         if ev.events_dropped:
             out.append(f"<p class='muted'>{ev.events_dropped} more device records not shown</p>")
     if r.notes:
@@ -284,9 +288,47 @@ def _zooms(allocations: list[dict[str, Any]], transfers: list[dict[str, Any]]) -
     return merged[:3]
 
 
-def pool_svg(number: int, pool: dict[str, Any] | None) -> str:
-    if not pool:
+_VERBS = {True: "write", False: "read", None: "access"}
+
+
+def _accesses(findings: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(finding, its access) for each finding that records an offending CPU access."""
+    return [(f, f["access"]) for f in findings if f.get("access")]
+
+
+def _outside(access: dict[str, Any]) -> list[tuple[int, int]]:
+    """The byte ranges of an access that are not its object's to touch: past either
+    end of it, or all of it when the object was no longer the driver's (a completed
+    request's buffer, an unmapped range)."""
+    start, end = access["address"], access["address"] + max(access["length"], 1)
+    obj = access["object"]
+    if "(completed)" in obj["what"] or "(unmapped)" in obj["what"]:
+        return [(start, end)]
+    pieces = [(start, min(end, obj["start"])), (max(start, obj["end"]), end)]
+    return [(lo, hi) for lo, hi in pieces if lo < hi]
+
+
+def _describe_access(finding: dict[str, Any], access: dict[str, Any]) -> str:
+    """One line: what the driver did, where, and how it went wrong."""
+    verb = _VERBS[access["write"]]
+    obj, zone = access["object"], access.get("redzone")
+    text = (f"CPU {verb} of {access['length']} bytes at {access['address']:#x} "
+            f"({finding['rule']} at {format_site_json(finding.get('site'))})")
+    past = access["address"] + access["length"] - obj["end"]
+    if zone and past > 0:
+        text += f": {past} bytes past the end of the {obj['what']}, into its {zone['what']}"
+    elif "(completed)" in obj["what"] or "(unmapped)" in obj["what"]:
+        text += f": into the {obj['what']}"
+    return text
+
+
+def pool_svg(number: int, pool: dict[str, Any] | None,
+             findings: list[dict[str, Any]] | None = None) -> str:
+    accesses = _accesses(findings or [])
+    if not pool and not accesses:
         return "<p class='muted'>no framework pool activity in this scenario</p>"
+    if not pool:            # a driver that used no pool: its bad access alone
+        pool = {"base": 0, "size": 0, "allocations": [], "transfers": [], "none": True}
     allocations, transfers = pool["allocations"], pool["transfers"]
     pages: set[int] = set()
     for a in allocations:
@@ -296,6 +338,10 @@ def pool_svg(number: int, pool: dict[str, Any] | None) -> str:
     for t in transfers:
         for gpa, n in t["ranges"]:
             pages.update(_pages_of(gpa, n))
+    for _finding, access in accesses:      # a CPU access that went into the window
+        gpa = access.get("gpa")
+        if gpa is not None and pool["base"] <= gpa < pool["base"] + pool["size"]:
+            pages.update(_pages_of(gpa, access["length"]))
     ordered = sorted(pages)
     shown, hidden = ordered[:MAX_PAGE_ROWS], max(0, len(ordered) - MAX_PAGE_ROWS)
     zooms = _zooms(allocations, transfers)
@@ -303,16 +349,18 @@ def pool_svg(number: int, pool: dict[str, Any] | None) -> str:
     width = TIMELINE_WIDTH
     plot_w = width - left - 10
     zoom_top = top + row_h * max(1, len(shown)) + 8
-    height = zoom_top + (row_h + 14) * len(zooms) + 16
+    access_top = zoom_top + (row_h + 14) * len(zooms)
+    height = access_top + (row_h + 30) * len(accesses) + 16
     row_of = {page: i for i, page in enumerate(shown)}
     base, size = pool["base"], pool["size"]
     out = [f"<svg class='poolmap' id='poolmap-{number}' xmlns='http://www.w3.org/2000/svg' "
            f"width='{width}' height='{height}' viewBox='0 0 {width} {height}' role='img' "
            f"aria-label='pool window map'>"]
     # The whole window as one bar, the drawn pages marked on it.
-    out.append(f"<rect class='window' x='{left}' y='4' width='{plot_w}' height='10' fill='#eceff1'>"
-               f"<title>pool window {base:#x}-{base + size:#x} ({size >> 20} MiB)</title></rect>"
-               f"<text x='4' y='13'>window</text>")
+    if not pool.get("none"):
+        out.append(f"<rect class='window' x='{left}' y='4' width='{plot_w}' height='10' "
+                   f"fill='#eceff1'><title>pool window {base:#x}-{base + size:#x} "
+                   f"({size >> 20} MiB)</title></rect><text x='4' y='13'>window</text>")
     for page in shown:
         px = left + (page * PAGE - base) / size * plot_w
         out.append(f"<rect class='window-page' x='{px:.1f}' y='4' width='2' height='10' "
@@ -407,20 +455,94 @@ def pool_svg(number: int, pool: dict[str, Any] | None) -> str:
                            f"x='{zx(gpa):.1f}' y='{y}' width='{max(2.0, zx(gpa + n) - zx(gpa)):.1f}' "
                            f"height='{row_h + 4}' fill='none' stroke='{color}' stroke-width='3'>"
                            f"<title>{esc(t.get('why') or 'device transfer')}</title></rect>")
+    # An offending CPU access: in the page rows when it went into the window ...
+    for finding, access in accesses:
+        gpa = access.get("gpa")
+        if gpa is None:
+            continue
+        for lo, hi in _outside(access):
+            for row, px, w in spans(gpa + lo - access["address"], hi - lo):
+                y = top + row * row_h
+                out.append(f"<rect class='cpu-access offending' x='{px:.1f}' y='{y + 1}' "
+                           f"width='{w:.1f}' height='{row_h - 2}' fill='none' "
+                           f"stroke='{COLORS['offending']}' stroke-width='3'>"
+                           f"<title>{esc(_describe_access(finding, access))}</title></rect>")
+    # ... and a byte-scale row of its own: the object, its redzone, the access.
+    for i, (finding, access) in enumerate(accesses):
+        out.append(_access_row(access_top + i * (row_h + 30), left, plot_w, row_h,
+                               finding, access))
     out.append("</svg>")
     legend = [("alloc", "object (pool allocation)"),
               ("leaked", "object still allocated when the run ended"),
               ("finding-object", "object a finding is about (dashed)"),
               ("header", "pool header (redzone)"),
               ("slack", "slack (redzone)"), ("transfer", "device transfer"),
-              ("offending", "offending transfer")]
+              ("offending", "offending transfer or CPU access")]
+    if any(a.get("redzone") for _f, a in accesses):
+        legend.append(("guard", "guard page after a mapping (redzone)"))
     note = f"<p class='muted'>{hidden} more pages not drawn</p>" if hidden else ""
     offending = [t for t in transfers if t["offending"]]
-    why = ("<ul class='offences'>" + "".join(f"<li class='problem'>transfer at t={t['t']:.3f}s: {esc(t['why'])}</li>"
-                            for t in offending) + "</ul>") if offending else ""
+    items = [f"<li class='problem'>transfer at t={t['t']:.3f}s: {esc(t['why'])}</li>"
+             for t in offending]
+    items += [f"<li class='problem cpu'>{esc(_describe_access(f, a))}</li>" for f, a in accesses]
+    why = ("<ul class='offences'>" + "".join(items) + "</ul>") if items else ""
     return "".join(out) + "<div class='legend'>" + "".join(
         f"<span><i class='sw' style='background:{COLORS[k]}'></i>{esc(label)}</span>"
         for k, label in legend) + "</div>" + note + why
+
+
+def _access_row(y: float, left: int, plot_w: int, row_h: int, finding: dict[str, Any],
+                access: dict[str, Any]) -> str:
+    """One offending CPU access at byte scale: its object (a completed or unmapped
+    one greyed), the redzone beyond it, the access outlined where it went wrong."""
+    obj, zone = access["object"], access.get("redzone")
+    a_start, a_end = access["address"], access["address"] + max(access["length"], 1)
+    lo = min(a_start, obj["start"], *([zone["start"]] if zone else []))
+    hi = max(a_end, obj["end"], *([zone["end"]] if zone else []))
+    pad = max(16, (hi - lo) // 50)
+    lo, hi = lo - pad, hi + pad
+    scale = plot_w / (hi - lo)
+
+    def x(address: int) -> float:
+        return left + (min(max(address, lo), hi) - lo) * scale
+
+    gone = "(completed)" in obj["what"] or "(unmapped)" in obj["what"]
+    where = access.get("space") or ""
+    out = [f"<g class='cpu-row'><text x='4' y='{y + 12}'>CPU access</text>"
+           f"<text x='4' y='{y + 24}' class='muted'>{esc(where)}</text>"
+           f"<rect class='zoom' x='{left}' y='{y + 2}' width='{plot_w}' height='{row_h}' "
+           f"fill='#ffffff' stroke='#90a4ae'/>"]
+    width = max(1.0, x(obj["end"]) - x(obj["start"]))
+    out.append(f"<rect class='cpu-object{' gone' if gone else ''}' x='{x(obj['start']):.1f}' "
+               f"y='{y + 6}' width='{width:.1f}' height='{row_h - 8}' "
+               f"fill='{COLORS['freed' if gone else 'alloc']}'><title>{esc(obj['what'])}: "
+               f"{obj['end'] - obj['start']} bytes at {obj['start']:#x} ({esc(where)})"
+               f"</title></rect>")
+    if width > 60:
+        out.append(f"<text x='{x(obj['start']) + 3:.1f}' y='{y + 19}'>{esc(obj['what'])}</text>")
+    if zone:
+        out.append(f"<rect class='redzone cpu-redzone' x='{x(zone['start']):.1f}' y='{y + 6}' "
+                   f"width='{max(1.0, x(zone['end']) - x(zone['start'])):.1f}' "
+                   f"height='{row_h - 8}' fill='{COLORS['guard']}'><title>{esc(zone['what'])} "
+                   f"of the {esc(obj['what'])}: {zone['end'] - zone['start']} bytes at "
+                   f"{zone['start']:#x} (not the driver's)</title></rect>")
+        if x(zone["end"]) - x(zone["start"]) > 60:
+            out.append(f"<text x='{x(zone['start']) + 3:.1f}' y='{y + 19}'>"
+                       f"{esc(zone['what'])}</text>")
+    tip = esc(_describe_access(finding, access))
+    out.append(f"<rect class='cpu-access' x='{x(a_start):.1f}' y='{y + 3}' "
+               f"width='{max(2.0, x(a_end) - x(a_start)):.1f}' height='{row_h - 2}' fill='none' "
+               f"stroke='{COLORS['transfer']}' stroke-width='1.5'><title>{tip}</title></rect>")
+    for bad_lo, bad_hi in _outside(access):
+        out.append(f"<rect class='cpu-access offending' x='{x(bad_lo):.1f}' y='{y}' "
+                   f"width='{max(2.0, x(bad_hi) - x(bad_lo)):.1f}' height='{row_h + 4}' "
+                   f"fill='none' stroke='{COLORS['offending']}' stroke-width='3'>"
+                   f"<title>{tip}</title></rect>")
+    verb = _VERBS[access["write"]]
+    out.append(f"<text x='{left}' y='{y + row_h + 16}' class='mono'>{verb} {a_start:#x}"
+               f"+{a_end - a_start:#x}; {esc(obj['what'])} {obj['start']:#x}-{obj['end']:#x}"
+               f"</text></g>")
+    return "".join(out)
 
 
 def write_html(path: str | Path, results: list["ScenarioResult"], header: str = "") -> Path:

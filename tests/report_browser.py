@@ -68,7 +68,8 @@ def check_report_page(driver, path: Path) -> dict[str, int]:
                 "svg.timeline .ev-step", "svg.timeline .ev-dma", "svg.timeline .ev-interrupt",
                 "svg.timeline .ev-request", "svg.timeline .ev-finding", "svg.timeline .ev-fault",
                 "svg.poolmap .alloc", "svg.poolmap .redzone", "svg.poolmap .transfer.offending",
-                "svg.poolmap .zoom-transfer.offending"):
+                "svg.poolmap .zoom-transfer.offending", "svg.poolmap .cpu-object",
+                "svg.poolmap .cpu-redzone", "svg.poolmap .cpu-access.offending"):
         boxes = rendered_boxes(driver, css)
         assert all(b["w"] > 0 and b["h"] > 0 for b in boxes), f"{css} drew nothing: {boxes}"
         counts[css] = len(boxes)

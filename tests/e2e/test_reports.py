@@ -31,13 +31,13 @@ BUG = BUILTIN_SCENARIOS_DIR / "verifier-buffer-after-completion.scenario.yaml"
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory, guest_image):
-    """One ``wdfhil run`` of the bug (FAIL) and stale-dma (PASS) on pc-256m."""
+    """One ``wdfhil run`` of the bug (FAIL), stale-dma and bug-overrun (PASS) on pc-256m."""
     folder = tmp_path_factory.mktemp("recorded")
     text = BUG.read_text()
     bug = folder / "bug.scenario.yaml"
     bug.write_text(text[:text.index("expect:")])            # the same steps, nothing expected
-    code = main(["run", str(bug), "stale-dma", "--report-dir", str(folder / "report"),
-                 "--junitxml", str(folder / "junit.xml")])
+    code = main(["run", str(bug), "stale-dma", "bug-overrun", "--report-dir",
+                 str(folder / "report"), "--junitxml", str(folder / "junit.xml")])
     return code, folder
 
 
@@ -46,7 +46,8 @@ def test_the_run_writes_results_junit_and_a_bundle(recorded):
     assert code == 1
     results = json.loads((folder / "report" / "results.json").read_text())
     verdicts = {r["scenario"]: r for r in results["results"]}
-    assert {k: r["verdict"] for k, r in verdicts.items()} == {"bug": "FAIL", "stale-dma": "PASS"}
+    assert {k: r["verdict"] for k, r in verdicts.items()} == {
+        "bug": "FAIL", "stale-dma": "PASS", "bug-overrun": "PASS"}
     [finding] = verdicts["bug"]["evidence"]["findings"]
     assert (finding["rule"], finding["object"]["name"], finding["site"]["line"]) == (
         "MemAfterReqCompletedWriteA", "in", 8)
@@ -76,9 +77,10 @@ def test_the_html_report_renders_in_a_browser(recorded):
         counts = check_report_page(driver, folder / "report" / "report.html")
         order = [e.get_attribute("id") for e in driver.find_elements("css selector",
                                                                      "section.scenario")]
-        stale = order[[driver.find_element("css selector", f"#{s} h2").text.endswith(
-            "stale-dma on pc-256m") for s in order].index(True)]
-        bug = [s for s in order if s != stale][0]
+        titles = {s: driver.find_element("css selector", f"#{s} h2").text for s in order}
+        stale = next(s for s in order if titles[s].endswith("stale-dma on pc-256m"))
+        overrun = next(s for s in order if titles[s].endswith("bug-overrun on pc-256m"))
+        bug = next(s for s in order if s not in (stale, overrun))
 
         def count(css: str) -> int:
             return len(driver.find_elements("css selector", css))
@@ -90,7 +92,15 @@ def test_the_html_report_renders_in_a_browser(recorded):
         finding = driver.find_element("css selector", f"#{bug} li.finding").text
         assert finding.startswith("[error] MemAfterReqCompletedWriteA on in at "
                                   "bug.scenario.yaml:8")
-        assert counts["section.scenario"] == 2
+        assert counts["section.scenario"] == 3
+        # the driver's CPU overrun: its mapping, the guard page, the write outlined past it
+        assert count(f"#{overrun} svg.poolmap .cpu-object") == 1
+        assert count(f"#{overrun} svg.poolmap .cpu-redzone") == 1
+        assert count(f"#{overrun} svg.poolmap .cpu-access.offending") == 1
+        offence = driver.find_element("css selector", f"#{overrun} ul.offences li.cpu").text
+        assert offence.startswith("CPU write of 4770 bytes at 0x")
+        assert "(BugCheck at buggy_drivers.py:52): 774 bytes past the end of the system " \
+               "mapping of MDL" in offence and offence.endswith("into its guard page")
 
 
 def test_replay_reproduces_the_recorded_failure(recorded, capsys):
