@@ -15,16 +15,48 @@ from wdfhil.units import format_size, parse_size
 
 @pytest.mark.parametrize("text,value", [
     (4096, 4096), ("4096", 4096), ("4K", 4096), ("256M", 256 << 20), ("1G", 1 << 30),
-    ("1GiB", 1 << 30), ("0x1000", 4096), ("2g", 2 << 30),
+    ("1GiB", 1 << 30), ("0x1000", 4096), ("2g", 2 << 30), (" 256 M ", 256 << 20),
+    ("0xfff", 0xFFF), ("8KB", 8192), (0, 0),
 ])
 def test_parse_size(text, value):
     assert parse_size(text) == value
 
 
-@pytest.mark.parametrize("bad", ["", "M", "1.5G", "-1", -1, True, "12Q"])
-def test_parse_size_refuses(bad):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("bad, message", [
+    ("", "an empty value is not a size; write whole bytes"),
+    ("M", "M is not a size; write whole bytes, with an optional K, M, G or T (powers of "
+          "1024): 4096, 256M, 1G, 0x1000"),
+    ("1.5G", "1.5G is not a size; write whole bytes"),
+    ("12Q", "12Q is not a size; write whole bytes"),
+    (" 0xZZ ", "0xZZ is not a size; write whole bytes"),      # not Python's int() message
+    ("0x-5", "0x-5 is not a size; write whole bytes"),
+    ("-1", "-1 is negative; a size is 0 or more"),
+    ("-4K", "-4K is negative; a size is 0 or more"),
+    (-1, "-1 is negative; a size is 0 or more"),
+    (True, "true (a yes/no value) is not a size; write whole bytes"),
+    ("1\nG", "1\\nG is not a size"),                          # one line, escaped
+    ("9" * 60 + "Q", "9" * 40 + "... is not a size"),          # bounded
+])
+def test_parse_size_refuses_naming_the_value_as_written(bad, message):
+    with pytest.raises(ValueError) as info:
         parse_size(bad)
+    assert str(info.value).startswith(message)
+    assert "'" not in str(info.value) and '"' not in str(info.value)   # no repr() quoting
+
+
+def test_a_bad_size_in_a_file_names_file_line_field_and_value(tmp_path):
+    from orchestrator.guest_config import load_guest_config
+    from wdfhil.errors import ConfigError
+
+    folder = tmp_path / "guests"
+    folder.mkdir()
+    (folder / "bad.yaml").write_text("description: x\nmachine: pc\nmemory: 1.5G\ncpus: 1\n"
+                                     "pool: {base: 64M, size: 64M}\n")
+    with pytest.raises(ConfigError) as info:
+        load_guest_config("bad", (str(folder),))
+    assert str(info.value) == (f"{folder / 'bad.yaml'}:3: field 'memory': 1.5G is not a size; "
+                               "write whole bytes, with an optional K, M, G or T (powers of "
+                               "1024): 4096, 256M, 1G, 0x1000")
 
 
 def test_format_size_round_trips():
