@@ -375,6 +375,14 @@ def pool_svg(number: int, pool: dict[str, Any] | None,
             yield (row_of[page], left + (lo - page * PAGE) / PAGE * plot_w,
                    max(1.5, (hi - lo) / PAGE * plot_w))
 
+    def outline(css: str, gpa: int, length: int, color: str, width: float, tip: str) -> None:
+        """An outline over the page rows a byte range covers: a transfer, a CPU access."""
+        for row, px, w in spans(gpa, length):
+            y = top + row * row_h
+            out.append(f"<rect class='{css}' x='{px:.1f}' y='{y + 1}' width='{w:.1f}' "
+                       f"height='{row_h - 2}' fill='none' stroke='{color}' "
+                       f"stroke-width='{width}'><title>{esc(tip)}</title></rect>")
+
     for page, row in row_of.items():
         y = top + row * row_h
         out.append(f"<text x='4' y='{y + 16}' class='mono'>{page * PAGE:#x}</text>"
@@ -412,12 +420,7 @@ def pool_svg(number: int, pool: dict[str, Any] | None,
         tip = (f"{t['type']} request {t['request_id'] or 0:#x} {t.get('direction') or ''} "
                f"at t={t['t']:.3f}s: {_ranges(t['ranges'])}" + (f" - {t['why']}" if t["why"] else ""))
         for gpa, n in t["ranges"]:
-            for row, px, w in spans(gpa, n):
-                y = top + row * row_h
-                out.append(f"<rect class='{css}' x='{px:.1f}' y='{y + 1}' width='{w:.1f}' "
-                           f"height='{row_h - 2}' fill='none' stroke='{color}' "
-                           f"stroke-width='{3 if t['offending'] else 1.5}'>"
-                           f"<title>{esc(tip)}</title></rect>")
+            outline(css, gpa, n, color, 3 if t["offending"] else 1.5, tip)
     # Byte-scale close-ups: an 8-byte object is a sliver of a 4 KiB row.
     for i, (lo, hi) in enumerate(zooms):
         y = zoom_top + i * (row_h + 14)
@@ -461,12 +464,8 @@ def pool_svg(number: int, pool: dict[str, Any] | None,
         if gpa is None:
             continue
         for lo, hi in _outside(access):
-            for row, px, w in spans(gpa + lo - access["address"], hi - lo):
-                y = top + row * row_h
-                out.append(f"<rect class='cpu-access offending' x='{px:.1f}' y='{y + 1}' "
-                           f"width='{w:.1f}' height='{row_h - 2}' fill='none' "
-                           f"stroke='{COLORS['offending']}' stroke-width='3'>"
-                           f"<title>{esc(_describe_access(finding, access))}</title></rect>")
+            outline("cpu-access offending", gpa + lo - access["address"], hi - lo,
+                    COLORS["offending"], 3, _describe_access(finding, access))
     # ... and a byte-scale row of its own: the object, its redzone, the access.
     for i, (finding, access) in enumerate(accesses):
         out.append(_access_row(access_top + i * (row_h + 30), left, plot_w, row_h,

@@ -73,13 +73,7 @@ SHARD_CELLS = {"1/2": CELLS[:1], "2/2": CELLS[1:]}
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
+    return Path(f"/proc/{pid}").exists()
 
 
 def _orphans() -> set[str]:
