@@ -407,7 +407,7 @@ class AgentSession:
     def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
         if kind is not None and not issubclass(kind, Exception):
             # Ctrl-C or SIGTERM: the run stops and the guest goes with it. Asking it to
-            # quit would wait up to 20 + 30 s on the SSH session the interrupted command
+            # quit would wait up to 20 + 30 s on the command channel the interrupted command
             # still holds, while the user waits for the prompt.
             self.pid = None
             return

@@ -474,7 +474,7 @@ class ScenarioRun:
             vm.run(f"rm -f {shlex.quote(remote)}", timeout=30)
             raise
         # (Ctrl-C or SIGTERM: no more guest commands, the run stops and its guest goes;
-        # an rm here took 30 s on the SSH session the interrupted program still held,
+        # an rm here took 30 s on the command channel the interrupted program held,
         # then replaced the interrupt by its timeout, and the run went on.)
         vm.run(f"rm -f {shlex.quote(remote)}", timeout=30)
         said = f"stdout {ran.stdout[-300:]!r} stderr {ran.stderr[-300:]!r}"

@@ -156,7 +156,7 @@ class RecordingShell(LocalShell):
 def test_an_interrupt_sends_the_guest_no_more_commands(agent_path, tmp_path):
     """Ctrl-C (or SIGTERM, a KeyboardInterrupt too) inside ``serve``: the run stops
     and the guest goes, so no quit or kill is sent (each could wait tens of seconds
-    on the SSH session the interrupted command holds); an error still closes it."""
+    on the command channel the interrupted command holds); an error still closes it."""
     shell = RecordingShell()
     client = AgentClient(shell, agent_path=agent_path, device=str(tmp_path / "wdfhil9"))
     folder = tmp_path / "serve"
