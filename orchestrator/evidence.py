@@ -276,6 +276,15 @@ class EvidenceRecorder:
             self._release()
 
     def _release(self) -> None:
+        """End our trace and remove our folder, with Ctrl-C and SIGTERM held: a second
+        signal (a user pressing Ctrl-C twice, ``wdfhil matrix`` stopping its children
+        after the terminal's SIGINT reached them) must not leave the folder behind."""
+        from orchestrator.cleanup import signals_deferred
+
+        with signals_deferred():
+            self._release_now()
+
+    def _release_now(self) -> None:
         if self._trace is not None:
             from device_model.trace import DmaTrace
 

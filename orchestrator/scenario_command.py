@@ -199,6 +199,11 @@ def _matrix(args: argparse.Namespace) -> int:
     return _execute(pairs, args)
 
 
+# After Ctrl-C, how long children (which got the terminal's SIGINT too) may take to
+# close their guests on their own before they are sent SIGTERM.
+CTRL_C_GRACE = 15.0
+
+
 def _matrix_parallel(matrix, limit: int, args: argparse.Namespace) -> int:
     """One child ``wdfhil matrix --only guest=G`` a guest config, ``limit`` at once;
     their results merged into one table. Children are stopped (SIGTERM: they close
@@ -259,8 +264,11 @@ def _matrix_parallel(matrix, limit: int, args: argparse.Namespace) -> int:
                             if not r.passed:
                                 print(r.explain(), flush=True)
         finally:
+            unwinding = sys.exc_info()[1]
             with signals_deferred():            # a second Ctrl-C must not orphan a child
-                _stop_children([child for child, _out, _log in running.values()])
+                _stop_children([child for child, _out, _log in running.values()],
+                               on_their_own=CTRL_C_GRACE if type(unwinding) is KeyboardInterrupt
+                               else 0.0)
                 for _child, _out, log in running.values():
                     log.close()
         results = in_matrix_order(results, matrix)
@@ -272,9 +280,19 @@ def _matrix_parallel(matrix, limit: int, args: argparse.Namespace) -> int:
     return 0 if results and not failed_children and all(r.passed for r in results) else 1
 
 
-def _stop_children(children: list[subprocess.Popen], grace: float = 60.0) -> None:
+def _stop_children(children: list[subprocess.Popen], grace: float = 60.0,
+                   on_their_own: float = 0.0) -> None:
     """SIGTERM every child still running, then wait for all of them together (each
-    closes its guest meanwhile); SIGKILL those that took more than ``grace`` s."""
+    closes its guest meanwhile); SIGKILL those that took more than ``grace`` s.
+    ``on_their_own``: first let them end by themselves for up to that long (after a
+    Ctrl-C, which a terminal sends to the children too: a SIGTERM on top would
+    interrupt their clean-up)."""
+    deadline = time.monotonic() + on_their_own
+    for child in children:
+        try:
+            child.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            break
     for child in children:
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
