@@ -219,7 +219,7 @@ def _matrix_parallel(matrix, limit: int, args: argparse.Namespace) -> int:
     waiting = list(matrix.guests)
     running: dict[str, tuple[subprocess.Popen, Path, object]] = {}
     results: list[ScenarioResult] = []
-    failed_children = []
+    failed_children: dict[str, str] = {}         # guest -> why its child gave no results
     started = time.monotonic()
     print(f"matrix {matrix.path}: {len(matrix.cells)} cells on {len(waiting)} guest configs, "
           f"{limit} at once", flush=True)
@@ -254,7 +254,7 @@ def _matrix_parallel(matrix, limit: int, args: argparse.Namespace) -> int:
                         if bundles.is_dir():
                             shutil.copytree(bundles, Path(folder) / "bundles", dirs_exist_ok=True)
                     if code not in (0, 1) or not out.exists():
-                        failed_children.append(guest)
+                        failed_children[guest] = _last_words(code, text)
                         print(f"{guest}: the run failed (exit {code}):\n{text[-3000:]}", flush=True)
                     else:
                         done = [r for r in results if r.guest == guest]
@@ -271,13 +271,32 @@ def _matrix_parallel(matrix, limit: int, args: argparse.Namespace) -> int:
                                else 0.0)
                 for _child, _out, log in running.values():
                     log.close()
-        results = in_matrix_order(results, matrix)
+        results = in_matrix_order(results + _not_run(matrix, results, failed_children), matrix)
         print(format_table(results), flush=True)
         _outputs(results, "", args.json, args.report_dir, args.junitxml,
                  bundles_from=Path(folder) / "bundles")
     if failed_children:
         print(f"guest configs whose run failed: {', '.join(failed_children)}", flush=True)
     return 0 if results and not failed_children and all(r.passed for r in results) else 1
+
+
+def _last_words(code: int, log: str) -> str:
+    """Why a child gave no results: its exit status and last line of output."""
+    lines = [line for line in log.splitlines() if line.strip()]
+    return f"exit {code}" + (f": {lines[-1].strip()[:300]}" if lines else "")
+
+
+def _not_run(matrix, results: list, failed: dict[str, str]) -> list:
+    """An ERROR result for each cell of a guest config whose child failed before it
+    gave that cell's result, so the report still has every cell, once."""
+    from orchestrator.scenario_result import ERROR, ScenarioResult
+
+    have = {(str(Path(r.path).resolve()), r.guest) for r in results}
+    return [ScenarioResult(c.scenario.name, str(c.scenario.path), c.guest, ERROR,
+                           problems=[f"not run: the wdfhil matrix run of {c.guest} failed "
+                                     f"({failed[c.guest]})"])
+            for c in matrix.cells
+            if c.guest in failed and (str(c.scenario.path.resolve()), c.guest) not in have]
 
 
 def _stop_children(children: list[subprocess.Popen], grace: float = 60.0,

@@ -205,3 +205,49 @@ def test_the_gitlab_example_is_what_the_emitter_prints(monkeypatch):
     monkeypatch.chdir(REPO)
     emitted = yaml.safe_load(mx.emit_gitlab(mx.load_matrix(Path("ci/matrix.yaml"))))
     assert yaml.safe_load((REPO / "ci" / "gitlab-ci.yml").read_text()) == emitted
+
+
+# A stand-in for the child ``python -m orchestrator.cli matrix ... --only guest=G --json F``
+# of ``wdfhil matrix -j``: pc-256m's passes its cells, q35-1g's dies half-way with no results.
+CHILD = """\
+import sys
+from pathlib import Path
+from orchestrator.matrix import load_matrix
+from orchestrator.report_json import write_results
+from orchestrator.scenario_result import ScenarioResult
+
+argv = sys.argv[3:]                       # after -m orchestrator.cli
+guest = argv[argv.index("--only") + 1].split("guest=")[1].split(",")[0]
+if guest == "q35-1g":
+    print("booting q35-1g")
+    print("Killed")
+    sys.exit(137)
+cells = [c for c in load_matrix(argv[1]).cells if c.guest == guest]
+write_results(argv[argv.index("--json") + 1],
+              [ScenarioResult(c.scenario.name, str(c.scenario.path), guest, "PASS") for c in cells])
+"""
+
+
+def test_a_child_that_dies_leaves_its_cells_in_the_report_as_errors(tmp_path, scenarios, capsys,
+                                                                   monkeypatch):
+    import json
+    import sys
+
+    path = write_matrix(tmp_path, f"guests: [pc-256m, q35-1g]\nscenarios: [{scenarios}]\n")
+    child = tmp_path / "child.py"
+    child.write_text(CHILD)
+    python = tmp_path / "python"
+    python.write_text(f"#!/bin/sh\nshift 2\nexec {sys.executable} {child} -m orchestrator.cli \"$@\"\n")
+    python.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(python))
+    monkeypatch.setattr(mx, "usable_cores", lambda: 2)
+    monkeypatch.setattr(mx, "available_memory", lambda: 24 * GIB)
+    assert main(["matrix", str(path), "-j", "2", "--report-dir", str(tmp_path / "report")]) == 1
+    out = capsys.readouterr().out
+    assert "q35-1g: the run failed (exit 137)" in out
+    assert "guest configs whose run failed: q35-1g" in out
+    results = json.loads((tmp_path / "report" / "results.json").read_text())["results"]
+    assert [(r["guest"], r["scenario"], r["verdict"]) for r in results] == [
+        ("pc-256m", "a", "PASS"), ("pc-256m", "b", "PASS"), ("q35-1g", "b", "ERROR")]
+    assert results[2]["problems"] == [
+        "not run: the wdfhil matrix run of q35-1g failed (exit 137: Killed)"]
