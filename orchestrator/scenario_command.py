@@ -21,6 +21,7 @@ Exit status: 0 all passed, 1 a scenario failed, 2 bad usage or configuration
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import subprocess
@@ -199,6 +200,26 @@ def _matrix(args: argparse.Namespace) -> int:
     return _execute(pairs, args)
 
 
+def _parent_death_signal():
+    """prctl(PR_SET_PDEATHSIG, SIGTERM), looked up once here (a forked child should
+    do no more than call it): a child then stops, closing its guest, even when
+    ``wdfhil matrix`` itself is killed (SIGKILL, the OOM killer) and cannot stop it."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        prctl = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig, parent = 1, os.getpid()
+
+    def stop_with_parent() -> None:
+        prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+        if os.getppid() != parent:           # it died before prctl: no signal will come
+            os._exit(1)
+    return stop_with_parent
+
+
 # After Ctrl-C, how long children (which got the terminal's SIGINT too) may take to
 # close their guests on their own before they are sent SIGTERM.
 CTRL_C_GRACE = 15.0
@@ -215,6 +236,7 @@ def _matrix_parallel(matrix, limit: int, args: argparse.Namespace) -> int:
     from orchestrator.scenario_result import ScenarioResult, format_table
 
     install_sigterm_handler()
+    stop_with_parent = _parent_death_signal()
 
     waiting = list(matrix.guests)
     running: dict[str, tuple[subprocess.Popen, Path, object]] = {}
@@ -237,7 +259,8 @@ def _matrix_parallel(matrix, limit: int, args: argparse.Namespace) -> int:
                     for folder_arg in args.guests_dir:
                         argv += ["--guests-dir", folder_arg]
                     running[guest] = (subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                                       stdin=subprocess.DEVNULL), out, log)
+                                                       stdin=subprocess.DEVNULL,
+                                                       preexec_fn=stop_with_parent), out, log)
                     print(f"started {guest} ({len(running)} running, {len(waiting)} waiting, "
                           f"{time.monotonic() - started:.0f} s)", flush=True)
                 time.sleep(0.5)

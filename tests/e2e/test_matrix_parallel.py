@@ -234,11 +234,31 @@ def _ppid(proc: Path) -> int | None:
         return None
 
 
-@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def _gone(pids: list[int], timeout: float) -> bool:
+    """Whether the processes ``pids`` ended (zombies count) within ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = []
+        for pid in pids:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue
+            if state != "Z":
+                alive.append(pid)
+        if not alive:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm", "sigkill"])
 def test_a_stopped_parallel_run_leaves_nothing(tmp_path, guest_image, how):
     """Both guests running a guest program that sleeps: Ctrl-C (SIGINT to
     the whole process group, as a terminal sends it) or SIGTERM to the parent
-    alone stops the run; the children close their guests, nothing is left."""
+    alone stops the run; the children close their guests, nothing is left. The
+    parent killed outright (SIGKILL) leaves only its own temp folder: its
+    children stop too (their parent-death signal) and close their guests."""
     if mx.parallel_limit(2, mx.guest_memory(["pc-256m", "q35-1g"])).jobs < 2:
         pytest.skip("this machine runs one guest at a time: nothing parallel to stop")
     (tmp_path / "sleep.sh").write_text("#!/bin/sh\necho WDFHIL-TEST-SLEEPING > /dev/console\n"
@@ -260,18 +280,27 @@ def test_a_stopped_parallel_run_leaves_nothing(tmp_path, guest_image, how):
             assert parent.poll() is None, parent.communicate()[0]
             assert time.monotonic() < deadline, "the guests did not come up in 600 s"
             time.sleep(0.2)
+        children = [int(p.name) for p in Path("/proc").iterdir()
+                    if p.name.isdigit() and _ppid(p) == parent.pid]
         if how == "ctrl-c":
             os.killpg(parent.pid, signal.SIGINT)
         else:
-            parent.send_signal(signal.SIGTERM)
+            parent.send_signal(signal.SIGKILL if how == "sigkill" else signal.SIGTERM)
         stopping = time.monotonic()
         printed = parent.communicate(timeout=300)[0]
+        children_gone = _gone(children, 120)
         print(f"{how}: the run stopped {time.monotonic() - stopping:.1f} s after the signal")
     finally:
         with contextlib.suppress(ProcessLookupError):     # whatever of the run is left (a
             os.killpg(parent.pid, signal.SIGKILL)        # failed test) must not run on
         parent.wait()
-    assert parent.returncode == 130, printed
-    assert "wdfhil: interrupted" in printed
-    assert sorted(p.name for p in temp.iterdir()) == []
+    assert len(children) == 2 and children_gone
+    left = sorted(p.name for p in temp.iterdir())
+    if how == "sigkill":
+        assert parent.returncode == -signal.SIGKILL
+        assert len(left) == 1 and left[0].startswith("wdfhil-matrix-")   # the parent's own
+    else:
+        assert parent.returncode == 130, printed
+        assert "wdfhil: interrupted" in printed
+        assert left == []
     assert _orphans() - before == set()
