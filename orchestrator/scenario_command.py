@@ -26,7 +26,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -233,6 +232,7 @@ def _matrix_parallel(matrix, limit: int, args: argparse.Namespace) -> int:
     children and the temp folder never outlive it."""
     from orchestrator.cleanup import install_sigterm_handler, signals_deferred
     from orchestrator.report_json import load_results
+    from wdfhil.private_dirs import private_dir
     from orchestrator.scenario_result import ScenarioResult, format_table
 
     install_sigterm_handler()
@@ -245,7 +245,7 @@ def _matrix_parallel(matrix, limit: int, args: argparse.Namespace) -> int:
     started = time.monotonic()
     print(f"matrix {matrix.path}: {len(matrix.cells)} cells on {len(waiting)} guest configs, "
           f"{limit} at once", flush=True)
-    with tempfile.TemporaryDirectory(prefix="wdfhil-matrix-") as folder:
+    with private_dir("wdfhil-matrix-") as folder:     # a run folder: swept if we are killed
         try:
             while waiting or running:
                 while waiting and len(running) < limit:

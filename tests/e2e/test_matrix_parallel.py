@@ -32,7 +32,7 @@ import pytest
 import xmlschema
 
 from orchestrator import matrix as mx
-from orchestrator.cleanup import folder_parent
+from orchestrator.cleanup import folder_parent, sweep_stale_folders
 from orchestrator.cli import main
 
 pytestmark = pytest.mark.e2e
@@ -298,7 +298,8 @@ def test_a_stopped_parallel_run_leaves_nothing(tmp_path, guest_image, how):
     left = sorted(p.name for p in temp.iterdir())
     if how == "sigkill":
         assert parent.returncode == -signal.SIGKILL
-        assert len(left) == 1 and left[0].startswith("wdfhil-matrix-")   # the parent's own
+        assert len(left) == 1 and left[0].startswith("wdfhil-matrix-")   # the parent's own,
+        assert sweep_stale_folders((temp,)) == [temp / left[0]]           # which a sweep takes
     else:
         assert parent.returncode == 130, printed
         assert "wdfhil: interrupted" in printed
