@@ -177,14 +177,14 @@ def test_parallel_limit_reads_this_machine(monkeypatch):
 
 def test_matrix_says_when_it_lowers_j(tmp_path, scenarios, capsys, monkeypatch):
     """``wdfhil matrix -j 8`` prints why it runs fewer guests at once, and runs that many."""
-    from orchestrator import scenario_command
+    from orchestrator import matrix_parallel
 
     path = write_matrix(tmp_path, f"guests: [pc-256m, q35-1g]\nscenarios: [{scenarios}]\n")
     monkeypatch.setattr(mx, "usable_cores", lambda: 2)
     monkeypatch.setattr(mx, "available_memory", lambda: 24 * GIB)
     ran = []
-    monkeypatch.setattr(scenario_command, "_matrix_parallel",
-                        lambda matrix, limit, args: ran.append(limit) or 0)
+    monkeypatch.setattr(matrix_parallel, "run_parallel",
+                        lambda matrix, limit, args, outputs: ran.append(limit) or 0)
     assert main(["matrix", str(path), "-j", "8"]) == 0
     assert ran == [2]
     assert capsys.readouterr().out.splitlines() == [

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from orchestrator.scenario import load_scenario
-from orchestrator.scenario_command import _child_only
+from orchestrator.matrix_parallel import _child_only
 from orchestrator.scenario_result import FAIL, PASS, ScenarioResult, StepResult, format_table
 from orchestrator.scenario_runner import _timing_notes, plan_runs
 
