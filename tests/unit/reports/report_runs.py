@@ -100,3 +100,30 @@ def line_of(result: ScenarioResult, name: str) -> int:
                 "request", "WdfMemoryCreate"):
             return step.line
     raise KeyError(name)
+
+
+def buggy_driver_finding(driver_name: str, length: int) -> dict:
+    """The finding record (orchestrator.evidence) of a built-in buggy driver
+    (orchestrator/scenarios/buggy_drivers.py) loaded on an in-process guest and
+    given one read of ``length`` bytes: its bug check, as a scenario reports it."""
+    import importlib.util
+
+    import pytest
+
+    from framework_emu import BugCheck
+    from orchestrator.evidence import finding_json
+    from orchestrator.scenario import BUILTIN_SCENARIOS_DIR
+    from orchestrator.scenario_driver import BugCheckFinding
+    from samples.guest import InProcessGuest
+
+    spec = importlib.util.spec_from_file_location("buggy_drivers",
+                                                  BUILTIN_SCENARIOS_DIR / "buggy_drivers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    guest = InProcessGuest()
+    fx = guest.iom.load_driver(getattr(module, driver_name)(), service_name="WDFBug",
+                               verifier=True)
+    guest.iom.add_device(fx, "wdfio0")
+    with pytest.raises(BugCheck) as info:
+        guest.read_file(guest.open("wdfio0"), length)
+    return finding_json(BugCheckFinding(info.value))

@@ -6,38 +6,17 @@ evidence's finding records into the SVG, which is parsed and measured."""
 
 from __future__ import annotations
 
-import importlib.util
 import xml.etree.ElementTree as ET
 
 import pytest
 
-from framework_emu import PAGE_SIZE, BugCheck
-from orchestrator.evidence import finding_json
+from framework_emu import PAGE_SIZE
 from orchestrator.report_html import pool_svg
-from orchestrator.scenario import BUILTIN_SCENARIOS_DIR
-from orchestrator.scenario_driver import BugCheckFinding
-from samples.guest import InProcessGuest
+
+from report_runs import buggy_driver_finding
 
 SVG = "{http://www.w3.org/2000/svg}"
 USER_OFFSET = 0x234          # where InProcessGuest puts a caller's buffer in its first page
-
-
-def _buggy(name: str):
-    spec = importlib.util.spec_from_file_location("buggy_drivers",
-                                                  BUILTIN_SCENARIOS_DIR / "buggy_drivers.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return getattr(module, name)()
-
-
-def _bug_check_of_a_read(driver_name: str, length: int) -> BugCheck:
-    """Load the buggy driver on an in-process guest, read ``length`` bytes: its bug check."""
-    guest = InProcessGuest()
-    fx = guest.iom.load_driver(_buggy(driver_name), service_name="WDFBug", verifier=True)
-    guest.iom.add_device(fx, "wdfio0")
-    with pytest.raises(BugCheck) as info:
-        guest.read_file(guest.open("wdfio0"), length)
-    return info.value
 
 
 def _rects(svg: str, css: str) -> list[dict[str, float]]:
@@ -49,13 +28,13 @@ def _rects(svg: str, css: str) -> list[dict[str, float]]:
 @pytest.fixture(scope="module")
 def overrun() -> dict:
     """OverrunDriver: a direct read of 674 bytes, written 674 + 4096 bytes."""
-    return finding_json(BugCheckFinding(_bug_check_of_a_read("OverrunDriver", 674)))
+    return buggy_driver_finding("OverrunDriver", 674)
 
 
 @pytest.fixture(scope="module")
 def touched() -> dict:
     """TouchAfterCompleteDriver: a buffered read of 300 bytes, zeroed after completion."""
-    return finding_json(BugCheckFinding(_bug_check_of_a_read("TouchAfterCompleteDriver", 300)))
+    return buggy_driver_finding("TouchAfterCompleteDriver", 300)
 
 
 def test_the_overrun_records_the_whole_access_its_mapping_and_the_guard_page(overrun):
