@@ -5,8 +5,9 @@ fraction of that, so the scenario runner resets a guest between scenarios
 by restoring one snapshot again and again. QEMU 7.2 has no ``file:``
 migration URI, so the state goes through ``exec:cat``: ``migrate`` to
 ``exec:cat > FILE`` with the guest stopped (one pass, nothing dirtied
-meanwhile), and ``migrate-incoming`` from ``exec:cat FILE`` into a QEMU
-started with ``-incoming defer`` and the same machine.
+meanwhile), and ``migrate-incoming`` from the file, handed to QEMU as a
+descriptor (``fd:``), into a QEMU started with ``-incoming defer`` and the same
+machine.
 
 A :class:`Snapshot` owns its file: closing it (or leaving its ``with``
 block, or losing the last reference, or the interpreter exiting) removes
@@ -25,10 +26,13 @@ Guest RAM is a shared file, so by default a save leaves it out of the
 migration stream (QEMU's ``x-ignore-shared`` capability: a state file of a few
 hundred KB instead of all of RAM) and keeps a sparse copy of the RAM file
 beside the state file, taken while the guest is stopped; a restore copies it
-into the new VM's RAM file before QEMU starts (:mod:`orchestrator.sparse_file`:
+into the new VM's RAM file before ``migrate-incoming`` (:mod:`orchestrator.sparse_file`:
 data extents only, so a guest that touched 60 MiB of its 256 costs 60 MiB).
-``full=True`` keeps the old all-in-the-stream save. The RAM copy has its own
-size and (sparse) CRC-32, checked like the state file's.
+All-zero pages become holes in the copy, so what a restore copies is the data
+the guest really holds. ``full=True`` keeps the old all-in-the-stream save. The
+RAM copy has its own size and (sparse) CRC-32, checked like the state file's:
+the first restore in a process checks it as it copies (one read); later ones
+copy in the kernel while QEMU starts (:class:`RamCopy`).
 
 A snapshot that does not own its files (``owned=False``: the cached post-boot
 states of :mod:`orchestrator.boot_cache`) never removes them.
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -186,17 +191,20 @@ class Snapshot:
                                     f"{self.ram_crc32:08x} when saved", file=str(self.ram_file))
         self._checked_ram_stat = _stat_key(info)
 
-    def copy_ram(self, target: Path) -> None:
-        """Copy the RAM copy into ``target`` (a new VM's RAM file, before QEMU starts).
-        Its CRC-32 is checked in the same pass when the file changed since it was last
-        checked (SnapshotCorrupted: the caller removes ``target``): a restore reads the
-        file once, not twice (:meth:`check_compatible` leaves that check to here)."""
+    def copy_ram(self, target: Path, *, into_holes: bool = False) -> None:
+        """Copy the RAM copy into ``target`` (a new VM's RAM file). Its CRC-32 is
+        checked in the same pass when the file changed since it was last checked
+        (SnapshotCorrupted: the caller removes ``target``): a restore reads the file
+        once, not twice (:meth:`check_compatible` leaves that check to here); later
+        restores in this process copy in the kernel. ``into_holes``: ``target`` is
+        a fresh file of the guest's RAM size, maybe already mapped by QEMU
+        (:class:`RamCopy`), so it is not truncated."""
         assert self.ram_file is not None
         info = self.ram_file.stat()
         if not self._ram_unchecked():
-            copy_sparse(self.ram_file, target)
+            copy_sparse(self.ram_file, target, into_holes=into_holes)
             return
-        crc = copy_sparse(self.ram_file, target, checksum=True)
+        crc = copy_sparse(self.ram_file, target, checksum=True, into_holes=into_holes)
         assert crc is not None
         self._check_ram_crc(crc, info)
 
@@ -291,8 +299,8 @@ def save_state(qmp: QmpSession, path: Path, timeout: float = MIGRATION_TIMEOUT, 
         set_ignore_shared(qmp, ram is not None)
         qmp.command("migrate", uri=f"exec:cat > {shlex.quote(str(path))}")
         _wait_for_migration(qmp, "saving the guest", timeout)
-        if ram is not None:
-            copy_sparse(*ram)
+        if ram is not None:   # zeroed free memory (boot_cache) is left out: holes
+            copy_sparse(*ram, zero_pages_as_holes=True)
     finally:
         try:
             qmp.command("cont")
@@ -303,17 +311,62 @@ def save_state(qmp: QmpSession, path: Path, timeout: float = MIGRATION_TIMEOUT, 
 def load_state(qmp: QmpSession, path: Path, timeout: float = MIGRATION_TIMEOUT, *,
                ignore_shared: bool = False) -> None:
     """Load ``path`` into a QEMU started with ``-incoming defer`` and let it run
-    (``ignore_shared``: RAM is not in the stream, its file already holds it)."""
-    if ignore_shared:
-        set_ignore_shared(qmp, True)
-    qmp.command("migrate-incoming", uri=f"exec:cat {shlex.quote(str(path))}")
+    (``ignore_shared``: RAM is not in the stream, its file already holds it).
+
+    The file goes to QEMU as an open descriptor (``fd:``), not ``exec:cat`` (a shell
+    and a ``cat`` less per restore); its end is QEMU's MIGRATION event, with a look
+    at the run state between two waits for it (a QEMU that failed the load exits)."""
+    qmp.command("migrate-set-capabilities", capabilities=[
+        {"capability": "events", "state": True},
+        {"capability": IGNORE_SHARED, "state": ignore_shared}])
+    seen = len(qmp.events())
+    with open(path, "rb") as state:
+        qmp.pass_fd(state.fileno(), _STATE_FD_NAME)
+    qmp.command("migrate-incoming", uri=f"fd:{_STATE_FD_NAME}")
     deadline = time.monotonic() + timeout
     while True:
+        ended = qmp.wait_event("MIGRATION", 0.1, start=seen, match=_migration_ended)
         status = qmp.command("query-status")["status"]
+        if ended is not None and ended["data"]["status"] != "completed":
+            raise LaunchError(f"loading the saved guest failed (migration "
+                              f"{ended['data']['status']})")
         if status != "inmigrate":
             break
         if time.monotonic() > deadline:
             raise LaunchError(f"loading the saved guest did not finish within {timeout:g} s")
-        time.sleep(0.005)
     if status != "running":
         qmp.command("cont")
+
+
+_STATE_FD_NAME = "wdfhil-state"
+
+
+def _migration_ended(event: dict) -> bool:
+    return event.get("data", {}).get("status") in ("completed", "failed", "cancelled")
+
+
+class RamCopy:
+    """A restore's RAM copy, made in a thread while QEMU starts: QEMU 7.2 reads and
+    writes no guest RAM before ``migrate-incoming`` (checked by
+    tests/integration/test_incoming_ram.py), so the copy and QEMU's start overlap.
+    The target must already have the guest's RAM size (QEMU maps it as it is):
+    the copy only writes data into it, never truncates it."""
+
+    def __init__(self, snapshot: Snapshot, target: Path) -> None:
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(snapshot, target),
+                                        name="wdfhil-ram-copy", daemon=True)
+        self._thread.start()
+
+    def _run(self, snapshot: Snapshot, target: Path) -> None:
+        try:
+            snapshot.copy_ram(target, into_holes=True)
+        except BaseException as exc:   # handed to wait(), in the caller's thread
+            self._error = exc
+
+    def wait(self) -> None:
+        """Until the copy is done; its error (SnapshotCorrupted, OSError) if it failed."""
+        self._thread.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error

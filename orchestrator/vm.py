@@ -53,7 +53,7 @@ from orchestrator.ram_layout import DEFAULT_INITRD_ADDR_MAX, read_ram_layout
 from orchestrator.serial_console import ConsoleWait, SerialConsole
 from orchestrator.guest_shell import ShellCommands
 from orchestrator.serial_shell import SerialShell
-from orchestrator.snapshot import Snapshot, load_state, save_state
+from orchestrator.snapshot import RamCopy, Snapshot, load_state, save_state
 from orchestrator.ssh_session import (DEFAULT_COMMAND_TIMEOUT, CommandResult, SshSession,
                                       wait_for_ssh_banner)
 from wdfhil.errors import ConfigError, LaunchError, WdfhilError
@@ -102,6 +102,7 @@ class _HostResources:
         self.ram: GuestRam | None = None      # the relay's view of guest RAM
         self._ram_lock = threading.Lock()
         self.watch: GuestWatch | None = None
+        self.ram_copy: RamCopy | None = None   # a restore's, writing into the run folder
         self.sockets: list[socket.socket] = []
         self._lock = threading.Lock()
         self._released = False
@@ -119,6 +120,7 @@ class _HostResources:
             ("QMP", lambda: self.qmp and self.qmp.close()),
             ("console", lambda: self.console and self.console.close()),
             ("sockets", self._close_sockets),
+            ("RAM copy", lambda: self.ram_copy and self.ram_copy.wait()),
             ("run folder", lambda: self.run_dir and self._remove_run_dir()),
         ]
         for what, step in steps:
@@ -365,8 +367,9 @@ class VM(GuestMachine):
         host.run_dir = make_private_dir(f"wdfhil-vm-{os.getpid()}-", folder_parent())
         create_private_files(host.run_dir, RAM_FILE, QEMU_LOG, CONSOLE_LOG)  # 0600, not 0644
         if snapshot is not None and snapshot.ram_file is not None:
-            self._say("copying the saved guest's RAM")
-            snapshot.copy_ram(host.run_dir / RAM_FILE)  # QEMU maps it as it is
+            self._say("copying the saved guest's RAM while QEMU starts")
+            os.truncate(host.run_dir / RAM_FILE, self.config.memory)  # QEMU maps it as it is
+            host.ram_copy = RamCopy(snapshot, host.run_dir / RAM_FILE)
         history = ""
         if snapshot is not None:   # the saved guest's boot, then what this QEMU adds
             history = snapshot.console_history()
@@ -407,6 +410,8 @@ class VM(GuestMachine):
         self.ssh_port = parse_hostfwd_port(host.qmp.hmp("info usernet"))
         if snapshot is not None:
             self._say("restoring the saved guest")
+            if host.ram_copy is not None:
+                host.ram_copy.wait()
             load_state(host.qmp, snapshot.path, timeout=max(1.0, deadline - time.monotonic()),
                        ignore_shared=snapshot.ram_file is not None)
             self._say(RESTORED_RUNNING)
