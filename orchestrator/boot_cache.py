@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1           # bump when what an entry holds changes
+FORMAT = 2           # bump when what an entry holds changes (2: free memory zeroed)
 META_FILE = "meta.json"
 COMPLETE = ".complete"
 BOOT_LOCK_SUFFIX = "-boot"
@@ -85,6 +85,38 @@ def entry_key(config: GuestConfig, image: "GuestImage", accelerator: str,
                        "argv": argv, "accelerator": accelerator,
                        "qemu": qemu_identity(qemu_binary)}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+# The guest-side step before a post-boot save: a tmpfs of nearly all free memory is
+# filled (fallocate) and removed, so the pages it got hold zeros when freed (the
+# kernel zeroes pages as it hands them out: init_on_alloc, on in Debian's kernels);
+# the save leaves all-zero pages out of the RAM copy. Free memory of a booted guest
+# otherwise holds what boot left there (the unpacked initramfs, the compressed
+# kernel): pc-256m, 97 MiB of data in the RAM copy without the step, 66 MiB with.
+# A margin stays free (nothing else in the guest runs short); at most
+# ZERO_FILL_MAX_MIB is filled (about 0.3 s per 100 MiB under TCG, once per key).
+ZERO_FILL_MARGIN_MIB = 16
+ZERO_FILL_MAX_MIB = 512
+ZERO_FREE_MEMORY = (   # a subshell: `exit` must not end the session's shell
+    "(free=$(sed -n 's/^MemFree: *\\([0-9]*\\) kB$/\\1/p' /proc/meminfo); "
+    f"fill=$(( free / 1024 - {ZERO_FILL_MARGIN_MIB} )); "
+    f"[ $fill -gt {ZERO_FILL_MAX_MIB} ] && fill={ZERO_FILL_MAX_MIB}; "
+    "[ $fill -gt 0 ] || exit 0; "
+    "dir=$(mktemp -d) || exit 1; "
+    "if mount -t tmpfs -o size=${fill}m,mode=0700 wdfhil-zero-fill \"$dir\"; then "
+    "fallocate -l ${fill}m \"$dir/zero\"; status=$?; umount \"$dir\"; else status=1; fi; "
+    "rmdir \"$dir\"; exit $status)"
+)
+
+
+def zero_free_memory(vm: "VM") -> None:
+    """Zero most of the running guest's free memory (:data:`ZERO_FREE_MEMORY`) so the
+    saved RAM copy holds only what the guest uses. Speed only: a failure is logged."""
+    result = vm.run(ZERO_FREE_MEMORY, timeout=120.0)
+    if result.exit_code != 0:
+        log.warning("zeroing the free memory of %s before its save failed (exit %d: %s); "
+                    "the saved state is larger, not wrong", vm.name, result.exit_code,
+                    (result.stderr or result.stdout).strip()[-200:])
 
 
 class BootCache:
@@ -150,6 +182,7 @@ class BootCache:
         from guest_images.cache import cached_folder
 
         def fill(scratch: Path) -> None:
+            zero_free_memory(vm)
             saved = vm.save(scratch / STATE_FILE, owned=False)
             meta = {"format": FORMAT, "config": vm.config.name, "image": vm.image.digest,
                     "accelerator": saved.accelerator, "qemu": qemu_identity(self.qemu_binary),

@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from orchestrator.boot_cache import COMPLETE, META_FILE, BootCache, entry_key
+from orchestrator.boot_cache import COMPLETE, FORMAT, META_FILE, BootCache, entry_key
 from orchestrator.guest_config import load_guest_config
 from orchestrator.snapshot import MIGRATION_MAGIC, STATE_FILE, Snapshot, file_crc32
 from orchestrator.sparse_file import sparse_crc32
@@ -34,7 +34,7 @@ def make_entry(cache: BootCache, config, image, accelerator="tcg"):
         handle.truncate(config.memory)
         handle.seek(16 << 20)
         handle.write(os.urandom(1 << 20))
-    meta = {"format": 1, "config": config.name, "image": image.digest, "accelerator": accelerator,
+    meta = {"format": FORMAT, "config": config.name, "image": image.digest, "accelerator": accelerator,
             "qemu": "x", "state_size": state.stat().st_size, "state_crc32": file_crc32(state),
             "ram_size": config.memory, "ram_crc32": sparse_crc32(ram)}
     (folder / META_FILE).write_text(json.dumps(meta))
