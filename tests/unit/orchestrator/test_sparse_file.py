@@ -84,3 +84,65 @@ def test_a_zeroed_range_reads_as_zeros_through_another_mapping(ram_file):
 def test_zero_range_needs_whole_pages(ram_file):
     with pytest.raises(ValueError, match="page-aligned"):
         zero_range(ram_file, 100, 4096)
+
+
+def test_zero_pages_can_become_holes(tmp_path):
+    """A saved guest's zeroed free memory: all-zero pages (written, so data to the
+    file system) are left out; the copy reads the same and holds only the rest."""
+    source = tmp_path / "ram"
+    with open(source, "wb") as handle:
+        handle.truncate(16 * MIB)
+        handle.seek(MIB)
+        handle.write(bytes(8 * MIB))                         # written zeros
+        handle.seek(2 * MIB + 4096)
+        handle.write(b"\1" * 4096 + bytes(4096) + b"\2" * 10)  # data, a zero page, data
+        handle.seek(16 * MIB - 4096)
+        handle.write(b"\3" * 4096)                            # the last page
+    target = tmp_path / "copy"
+    assert copy_sparse(source, target, zero_pages_as_holes=True) is None
+    assert target.read_bytes() == source.read_bytes()
+    assert allocated(source) >= 8 * MIB
+    assert allocated(target) <= 4 * 4096
+    fd = os.open(target, os.O_RDONLY)
+    try:
+        extents = list(data_extents(fd, os.fstat(fd).st_size))
+    finally:
+        os.close(fd)
+    assert extents == [(2 * MIB + 4096, 4096), (2 * MIB + 3 * 4096, 4096),
+                       (16 * MIB - 4096, 4096)]
+    with pytest.raises(ValueError, match="do not go together"):
+        copy_sparse(source, target, zero_pages_as_holes=True, checksum=True)
+
+
+def test_a_copy_into_holes_neither_truncates_nor_resizes_the_target(ram_file, tmp_path):
+    """The RAM file of a starting QEMU: sized before QEMU maps it, only written after."""
+    target = tmp_path / "fresh"
+    with open(target, "wb") as handle:
+        handle.truncate(64 * MIB)
+    with open(target, "r+b") as handle, \
+            mmap.mmap(handle.fileno(), 0, mmap.MAP_SHARED) as mapped:   # as QEMU maps it
+        inode = os.stat(target).st_ino
+        copy_sparse(ram_file, target, into_holes=True)
+        assert mapped[:] == ram_file.read_bytes()            # seen through the mapping
+        assert os.stat(target).st_ino == inode
+    with open(target, "r+b") as handle:
+        handle.truncate(32 * MIB)
+    with pytest.raises(ValueError, match=f"{32 * MIB} bytes, not the {64 * MIB}"):
+        copy_sparse(ram_file, target, into_holes=True)
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm") or os.stat("/dev/shm").st_dev
+                    == os.stat(os.environ.get("TMPDIR", "/tmp")).st_dev,
+                    reason="needs /dev/shm on another file system than the temp dir")
+def test_a_copy_across_file_systems_is_whole_and_sparse(ram_file, tmp_path):
+    """The boot cache's disk to a run folder in /dev/shm (copy_file_range says EXDEV)."""
+    from wdfhil.private_dirs import make_private_dir, remove_tree
+
+    folder = make_private_dir("wdfhil-test-", "/dev/shm")
+    try:
+        target = folder / "ram"
+        assert copy_sparse(ram_file, target) is None
+        assert target.read_bytes() == ram_file.read_bytes()
+        assert allocated(target) < 2 * MIB
+    finally:
+        remove_tree(folder)
