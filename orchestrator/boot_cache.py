@@ -4,9 +4,12 @@ A cold boot costs seconds under TCG; the state of a guest just booted (module
 loaded, agent ready, no device: it is hot-plugged after each restore, see
 :mod:`orchestrator.dma_session`) is the same every time for one image, guest
 config, accelerator and QEMU. So it is saved once per such key on a machine,
-in the cache folder beside the images (``cache_dir("boot-states")/KEY``: the
-state file, the sparse RAM copy, ``meta.json`` with their sizes and CRC-32s),
-and every later guest of that key, in this run or the next, restores from it.
+in the folder of the image (``<image folder>/boot-states/KEY``: the state file,
+the sparse RAM copy, ``meta.json`` with their sizes and CRC-32s; removing the
+image, as ``wdfhil image clean`` does, removes its states), and every later
+guest of that key, in this run or the next, restores from it. Before the save
+the guest's free memory is zeroed (:func:`zero_free_memory`), so the RAM copy
+holds only the data the guest uses.
 
 Safety: an entry is written into a scratch folder and renamed into place
 under the key's lock (``guest_images.cache.cached_folder``), so two runs on
@@ -19,8 +22,8 @@ moved aside, removed and reported (``discarded``), and the caller boots cold
 and saves it again.
 Entries are never removed by their users: snapshots made here do not own
 their files (``owned=False``). Saving an entry removes the other entries of
-the same guest config name and accelerator (another image, QEMU or wiring), so
-rebuilt images do not pile up states.
+the same guest config name and accelerator (another image of the recipe, QEMU or
+wiring), so rebuilt images do not pile up states.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = 2           # bump when what an entry holds changes (2: free memory zeroed)
 META_FILE = "meta.json"
+STATES_FOLDER = "boot-states"   # in an image's folder, or the cache's before format 2
 COMPLETE = ".complete"
 BOOT_LOCK_SUFFIX = "-boot"
 
@@ -120,17 +124,29 @@ def zero_free_memory(vm: "VM") -> None:
 
 
 class BootCache:
-    """Post-boot states on disk, keyed by :func:`entry_key`; ``root`` defaults to
-    ``cache_dir("boot-states")``."""
+    """Post-boot states on disk, keyed by :func:`entry_key`: in the folder of the
+    image they were booted from (``<image folder>/boot-states/KEY``, so removing an
+    image, ``wdfhil image clean``, removes its states), or all under ``root``."""
 
     def __init__(self, root: Path | None = None, *, qemu_binary: str = DEFAULT_QEMU) -> None:
-        self.root = Path(root) if root is not None else cache_dir("boot-states")
+        self.root = Path(root) if root is not None else None
         self.qemu_binary = qemu_binary
         self._verified: dict[str, Snapshot] = {}   # checked once per process
-        if self.root.is_dir():
-            from guest_images.cache import remove_abandoned_builds
-            remove_abandoned_builds(self.root)    # scratch folders of killed runs
+        self._swept: set[Path] = set()
         self.discarded: list[str] = []             # why entries were thrown away
+        if root is None:
+            _remove_legacy_states()
+
+    def root_for(self, image: "GuestImage") -> Path:
+        """Where the entries of ``image`` live; scratch folders of killed runs there
+        are removed on the first look."""
+        root = self.root if self.root is not None else image.folder / STATES_FOLDER
+        if root not in self._swept:
+            self._swept.add(root)
+            if root.is_dir():
+                from guest_images.cache import remove_abandoned_builds
+                remove_abandoned_builds(root)
+        return root
 
     def key(self, config: GuestConfig, image: "GuestImage", accelerator: str) -> str:
         return entry_key(config, image, accelerator, self.qemu_binary)
@@ -141,7 +157,8 @@ class BootCache:
         (or it was damaged: then it is removed and the reason kept in ``discarded``)."""
         key = self.key(config, image, accelerator)
         known = self._verified.get(key)
-        folder = self.root / key
+        root = self.root_for(image)
+        folder = root / key
         if known is not None and (folder / COMPLETE).exists():
             return known
         if not (folder / COMPLETE).exists():
@@ -157,7 +174,7 @@ class BootCache:
             log.warning("the saved post-boot state %s is unusable (%s); it is removed and "
                         "the guest boots cold", folder, reason)
             self.discarded.append(reason)
-            self._discard(key)
+            self._discard(root, key)
             return None
         self._verified[key] = snapshot
         return snapshot
@@ -171,7 +188,8 @@ class BootCache:
         a second ``flock`` of one file in one process would wait for itself."""
         from guest_images.cache import exclusive
 
-        with exclusive(self.root, self.key(config, image, accelerator) + BOOT_LOCK_SUFFIX):
+        with exclusive(self.root_for(image),
+                       self.key(config, image, accelerator) + BOOT_LOCK_SUFFIX):
             yield
 
     def store(self, vm: "VM") -> Snapshot:
@@ -192,18 +210,20 @@ class BootCache:
             (scratch / COMPLETE).touch()
 
         self._verified.pop(key, None)
-        folder = cached_folder(self.root, key, COMPLETE, fill)
-        self._prune_superseded(key, json.loads((folder / META_FILE).read_text()))
+        folder = cached_folder(self.root_for(vm.image), key, COMPLETE, fill)
+        self._prune_superseded(vm.image, key, json.loads((folder / META_FILE).read_text()))
         snapshot = self._open(folder, vm.config, vm.image, vm.accelerator)
         snapshot.verify(ram_crc=False)   # the RAM copy's as the first restore copies it
         self._verified[key] = snapshot
         return snapshot
 
-    def _prune_superseded(self, key: str, meta: dict) -> None:
+    def _prune_superseded(self, image: "GuestImage", key: str, meta: dict) -> None:
         """Remove the other entries of the same guest config name and accelerator
-        (another image, QEMU or wiring: an image rebuilt after a change): each holds
-        the guest's touched RAM (100-250 MiB), and they would pile up."""
-        for folder in self.root.iterdir():
+        (another image of the same recipe, QEMU or wiring: an image rebuilt after a
+        change): each holds the guest's RAM data (70-250 MiB), and they would pile up."""
+        roots = [self.root] if self.root is not None else \
+            sorted(image.folder.parent.glob(f"*/{STATES_FOLDER}"))   # the recipe's images
+        for folder in [entry for root in roots for entry in root.iterdir()]:
             if folder.name == key or not (folder / COMPLETE).exists():
                 continue
             try:
@@ -212,7 +232,7 @@ class BootCache:
                 continue
             if (other.get("config"), other.get("accelerator")) == (
                     meta["config"], meta["accelerator"]):
-                self._discard(folder.name)
+                self._discard(folder.parent, folder.name)
 
     def _open(self, folder: Path, config: GuestConfig, image: "GuestImage",
               accelerator: str) -> Snapshot:
@@ -232,18 +252,29 @@ class BootCache:
                 reason: str) -> None:
         """Throw away the entry of this key (it did not restore); ``reason`` is kept."""
         self.discarded.append(reason)
-        self._discard(self.key(config, image, accelerator))
+        self._discard(self.root_for(image), self.key(config, image, accelerator))
 
-    def _discard(self, key: str) -> None:
+    def _discard(self, root: Path, key: str) -> None:
         """Move a damaged entry aside (atomically, under its lock) and remove it."""
         from guest_images.cache import BUILD_PREFIX, exclusive
 
         self._verified.pop(key, None)
-        with exclusive(self.root, key):
-            folder = self.root / key
+        with exclusive(root, key):
+            folder = root / key
             if not folder.exists():
                 return
             # a scratch name: if this process dies here, the next BootCache sweeps it
-            aside = make_private_dir(f"{BUILD_PREFIX}{key[:16]}-", self.root)
+            aside = make_private_dir(f"{BUILD_PREFIX}{key[:16]}-", root)
             os.rename(folder, aside / key)
             remove_tree(aside)
+
+
+def _remove_legacy_states() -> None:
+    """Remove ``cache_dir("boot-states")``, where entries lived before they moved into
+    their image's folder (format 1): nothing reads them any more."""
+    legacy = cache_dir() / STATES_FOLDER
+    if legacy.is_dir():
+        try:
+            remove_tree(legacy)
+        except OSError as exc:
+            log.warning("could not remove the old post-boot states in %s: %s", legacy, exc)

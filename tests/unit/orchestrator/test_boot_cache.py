@@ -25,7 +25,7 @@ def config():
 
 def make_entry(cache: BootCache, config, image, accelerator="tcg"):
     """An entry as BootCache.store writes one (a made-up state, a sparse RAM copy)."""
-    folder = cache.root / cache.key(config, image, accelerator)
+    folder = cache.root_for(image) / cache.key(config, image, accelerator)
     folder.mkdir(parents=True)
     state = folder / STATE_FILE
     state.write_bytes(MIGRATION_MAGIC + os.urandom(300_000))
@@ -128,7 +128,7 @@ def test_saving_removes_the_states_of_older_images_of_the_same_guest(tmp_path, f
                              old_image)
     new = make_entry(cache, config, image)
     meta = json.loads((new / META_FILE).read_text())
-    cache._prune_superseded(new.name, meta)
+    cache._prune_superseded(image, new.name, meta)
     assert new.exists() and other_guest.exists() and not old.exists()
 
 
@@ -156,3 +156,65 @@ def test_a_second_run_waits_for_the_boot_of_the_same_key(tmp_path, fake_image, c
     assert got.wait(30)
     same.join()
     other.join()
+
+
+def _image_in_store(cache_root, digest: str):
+    """An image of the default recipe in the image store under ``cache_root``."""
+    from guest_images.image import GuestImage
+
+    folder = cache_root / "images" / "debian12-cloud" / digest
+    folder.mkdir(parents=True)
+    for name in ("vmlinuz", "initramfs.cpio.gz", "client_key"):
+        (folder / name).write_bytes(b"x")
+    GuestImage("debian12-cloud", digest, folder / "vmlinuz", folder / "initramfs.cpio.gz",
+               ("console=ttyS0",), folder / "client_key", "ssh-ed25519 AAAA", "root",
+               "WDFHIL-READY", "6.1.0-0-test", "/usr/bin/wdfhil-agent",
+               "/lib/modules/wdfhil/wdfhil_pci.ko").write_manifest()
+    return GuestImage.from_folder(folder)
+
+
+def test_states_live_in_their_image_folder_and_go_with_the_image(tmp_path, monkeypatch,
+                                                                 config, capsys):
+    """`wdfhil image clean` removes an image no recipe builds any more, and with it the
+    post-boot states booted from it; the current image keeps its states. States of
+    the same guest from another image of the recipe are pruned when one is saved."""
+    from guest_images import load_recipe
+    from guest_images.cache import image_digest
+    from guest_images.lockfile import load_lock
+    from orchestrator.cli import main
+
+    monkeypatch.setenv("WDFHIL_CACHE_DIR", str(tmp_path))
+    recipe = load_recipe(None)
+    current = _image_in_store(tmp_path, image_digest(recipe, load_lock(recipe.lock_path)))
+    stale = _image_in_store(tmp_path, "ab" * 32)
+    cache = BootCache()
+    stale_entry = make_entry(cache, config, stale)
+    other_guest = dataclasses.replace(config, name="q35-1g", machine="q35")
+    current_entry = make_entry(cache, other_guest, current)
+    assert stale_entry.parent == stale.folder / "boot-states"
+    assert current_entry.parent == current.folder / "boot-states"
+    assert cache.lookup(config, stale, "tcg") is not None
+    assert cache.lookup(other_guest, current, "tcg") is not None
+
+    assert main(["image", "clean"]) == 0
+    assert "removed 1 image(s)" in capsys.readouterr().out
+    assert not stale.folder.exists() and not stale_entry.exists()
+    assert current_entry.exists()
+    assert BootCache().lookup(other_guest, current, "tcg") is not None
+
+    again = make_entry(cache, config, _image_in_store(tmp_path, "cd" * 32))
+    newer = make_entry(cache, config, current)
+    cache._prune_superseded(current, newer.name, json.loads((newer / META_FILE).read_text()))
+    assert newer.exists() and current_entry.exists() and not again.exists()
+
+
+def test_the_states_of_older_versions_are_removed(tmp_path, monkeypatch):
+    """Before format 2 the states lived in the cache's boot-states folder."""
+    monkeypatch.setenv("WDFHIL_CACHE_DIR", str(tmp_path))
+    legacy = tmp_path / "boot-states" / ("a" * 40)
+    legacy.mkdir(parents=True)
+    (legacy / "vm.state.ram").write_bytes(b"x" * 4096)
+    BootCache(tmp_path / "explicit")
+    assert legacy.exists()                    # an explicit root leaves the cache alone
+    BootCache()
+    assert not (tmp_path / "boot-states").exists()
