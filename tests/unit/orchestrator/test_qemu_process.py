@@ -118,3 +118,35 @@ def test_a_failed_quit_request_is_not_waited_out(tmp_path):
     code = process.stop(quit_fails, quit_grace=300)
     ours.close()
     assert 300 not in waits and code in (0, -signal.SIGTERM) and not process.alive()
+
+
+def test_the_spawn_wrapper_runs_nothing_once_its_parent_is_gone(tmp_path):
+    """The window between spawn and the death signal: a wrapper whose parent is no
+    longer the process it was told (``$0``) exits instead of starting QEMU."""
+    from orchestrator.qemu_process import _death_watch_wrapper
+
+    wrapper = _death_watch_wrapper()
+    if not wrapper:
+        import pytest
+        pytest.skip("no setpriv here: the preexec_fn path is used")
+    marker = tmp_path / "ran"
+    command = ["/bin/sh", "-c", f"touch {marker}"]
+    gone = subprocess.run([*wrapper, "1", *command], check=False)     # pid 1 is not our parent
+    assert gone.returncode == 125 and not marker.exists()
+    here = subprocess.run([*wrapper, str(os.getpid()), *command], check=False)
+    assert here.returncode == 0 and marker.exists()
+
+
+def test_the_reported_command_line_is_qemus_own(tmp_path):
+    process = QemuProcess(["sleep", "30"], log_path=tmp_path / "log")
+    process.start()
+    try:
+        assert process.argv == ["sleep", "30"]
+        deadline = time.monotonic() + 30          # the wrapper becomes sleep (same pid)
+        while os.path.basename(os.readlink(f"/proc/{process.pid}/exe")) != "sleep":
+            assert time.monotonic() < deadline, "the wrapper never became the command"
+            time.sleep(0.01)
+        with open(f"/proc/{process.pid}/cmdline") as cmdline:
+            assert cmdline.read().split("\0")[1:2] == ["30"]
+    finally:
+        process.stop(None, term_grace=1)
