@@ -349,8 +349,10 @@ class RamCopy:
     """A restore's RAM copy, made in a thread while QEMU starts: QEMU 7.2 reads and
     writes no guest RAM before ``migrate-incoming`` (checked by
     tests/integration/test_incoming_ram.py), so the copy and QEMU's start overlap.
-    The target must already have the guest's RAM size (QEMU maps it as it is):
-    the copy only writes data into it, never truncates it."""
+    The load must wait for it (:meth:`wait`): devices read guest RAM as their state
+    loads (virtio checks its rings' indexes). The target must already have the
+    guest's RAM size (QEMU maps it as it is): the copy only writes data into it,
+    never truncates it."""
 
     def __init__(self, snapshot: Snapshot, target: Path) -> None:
         self._error: BaseException | None = None
