@@ -161,7 +161,7 @@ def main() -> int:
         ("cold boot to device ready", cold, None, f"median of {args.cold}; the reference",
          False),
         ("restore to a running guest", median(restore_running), None,
-         f"median of {args.restores}; RAM copy, QEMU start, state load", True),
+         f"median of {args.restores}; RAM copy while QEMU starts, state load", True),
         ("restore to first agent command", median(restore_agent), RESTORE_AGENT_TARGET_S,
          f"median of {args.restores}", True),
         ("restore to device ready", median(restore_device), RESTORE_DEVICE_TARGET_S,
