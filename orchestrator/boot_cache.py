@@ -96,11 +96,13 @@ def entry_key(config: GuestConfig, image: "GuestImage", accelerator: str,
 # kernel zeroes pages as it hands them out: init_on_alloc, on in Debian's kernels);
 # the save leaves all-zero pages out of the RAM copy. Free memory of a booted guest
 # otherwise holds what boot left there (the unpacked initramfs, the compressed
-# kernel): pc-256m, 97 MiB of data in the RAM copy without the step, 66 MiB with.
-# A margin stays free (nothing else in the guest runs short); at most
-# ZERO_FILL_MAX_MIB is filled (about 0.3 s per 100 MiB under TCG, once per key).
+# kernel): pc-256m, 97 MiB of non-zero pages without the step, 66 MiB with (RAM copy
+# 74 MiB); q35-1g, RAM copy 112 MiB without, 102 MiB with at most 256 or 512 MiB
+# filled (the pages freed last are handed out first). A margin stays free (nothing
+# else in the guest runs short); at most ZERO_FILL_MAX_MIB is filled (about 0.3 s per
+# 100 MiB under TCG, once per key; the saved VM's RAM file keeps those pages).
 ZERO_FILL_MARGIN_MIB = 16
-ZERO_FILL_MAX_MIB = 512
+ZERO_FILL_MAX_MIB = 256
 ZERO_FREE_MEMORY = (   # a subshell: `exit` must not end the session's shell
     "(free=$(sed -n 's/^MemFree: *\\([0-9]*\\) kB$/\\1/p' /proc/meminfo); "
     f"fill=$(( free / 1024 - {ZERO_FILL_MARGIN_MIB} )); "
