@@ -63,12 +63,14 @@ def test_qemu_leaves_guest_ram_alone_until_migrate_incoming(guest_image, guest):
         assert len(before[1]) == len(filled(config.memory))         # the holes are holes
         console_ours, console_theirs = socket.socketpair()
         qmp_ours, qmp_theirs = socket.socketpair()
-        sockets += [console_ours, console_theirs, qmp_ours, qmp_theirs]
+        relay_ours, relay_theirs = socket.socketpair()   # the command relay's serial port
+        sockets += [console_ours, console_theirs, qmp_ours, qmp_theirs, relay_ours, relay_theirs]
+        theirs = (console_theirs.fileno(), qmp_theirs.fileno(), relay_theirs.fileno())
         argv = build_qemu_argv(config, guest_image, accelerator="tcg", ram_file=ram,
-                               console_fd=console_theirs.fileno(), qmp_fd=qmp_theirs.fileno(),
+                               console_fd=theirs[0], qmp_fd=theirs[1],
+                               relay_fd=theirs[2] if guest_image.command_relay else None,
                                name="incoming-ram", incoming=True)
-        process = QemuProcess(argv, log_path=run_dir / "qemu.log",
-                              pass_fds=(console_theirs.fileno(), qmp_theirs.fileno()))
+        process = QemuProcess(argv, log_path=run_dir / "qemu.log", pass_fds=theirs)
         process.start()
         qmp = QmpSession("incoming-ram")
         qmp.connect(qmp_ours, timeout=60.0)
