@@ -43,6 +43,15 @@ def data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
         offset = end
 
 
+def file_extents(path: Path) -> list[tuple[int, int]]:
+    """(offset, length) of each data run of the file at ``path`` (see :func:`data_extents`)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return list(data_extents(fd, os.fstat(fd).st_size))
+    finally:
+        os.close(fd)
+
+
 def copy_sparse(source: Path, target: Path, *, checksum: bool = False,
                 zero_pages_as_holes: bool = False, into_holes: bool = False) -> int | None:
     """Make ``target`` (created if missing, its mode kept otherwise) a copy of

@@ -18,7 +18,7 @@ from orchestrator.guest_config import load_guest_config
 from orchestrator.qemu_command import build_qemu_argv
 from orchestrator.qemu_process import QemuProcess
 from orchestrator.qmp_session import QmpSession
-from orchestrator.sparse_file import data_extents
+from orchestrator.sparse_file import file_extents
 from wdfhil.private_dirs import create_private_files, make_private_dir, remove_tree
 
 MIB = 1 << 20
@@ -33,11 +33,7 @@ def filled(memory: int) -> tuple[tuple[int, int], ...]:
 
 
 def fingerprint(path) -> tuple[str, list[tuple[int, int]]]:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        extents = list(data_extents(fd, os.fstat(fd).st_size))
-    finally:
-        os.close(fd)
+    extents = file_extents(path)
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while piece := handle.read(8 * MIB):

@@ -9,23 +9,11 @@ import pytest
 from guest_images import load_recipe
 from guest_images.builder import unpacked_tree_key
 from guest_images.cache import image_digest
-from guest_images.image import GuestImage
 from guest_images.lockfile import load_lock
 from orchestrator.cli import main
 
+from image_store_helpers import stored_image
 from image_test_helpers import VALID_RECIPE, write_recipe
-
-
-def _fake_image(root: Path, digest: str) -> Path:
-    folder = root / "images" / "debian12-cloud" / digest
-    folder.mkdir(parents=True)
-    for name in ("vmlinuz", "initramfs.cpio.gz", "client_key"):
-        (folder / name).write_bytes(b"x")
-    GuestImage("debian12-cloud", digest, folder / "vmlinuz", folder / "initramfs.cpio.gz",
-               ("console=ttyS0",), folder / "client_key", "ssh-ed25519 AAAA", "root",
-               "WDFHIL-READY", "6.1.0-0-test", "/usr/bin/wdfhil-agent",
-               "/lib/modules/wdfhil/wdfhil_pci.ko").write_manifest()
-    return folder
 
 
 @pytest.fixture
@@ -37,8 +25,8 @@ def cache_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_list_and_clean(cache_root: Path, capsys) -> None:
     recipe = load_recipe(None)
     lock = load_lock(recipe.lock_path)
-    current = _fake_image(cache_root, image_digest(recipe, lock))
-    stale = _fake_image(cache_root, "ab" * 32)
+    current = stored_image(cache_root, image_digest(recipe, lock))
+    stale = stored_image(cache_root, "ab" * 32)
     abandoned = cache_root / "images" / "debian12-cloud" / ".build-0123456789abcdef-x"
     abandoned.mkdir()
     kept_tree = cache_root / "unpacked" / "kernel" / unpacked_tree_key(lock, "kernel")

@@ -159,18 +159,10 @@ def test_a_second_run_waits_for_the_boot_of_the_same_key(tmp_path, fake_image, c
 
 
 def _image_in_store(cache_root, digest: str):
-    """An image of the default recipe in the image store under ``cache_root``."""
     from guest_images.image import GuestImage
+    from image_store_helpers import stored_image
 
-    folder = cache_root / "images" / "debian12-cloud" / digest
-    folder.mkdir(parents=True)
-    for name in ("vmlinuz", "initramfs.cpio.gz", "client_key"):
-        (folder / name).write_bytes(b"x")
-    GuestImage("debian12-cloud", digest, folder / "vmlinuz", folder / "initramfs.cpio.gz",
-               ("console=ttyS0",), folder / "client_key", "ssh-ed25519 AAAA", "root",
-               "WDFHIL-READY", "6.1.0-0-test", "/usr/bin/wdfhil-agent",
-               "/lib/modules/wdfhil/wdfhil_pci.ko").write_manifest()
-    return GuestImage.from_folder(folder)
+    return GuestImage.from_folder(stored_image(cache_root, digest))
 
 
 def test_states_live_in_their_image_folder_and_go_with_the_image(tmp_path, monkeypatch,
