@@ -183,6 +183,13 @@ class IvshmemServer:
         with self._lock:
             return sorted(self._clients)
 
+    def client_eventfds(self, peer_id: int) -> list[int]:
+        """Client ``peer_id``'s own eventfds (its MSI-X vectors; QEMU holds copies:
+        the hot-plug path finds QEMU's numbers for them), empty if it is not connected."""
+        with self._lock:
+            client = self._clients.get(peer_id)
+            return list(client.eventfds) if client is not None else []
+
     def interrupt(self, peer_id: int, vector: int) -> bool:
         """Raise ``vector`` at client ``peer_id``; False if it is not connected."""
         with self._lock:

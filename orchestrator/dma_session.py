@@ -46,6 +46,8 @@ from orchestrator.hotplug import (AUTO, DEVICE_ID, PciFunction, hotplug_device,
 from orchestrator.agent_client import (AgentClient, CompletionRecord, GuestBuffer, Step,
                                        Verification, pattern_bytes)
 from orchestrator.guest_config import GuestConfig, load_guest_config
+from orchestrator.qemu_fds import (StaleVectorFds, file_identity, numbers_of_eventfds,
+                                  own_eventfd_ids, wait_until_released)
 from orchestrator.snapshot import Snapshot
 from orchestrator.vm import VM
 from wdfhil.guest_ram import GuestRam
@@ -127,6 +129,9 @@ class HotpluggedDevice:
         self.guest_path: str | None = None
         self._plugged = False
         self._closed = False
+        # Recognised in QEMU's fd table at unplug, also if the device is closed by then.
+        self._shm_identity: tuple[int, int] | None = None
+        self._vector_ids: list[int] | None = None
 
     @property
     def agent(self) -> AgentClient:
@@ -145,7 +150,12 @@ class HotpluggedDevice:
                                            device_id=self.device_id,
                                            chardev_id=self.chardev_id, bus=self.bus)
             self._plugged = True
-            self.device.wait_for_peer()
+            server = self.device.server
+            self._shm_identity = file_identity(server.shm_fd)
+            self._vector_ids = own_eventfd_ids(server.client_eventfds(self.device.wait_for_peer()))
+            stale = self.session.stale_vector_fds()
+            if stale.numbers and self._vector_ids:   # handlers of an earlier device are left
+                stale.check_plug(stale.vector_numbers(self._vector_ids, DEVICE_WAIT_S))
             self.guest_path = _wait_for_guest_device(vm, known)
         except BaseException:
             self.unplug()
@@ -162,8 +172,16 @@ class HotpluggedDevice:
         try:
             if self._plugged:
                 self._plugged = False
+                stale = self.session.stale_vector_fds()
+                numbers = (list(numbers_of_eventfds(stale.pid, self._vector_ids).values())
+                           if self._vector_ids else [])
                 unplug_device(self.session.vm.monitor, device_id=self.device_id,
                               chardev_id=self.chardev_id)
+                # Gone from QEMU only once it closed the BAR2 memfd (its last fd): a
+                # device plugged before that gets shifted fd numbers (see qemu_fds).
+                if self._shm_identity is not None:
+                    wait_until_released(stale.pid, self._shm_identity, DEVICE_WAIT_S)
+                stale.unplugged(numbers)
                 if self.guest_path is not None:
                     _wait_for_guest_device_gone(self.session.vm, self.guest_path)
         finally:
@@ -212,6 +230,7 @@ class DmaSession:
         self.agent: AgentClient | None = None
         self._stack = contextlib.ExitStack()
         self._hotplug_ids = 0
+        self._stale_vector_fds: StaleVectorFds | None = None
 
     def start(self) -> "DmaSession":
         stack = self._stack
@@ -264,6 +283,14 @@ class DmaSession:
         self._stack.callback(self.device.close)
         self._stack.callback(self.device.detach_guest_ram)
         self.agent = AgentClient(self.vm, device=plugged.guest_path)
+
+    def stale_vector_fds(self) -> StaleVectorFds:
+        """This QEMU's fd numbers with a stale ivshmem vector handler (see qemu_fds)."""
+        pid = self.vm.qemu_pid
+        if self._stale_vector_fds is None or self._stale_vector_fds.pid != pid:
+            self._stale_vector_fds = StaleVectorFds(pid if pid is not None else -1,
+                                                    leaves_handlers=self.vm.accelerator != "kvm")
+        return self._stale_vector_fds
 
     def _close_ram(self) -> None:
         # Views of guest RAM held by objects in reference cycles (framework

@@ -14,8 +14,10 @@ import pytest
 from device_model.abi import IoMajor
 from device_model.request_echo import EchoIoHandler
 from device_model.request_ring import RequestEndpoint
+from orchestrator import qemu_fds
 from orchestrator.agent_client import Step
 from orchestrator.dma_session import DmaSession
+from wdfhil.errors import DeviceProtocolError
 
 pytestmark = pytest.mark.e2e
 
@@ -60,8 +62,55 @@ def test_unplug_with_a_request_in_flight(session):
     assert kernel_trouble(session) == []
     # a new device works again
     with session.hotplug() as plugged:
-        RequestEndpoint(plugged.device, EchoIoHandler().on_request)
-        io_path = plugged.guest_path.replace("wdfhil", "wdfio")
-        answer = plugged.agent.run(Step.io_open(io_path), Step.io_stress(2, 20, 100))[1]
-        assert (answer["done"], answer["failed"]) == (40, 0)
+        guest_io_works(plugged)
+    assert kernel_trouble(session) == []
+
+
+def guest_io_works(plugged) -> None:
+    RequestEndpoint(plugged.device, EchoIoHandler().on_request)
+    io_path = plugged.guest_path.replace("wdfhil", "wdfio")
+    answer = plugged.agent.run(Step.io_open(io_path), Step.io_stress(2, 20, 100))[1]
+    assert (answer["done"], answer["failed"]) == (40, 0)
+
+
+def test_replug_at_once_then_guest_io(session):
+    """QEMU 7.2 leaves the MSI-X eventfd handlers of an unplugged ivshmem behind (TCG);
+    a device added before QEMU closed the old one's BAR2 memfd got shifted fd numbers,
+    one stale handler watched its request doorbell, and guest I/O crashed QEMU (SIGSEGV).
+    The unplug now waits for that close, so a re-plug at once is safe."""
+    for _ in range(2):
+        with session.hotplug() as plugged:
+            guest_io_works(plugged)
+    assert session.vm.running
+    assert kernel_trouble(session) == []
+
+
+def test_replug_onto_a_stale_handler_is_refused(session, tmp_path):
+    """An fd QEMU opened between two plugs shifts the next device's fds so that a stale
+    handler's number holds its request doorbell: refused with a clear error before the
+    guest rings it, QEMU alive; once that fd is gone a plug works again."""
+    if session.vm.accelerator == "kvm":
+        pytest.skip("with KVM irqfds ivshmem leaves no fd handlers behind")
+    with session.hotplug() as plugged:     # a known layout of fd numbers to leave behind
+        pass
+    qmp = session.vm.qmp
+    pid = session.vm.qemu_pid
+    before = qemu_fds.open_numbers(pid)
+    qmp.command("object-add", **{"qom-type": "memory-backend-memfd", "id": "extra-fd",
+                                 "size": 4096})
+    (extra,) = qemu_fds.open_numbers(pid) - before
+    assert extra < min(session.stale_vector_fds().numbers)   # below the stale ones
+    try:
+        with pytest.raises(DeviceProtocolError, match="still carry the MSI-X handler"):
+            session.hotplug().plug()
+        assert session.vm.running
+    finally:
+        qmp.command("object-del", id="extra-fd")
+    deadline = time.monotonic() + WAIT_S    # QEMU frees RAM blocks after an RCU period
+    while extra in qemu_fds.open_numbers(pid):
+        assert time.monotonic() < deadline, "QEMU kept the memfd"
+        time.sleep(0.01)
+    with session.hotplug() as plugged:
+        guest_io_works(plugged)
+    assert session.vm.running
     assert kernel_trouble(session) == []
