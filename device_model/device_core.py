@@ -387,6 +387,21 @@ class DeviceCore:
         self._wait_peers(lambda: peer_id not in self.server.peer_ids, timeout,
                          f"ivshmem client {peer_id} still connected")
 
+    def wait_for_driver(self, timeout: float = 30.0) -> int:
+        """Block until the guest driver bound this device (its probe wrote
+        ``driver_minor`` and rang); N of its /dev/wdfhilN. A marker, not a poll of the
+        guest: woken by that ring, with a look every 10 ms should a ring be lost."""
+        deadline = time.monotonic() + timeout
+        with self._peer_event:
+            while not (minor := self.memory.header.get("driver_minor")):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DeviceProtocolError(
+                        f"the guest driver did not bind the device within {timeout:g} s "
+                        "(driver_minor still 0: hot-plug not seen? probe refused?)")
+                self._peer_event.wait(min(remaining, 0.01))
+        return minor - 1
+
     def _wait_peers(self, condition: Callable[[], object], timeout: float, failure: str) -> None:
         with self._peer_event:
             if not self._peer_event.wait_for(condition, timeout):
@@ -756,6 +771,7 @@ class DeviceCore:
     def _on_peer_connected(self, peer_id: int) -> None:
         self._guest_peer = peer_id
         self._reset()
+        self.memory.header.set("driver_minor", 0)   # a new PCI function: no driver yet
         self._event("peer_connected", peer=peer_id)
         self._peer_event.notify_all()
 
@@ -794,7 +810,9 @@ class DeviceCore:
         self._outbox.clear()
         self._timers.clear()
         self._sequence = 0
+        driver_minor = self.memory.header.get("driver_minor")   # the guest's binding stays
         self._write_header(DeviceStatus.RESETTING)
+        self.memory.header.set("driver_minor", driver_minor)
         self.memory.reset_rings()
         self.personality.reset()
         for extension in self._extensions:
@@ -821,6 +839,7 @@ class DeviceCore:
     def _on_admin_doorbell(self) -> None:
         drain_eventfd(self.server.own_eventfds[VECTOR_ADMIN])
         self.stats.admin_doorbells += 1
+        self._peer_event.notify_all()   # maybe the driver's "bound" ring (wait_for_driver)
         h = self.memory.header
         command = h.get("admin_cmd")
         if command == AdminCommand.NONE:

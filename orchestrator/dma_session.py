@@ -41,8 +41,9 @@ from typing import TYPE_CHECKING, Any, Callable
 from device_model.descriptors import FULL_DMA_MASK
 from device_model.device import EchoDevice
 from device_model.faults import FaultPlan
-from orchestrator.hotplug import (AUTO, DEVICE_ID, PciFunction, hotplug_device,
-                                  ivshmem_device_args, unplug_device)
+from orchestrator.hotplug import (AUTO, DEVICE_ID, PciFunction, find_pci_function,
+                                  hotplug_bus, hotplug_device, ivshmem_device_args,
+                                  unplug_device)
 from orchestrator.agent_client import (AgentClient, CompletionRecord, GuestBuffer, Step,
                                        Verification, pattern_bytes)
 from orchestrator.guest_config import GuestConfig, load_guest_config
@@ -51,7 +52,7 @@ from orchestrator.qemu_fds import (StaleVectorFds, file_identity, numbers_of_eve
 from orchestrator.snapshot import Snapshot
 from orchestrator.vm import VM
 from wdfhil.guest_ram import GuestRam
-from wdfhil.errors import GuestError
+from wdfhil.errors import DeviceProtocolError, GuestError
 
 if TYPE_CHECKING:
     from guest_images import GuestImage
@@ -60,7 +61,6 @@ log = logging.getLogger(__name__)
 
 GUEST_CLASS_DIR = "/sys/class/wdfhil"
 DEVICE_WAIT_S = 60.0
-DEVICE_POLL_S = 0.02   # a look costs one builtin-only shell command (~2 ms)
 XP_CHUNK = 4096
 _XP_LINE = re.compile(r"^[0-9a-fA-F]+:((?:\s+0x[0-9a-fA-F]{2})+)\s*$")
 
@@ -92,20 +92,6 @@ def _guest_devices(vm: VM) -> set[str]:
     return set(result.stdout.split())
 
 
-def _wait_for_guest_device(vm: VM, known: set[str], timeout: float = DEVICE_WAIT_S) -> str:
-    """Poll until the guest shows a wdfhil device not in ``known``; its /dev path."""
-    deadline = time.monotonic() + timeout
-    while True:
-        new = sorted(_guest_devices(vm) - known)
-        if new:
-            return f"/dev/{new[0]}"
-        if time.monotonic() > deadline:
-            dmesg = vm.run("dmesg | tail -20").stdout
-            raise GuestError(f"no new wdfhil device in the guest within {timeout:.0f} s "
-                             "(see dmesg below: probe refused? hot-plug not seen?)", stdout=dmesg)
-        time.sleep(DEVICE_POLL_S)
-
-
 def _wait_for_guest_device_gone(vm: VM, path: str, timeout: float = DEVICE_WAIT_S) -> None:
     name = Path(path).name
     deadline = time.monotonic() + timeout
@@ -125,7 +111,7 @@ class HotpluggedDevice:
         self.device_id = device_id
         self.bus = bus
         self.chardev_id = f"{device_id}-chr"
-        self.function: PciFunction | None = None
+        self._function: PciFunction | None = None
         self.guest_path: str | None = None
         self._plugged = False
         self._closed = False
@@ -140,15 +126,24 @@ class HotpluggedDevice:
             raise RuntimeError(f"{self.device_id} is not plugged in")
         return AgentClient(self.session.vm, device=self.guest_path)
 
+    @property
+    def function(self) -> PciFunction | None:
+        """The PCI function as QEMU's ``query-pci`` shows it (asked once, when wanted:
+        not on the plug's path)."""
+        if self._function is None and self._plugged:
+            self._function = find_pci_function(self.session.vm.monitor, self.device_id)
+        return self._function
+
     def plug(self) -> "HotpluggedDevice":
+        """Add the device and wait until the guest driver bound it: its probe writes
+        ``driver_minor`` into BAR2 and rings, no command runs in the guest."""
         vm = self.session.vm
-        known = _guest_devices(vm)
         try:
             self.device.start()
             self.device.attach_guest_ram(self.session.ram)
-            self.function = hotplug_device(vm.monitor, self.device.socket_path,
-                                           device_id=self.device_id,
-                                           chardev_id=self.chardev_id, bus=self.bus)
+            bus = self.session.hotplug_bus() if self.bus == AUTO else self.bus
+            hotplug_device(vm.monitor, self.device.socket_path, device_id=self.device_id,
+                           chardev_id=self.chardev_id, bus=bus, locate=False)
             self._plugged = True
             server = self.device.server
             self._shm_identity = file_identity(server.shm_fd)
@@ -156,13 +151,19 @@ class HotpluggedDevice:
             stale = self.session.stale_vector_fds()
             if stale.numbers and self._vector_ids:   # handlers of an earlier device are left
                 stale.check_plug(stale.vector_numbers(self._vector_ids, DEVICE_WAIT_S))
-            self.guest_path = _wait_for_guest_device(vm, known)
+            self.guest_path = f"/dev/wdfhil{self._wait_for_driver()}"
         except BaseException:
             self.unplug()
             raise
-        log.info("hot-plugged %s at %02x:%02x.%x, guest %s", self.device_id, self.function.bus,
-                 self.function.slot, self.function.function, self.guest_path)
+        log.info("hot-plugged %s, guest %s", self.device_id, self.guest_path)
         return self
+
+    def _wait_for_driver(self) -> int:
+        try:
+            return self.device.wait_for_driver(DEVICE_WAIT_S)
+        except DeviceProtocolError as exc:
+            dmesg = self.session.vm.run("dmesg | tail -20").stdout
+            raise GuestError(f"{exc} (see dmesg below)", stdout=dmesg) from None
 
     def unplug(self) -> None:
         """device_del (the guest driver's remove() runs), then stop the device (once)."""
@@ -231,6 +232,7 @@ class DmaSession:
         self._stack = contextlib.ExitStack()
         self._hotplug_ids = 0
         self._stale_vector_fds: StaleVectorFds | None = None
+        self._hotplug_bus: tuple[str | None] | None = None
 
     def start(self) -> "DmaSession":
         stack = self._stack
@@ -261,10 +263,12 @@ class DmaSession:
                 self._plug_session_device()
             elif self.device is not None:
                 self.device.wait_for_peer()
-                if "wdfhil0" not in _guest_devices(self.vm):
+                try:   # insmod probed it: bound by now, or never
+                    self.device.wait_for_driver(5.0)
+                except DeviceProtocolError:
                     dmesg = self.vm.run("dmesg | tail -20").stdout
                     raise GuestError("wdfhil_pci.ko loaded but /dev/wdfhil0 did not appear",
-                                     stdout=dmesg)
+                                     stdout=dmesg) from None
         except BaseException:
             stack.close()
             raise
@@ -283,6 +287,12 @@ class DmaSession:
         self._stack.callback(self.device.close)
         self._stack.callback(self.device.detach_guest_ram)
         self.agent = AgentClient(self.vm, device=plugged.guest_path)
+
+    def hotplug_bus(self) -> str | None:
+        """Where AUTO hot-plugs go in this VM (asked of QEMU once)."""
+        if self._hotplug_bus is None:
+            self._hotplug_bus = (hotplug_bus(self.vm.monitor),)
+        return self._hotplug_bus[0]
 
     def stale_vector_fds(self) -> StaleVectorFds:
         """This QEMU's fd numbers with a stale ivshmem vector handler (see qemu_fds)."""

@@ -91,16 +91,17 @@ def peripheral_ids(qmp: QmpMonitor) -> set[str]:
 
 def hotplug_device(qmp: QmpMonitor, socket_path: str | os.PathLike[str], *,
                    device_id: str = DEVICE_ID, chardev_id: str = CHARDEV_ID,
-                   bus: str | None = AUTO) -> PciFunction | None:
+                   bus: str | None = AUTO, locate: bool = True) -> PciFunction | None:
     """``chardev-add`` a socket to the server, ``device_add`` the ivshmem-doorbell.
 
     ``bus`` AUTO uses the root port ``wdfhil-rp0`` when the VM has one (q35),
-    else the root bus. Returns the new function as ``query-pci`` shows it, or
-    None while it cannot show it: a device behind a root port appears only once
-    firmware or the guest numbered the port's bus.
+    else the root bus (:func:`hotplug_bus`). Returns the new function as
+    ``query-pci`` shows it, or None while it cannot show it (a device behind a
+    root port appears only once firmware or the guest numbered the port's bus)
+    or when not asked to ``locate`` it (one QMP round trip less on a hot path).
     """
     if bus == AUTO:
-        bus = ROOT_PORT_ID if ROOT_PORT_ID in peripheral_ids(qmp) else None
+        bus = hotplug_bus(qmp)
     _qmp(qmp, "chardev-add", id=chardev_id, backend={
         "type": "socket",
         "data": {"addr": {"type": "unix", "data": {"path": os.fspath(socket_path)}},
@@ -117,7 +118,13 @@ def hotplug_device(qmp: QmpMonitor, socket_path: str | os.PathLike[str], *,
         except DeviceProtocolError:
             pass
         raise
-    return find_pci_function(qmp, device_id)
+    return find_pci_function(qmp, device_id) if locate else None
+
+
+def hotplug_bus(qmp: QmpMonitor) -> str | None:
+    """Where AUTO plugs a device: the root port ``wdfhil-rp0`` if the VM has one (q35),
+    else None (the root bus, ACPI hot-plug on pc)."""
+    return ROOT_PORT_ID if ROOT_PORT_ID in peripheral_ids(qmp) else None
 
 
 def unplug_device(qmp: QmpMonitor, *, device_id: str = DEVICE_ID,

@@ -1175,6 +1175,15 @@ static int wdfhil_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	dev_info(&pdev->dev, "wdfhil%d: ABI %u, BAR2 %pR, device peer %u, %d MSI-X vector(s)\n",
 		 wdev->minor, WH_ABI_VERSION, &pdev->resource[2],
 		 ioread32(wdev->hdr + WH_HDR_DEVICE_PEER), wdev->nvec);
+	/*
+	 * The nodes exist: say so in BAR2 and ring, so the host learns it without a
+	 * command in the guest (a hot-plug waits for this). The admin doorbell with
+	 * admin_cmd NONE does nothing else.
+	 */
+	iowrite32(wdev->minor + 1, wdev->hdr + WH_HDR_DRIVER_MINOR);
+	down_read(&wdev->hw_lock);
+	wdfhil_doorbell(wdev, WH_VECTOR_ADMIN);
+	up_read(&wdev->hw_lock);
 	return 0;
 
 err_irqs:
@@ -1207,6 +1216,7 @@ static void wdfhil_remove(struct pci_dev *pdev)
 
 	struct wio_request *r;
 
+	iowrite32(0, wdev->hdr + WH_HDR_DRIVER_MINOR);	/* the nodes are going */
 	cdev_device_del(&wdev->cdev, &wdev->dev);
 	if (wdev->io_enabled) {
 		device_destroy(wdfio_class, wdev->io_cdev.dev);

@@ -4,7 +4,10 @@ failed whatever the guest writes, the trace has a ceiling and refused records a 
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
+
+import pytest
 
 from device_model.abi import (
     HEADER_SIZE, SQ_OFFSET, VECTOR_ADMIN, AdminCommand, CompletionStatus, Descriptor, DeviceStatus,
@@ -14,6 +17,7 @@ from device_model.device import EchoDevice
 from device_model.host_driver import HostDriver
 from device_model.ivshmem_client import IvshmemClient
 from device_model.trace import read_trace
+from wdfhil.errors import DeviceProtocolError
 
 from device_helpers import holey_memory
 
@@ -130,3 +134,32 @@ def test_refused_records_are_rate_limited_and_every_refusal_still_completes(tmp_
     assert sum(r["type"] == "refused" for r in records) == 15
     notes = [r["count"] for r in records if r["type"] == "refused_suppressed"]
     assert sum(notes) == 200 - 15      # said once the limit lets a record through, and at close
+
+
+def test_the_driver_bound_marker_wakes_the_host_and_outlives_a_reset(device, driver):
+    """What a hot-plug waits for: the guest driver's probe writes driver_minor (N + 1)
+    and rings vector 1 with admin_cmd NONE; a reset keeps it, a new peer starts at 0."""
+    with pytest.raises(DeviceProtocolError, match="did not bind"):
+        device.wait_for_driver(timeout=0.05)
+    waiter = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        bound = waiter.submit(device.wait_for_driver, 10.0)
+        driver.header.set("driver_minor", 3 + 1)
+        driver.ring(VECTOR_ADMIN)
+        assert bound.result(timeout=10) == 3
+    finally:
+        waiter.shutdown()
+    assert device.header()["admin_done"] == 0            # NONE: no admin command done
+    driver.header.set("admin_cmd", AdminCommand.RESET)
+    driver.ring(VECTOR_ADMIN)
+    deadline = time.monotonic() + 10
+    while device.header()["admin_done"] < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    assert device.wait_for_driver(timeout=0.05) == 3     # the guest's binding stayed
+    other = IvshmemClient.connect(device.socket_path)    # a new PCI function
+    try:
+        device.wait_for_peer(other_than=driver.client.peer_id)
+        assert device.header()["driver_minor"] == 0
+    finally:
+        other.close()
