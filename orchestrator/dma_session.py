@@ -232,6 +232,7 @@ class DmaSession:
         self._stack = contextlib.ExitStack()
         self._hotplug_ids = 0
         self._stale_vector_fds: StaleVectorFds | None = None
+        self.plug_seconds: float | None = None   # the session device's hot-plug (bench)
         self._hotplug_bus: tuple[str | None] | None = None
 
     def start(self) -> "DmaSession":
@@ -280,7 +281,9 @@ class DmaSession:
         self._hotplug_ids += 1
         plugged = HotpluggedDevice(self, EchoDevice(**self._device_settings),
                                    f"{DEVICE_ID}-s{self._hotplug_ids}")
+        began = time.monotonic()
         plugged.plug()
+        self.plug_seconds = time.monotonic() - began
         self.device = plugged.device
         # Like the boot device: stopped before guest RAM is unmapped; QEMU goes
         # with the VM, so no device_del (its guest-side wait) at close.
