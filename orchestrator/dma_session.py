@@ -86,7 +86,8 @@ def read_physical_xp(qmp: Any, gpa: int, length: int) -> bytes:
 
 def _guest_devices(vm: VM) -> set[str]:
     """Names of the wdfhil character devices the guest has (wdfhil0, ...); shell
-    builtins only (no ``ls`` fork: ~9 ms under TCG, and hot-plug polls this)."""
+    builtins only (no ``ls`` fork: ~9 ms under TCG). The unplug's check that the node
+    went; a plug learns its node from the driver's BAR2 marker instead."""
     result = vm.run(f"for d in {GUEST_CLASS_DIR}/*; do [ -e \"$d\" ] && echo \"${{d##*/}}\"; "
                     f"done; true")
     return set(result.stdout.split())
