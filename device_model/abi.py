@@ -303,9 +303,9 @@ HEADER_FIELDS: dict[str, tuple[int, str]] = {
     "io_max_length": (0x88, "<I"),  # D: IO_MAX_LENGTH
     "io_max_system": (0x8C, "<I"),  # D: IO_MAX_SYSTEM_BUFFER
     "io_completions": (0x90, "<Q"),  # D: request completions posted since reset (statistics)
-    # G: N + 1 for the guest driver's /dev/wdfhilN, written at the end of its probe (then
-    # it rings VECTOR_ADMIN with admin_cmd NONE), 0 from the start of its remove; the host
-    # learns the node is there without asking the guest. Kept across resets.
+    # G: N + 1 for the guest driver's /dev/wdfhilN, written at the end of its probe, 0 from
+    # the start of its remove; the host learns the node is there without asking the guest.
+    # Kept across resets.
     "driver_minor":  (0x98, "<I"),
 }
 HEADER_SIZE = 0xA0

@@ -61,6 +61,7 @@ from wdfhil.private_dirs import make_private_dir, remove_tree
 log = logging.getLogger(__name__)
 
 SOCKET_NAME = "ivshmem.sock"
+DRIVER_POLL_S = 0.001   # wait_for_driver: a look at our own mapping, not the guest
 
 
 @dataclass
@@ -389,17 +390,17 @@ class DeviceCore:
 
     def wait_for_driver(self, timeout: float = 30.0) -> int:
         """Block until the guest driver bound this device (its probe wrote
-        ``driver_minor`` and rang); N of its /dev/wdfhilN. A marker, not a poll of the
-        guest: woken by that ring, with a look every 10 ms should a ring be lost."""
+        ``driver_minor``); N of its /dev/wdfhilN. A look at our own mapping of BAR2
+        every millisecond, nothing asked of the guest. The probe does not ring: a
+        re-plugged device must not see a doorbell before the host checked QEMU's fds
+        (orchestrator.qemu_fds)."""
         deadline = time.monotonic() + timeout
-        with self._peer_event:
-            while not (minor := self.memory.header.get("driver_minor")):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise DeviceProtocolError(
-                        f"the guest driver did not bind the device within {timeout:g} s "
-                        "(driver_minor still 0: hot-plug not seen? probe refused?)")
-                self._peer_event.wait(min(remaining, 0.01))
+        while not (minor := self.memory.header.get("driver_minor")):
+            if time.monotonic() > deadline:
+                raise DeviceProtocolError(
+                    f"the guest driver did not bind the device within {timeout:g} s "
+                    "(driver_minor still 0: hot-plug not seen? probe refused?)")
+            time.sleep(DRIVER_POLL_S)
         return minor - 1
 
     def _wait_peers(self, condition: Callable[[], object], timeout: float, failure: str) -> None:
@@ -839,7 +840,6 @@ class DeviceCore:
     def _on_admin_doorbell(self) -> None:
         drain_eventfd(self.server.own_eventfds[VECTOR_ADMIN])
         self.stats.admin_doorbells += 1
-        self._peer_event.notify_all()   # maybe the driver's "bound" ring (wait_for_driver)
         h = self.memory.header
         command = h.get("admin_cmd")
         if command == AdminCommand.NONE:

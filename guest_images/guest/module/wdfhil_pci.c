@@ -1176,14 +1176,11 @@ static int wdfhil_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		 wdev->minor, WH_ABI_VERSION, &pdev->resource[2],
 		 ioread32(wdev->hdr + WH_HDR_DEVICE_PEER), wdev->nvec);
 	/*
-	 * The nodes exist: say so in BAR2 and ring, so the host learns it without a
-	 * command in the guest (a hot-plug waits for this). The admin doorbell with
-	 * admin_cmd NONE does nothing else.
+	 * The nodes exist: say so in BAR2, so the host learns it without a command in
+	 * the guest (a hot-plug waits for this). No doorbell: the host reads it in its
+	 * mapping, and a re-plugged device must not be rung before the host checked it.
 	 */
 	iowrite32(wdev->minor + 1, wdev->hdr + WH_HDR_DRIVER_MINOR);
-	down_read(&wdev->hw_lock);
-	wdfhil_doorbell(wdev, WH_VECTOR_ADMIN);
-	up_read(&wdev->hw_lock);
 	return 0;
 
 err_irqs:

@@ -136,20 +136,18 @@ def test_refused_records_are_rate_limited_and_every_refusal_still_completes(tmp_
     assert sum(notes) == 200 - 15      # said once the limit lets a record through, and at close
 
 
-def test_the_driver_bound_marker_wakes_the_host_and_outlives_a_reset(device, driver):
+def test_the_driver_bound_marker_is_seen_and_outlives_a_reset(device, driver):
     """What a hot-plug waits for: the guest driver's probe writes driver_minor (N + 1)
-    and rings vector 1 with admin_cmd NONE; a reset keeps it, a new peer starts at 0."""
+    and nothing else; a reset keeps it, a new peer starts at 0."""
     with pytest.raises(DeviceProtocolError, match="did not bind"):
         device.wait_for_driver(timeout=0.05)
     waiter = concurrent.futures.ThreadPoolExecutor(1)
     try:
         bound = waiter.submit(device.wait_for_driver, 10.0)
         driver.header.set("driver_minor", 3 + 1)
-        driver.ring(VECTOR_ADMIN)
         assert bound.result(timeout=10) == 3
     finally:
         waiter.shutdown()
-    assert device.header()["admin_done"] == 0            # NONE: no admin command done
     driver.header.set("admin_cmd", AdminCommand.RESET)
     driver.ring(VECTOR_ADMIN)
     deadline = time.monotonic() + 10
