@@ -11,8 +11,10 @@ import pytest
 from device_model.abi import IoMajor, TransferMethod
 from device_model.request_echo import IOCTL_ECHO, EchoIoHandler
 from device_model.request_ring import RequestEndpoint
-from orchestrator.agent_client import GuestBuffer, IoResult, Step, Verification, pattern_bytes
+from orchestrator.agent_client import IoResult, Step, Verification
 from orchestrator.dma_session import DmaSession
+
+from guest_helpers import write_read_across_4g
 
 pytestmark = pytest.mark.e2e
 
@@ -36,27 +38,12 @@ def session(guest_image):
 @pytest.mark.parametrize("source_where,target_where", [("high", "low"), ("low", "high")])
 def test_write_read_across_4g(session, source_where, target_where):
     session.requests.clear()
-    size = (1 << 20) + 77
-    results = session.agent.run(
-        Step.alloc("src", size, offset=4095, where=source_where), Step.fill("src", 12),
-        Step.io_write("src", offset=0), Step.alloc("dst", size, offset=1, where=target_where),
-        Step.memset("dst", 0), Step.io_read("dst", offset=0), Step.verify("dst", 12))
-    src, dst = GuestBuffer.from_result(results[0]), GuestBuffer.from_result(results[3])
-    by_place = {source_where: src, target_where: dst}
-    assert by_place["high"].above_4g and by_place["low"].below_4g
-    assert IoResult.from_result(results[2]).result == size
-    assert IoResult.from_result(results[5]).result == size
-    assert Verification.from_result(results[6]).match
+    src, dst = write_read_across_4g(session, source_where, target_where)
     (write,) = [r for r in session.requests if r.major == IoMajor.WRITE]
     (read,) = [r for r in session.requests if r.major == IoMajor.READ]
     assert [p << 12 for p in write.pfns] == list(src.frames)
     assert [p << 12 for p in read.pfns] == list(dst.frames)
     assert len(write.pfns) == 258 and write.plan.indirect
-    # QEMU's view of the guest's buffer: the first and last page-crossing pieces
-    assert session.read_physical(dst.gpa, 4095) == pattern_bytes(12, 4095)
-    tail = dst.segments[-1]
-    assert session.read_physical(tail.gpa, tail.length) == pattern_bytes(12, tail.length,
-                                                                         start=size - tail.length)
 
 
 def test_out_direct_ioctl_into_pages_above_4g(session):
