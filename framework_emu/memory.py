@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .callsite import CallSite
-from .objects import (DESTROYED, FX_TYPE_MEMORY_PREALLOCATED, FX_TYPE_OBJECT, FX_TYPE_REQUEST_MEMORY,
+from .objects import (DESTROYED, lazy_description, FX_TYPE_MEMORY_PREALLOCATED, FX_TYPE_OBJECT, FX_TYPE_REQUEST_MEMORY,
                       IFX_TYPE_MEMORY, FxObject)
 from wdfhil.physical_memory import PAGE_SIZE
 from .pool import PoolType, fx_is_paged_pool_type
@@ -165,14 +165,8 @@ class RequestBufferMemory(MemoryObject):
         self.which = which
         self.read_only = read_only
 
-    @property  # type: ignore[override]
-    def DESCRIPTION(self) -> str:
-        """Made when a message needs it, not for every retrieval."""
-        return self.__dict__.get("_description") or f"{self.which} buffer of WDFREQUEST 0x{self.request.handle:x}"
-
-    @DESCRIPTION.setter
-    def DESCRIPTION(self, text: str) -> None:
-        self._description = text
+    DESCRIPTION = lazy_description(  # type: ignore[assignment]
+        lambda self: f"{self.which} buffer of WDFREQUEST 0x{self.request.handle:x}")
 
     def history(self) -> list:
         """The request's story around this buffer: presented, retrieved, completed."""

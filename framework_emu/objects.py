@@ -68,6 +68,19 @@ class ObjectState(enum.IntEnum):
 CREATED, DISPOSING, DISPOSED, DELETED, DELETE_DEFERRED, DESTROYED = ObjectState  # in definition order
 
 
+def lazy_description(make: Callable[[Any], str]) -> property:
+    """A ``DESCRIPTION`` made by ``make(self)`` only when a message needs it (objects made
+    per request must not format text they will rarely show), and settable like the plain
+    class attribute it overrides."""
+    def get(self: Any) -> str:
+        return self.__dict__.get("_description") or make(self)
+
+    def set_(self: Any, text: str) -> None:
+        self._description = text
+
+    return property(get, set_, doc=make.__doc__)
+
+
 class FxObject:
     """Base of every framework object.
 

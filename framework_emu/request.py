@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from .callsite import CallSite
 from .memory import RequestBufferMemory
 from .ntstatus import NTSTATUS
-from .objects import FX_TYPE_OBJECT, FX_TYPE_REQUEST, FxObject
+from .objects import FX_TYPE_OBJECT, FX_TYPE_REQUEST, FxObject, lazy_description
 from .pool import PoolType
 
 if TYPE_CHECKING:
@@ -124,14 +124,8 @@ class Request(FxObject):
         FxObject.__init__(self, fx, site)
         self.io = io
 
-    @property  # type: ignore[override]
-    def DESCRIPTION(self) -> str:
-        """"Read request", ...: made when a message needs it, not for every request."""
-        return self.__dict__.get("_description") or f"{self.io.kind} request"
-
-    @DESCRIPTION.setter
-    def DESCRIPTION(self, text: str) -> None:
-        self._description = text
+    DESCRIPTION = lazy_description(  # type: ignore[assignment]
+        lambda self: f"{self.io.kind} request")   # "Read request", ...
 
     def history(self) -> list:
         out = [("presented", self.created_at)]

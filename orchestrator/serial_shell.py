@@ -46,8 +46,8 @@ import threading
 import time
 from typing import Any, Callable
 
-from orchestrator.guest_shell import (SHELL_COMMAND, SHELL_PRELUDE, GuestCommandTimeout,
-                                      GuestHealth, ShellCommands)
+from orchestrator.guest_shell import (DEFAULT_COMMAND_TIMEOUT, SHELL_COMMAND, SHELL_PRELUDE,
+                                      GuestCommandTimeout, GuestHealth, ShellCommands)
 from wdfhil.errors import GuestError
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,8 @@ class RelayChannel:
 
     def sendall(self, data: bytes) -> None:
         """Frames of stdin; socket.timeout if the guest takes none within the timeout."""
-        deadline = time.monotonic() + (self._timeout if self._timeout is not None else 120.0)
+        deadline = time.monotonic() + (self._timeout if self._timeout is not None
+                                       else DEFAULT_COMMAND_TIMEOUT)
         for start in range(0, max(1, len(data)), _INPUT_PIECE):
             self._link.send(b"I", self.id, data[start:start + _INPUT_PIECE], deadline)
 
